@@ -1,0 +1,39 @@
+# retentiond — the two commands a user needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-fast lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall whenever the dependency list changes.
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the daemon on its embedded defaults (SQLite under ./var, in-process broker, console provider).
+run: $(STAMP)
+	mkdir -p var
+	$(BIN)/retentiond migrate
+	$(BIN)/retentiond run
+
+## The whole suite, against the real RabbitMQ and PostgreSQL (started if installed but stopped).
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## Everything but the slow tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m 'not slow'
+
+lint: $(STAMP)
+	$(BIN)/ruff check daemon actors db tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

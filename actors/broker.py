@@ -1,0 +1,40 @@
+"""Builds the Dramatiq broker from the settings: RabbitMQ, or the in-process broker for a try-out."""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AgeLimit, AsyncIO, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
+
+from actors.middleware import DeadLetterSends
+from actors.registry import declare_channel_actors
+from daemon.config import Settings
+
+# An actor runs for a batch of sends; ten minutes is far above any sane batch.
+TIME_LIMIT_MS = 10 * 60 * 1000
+
+
+def build_broker(settings: Settings) -> dramatiq.Broker:
+    """A broker with the channel actors declared on it, and set as Dramatiq's global broker."""
+    middleware = [
+        AgeLimit(),
+        TimeLimit(time_limit=TIME_LIMIT_MS),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        Retries(max_retries=settings.max_retries, min_backoff=settings.retry_min_backoff_ms,
+                max_backoff=settings.retry_max_backoff_ms),
+        AsyncIO(),
+        DeadLetterSends(),
+    ]
+    broker: dramatiq.Broker
+    if settings.is_memory_broker:
+        broker = StubBroker(middleware=middleware)
+    else:
+        # Publisher confirms: an enqueue returns once RabbitMQ has the message (and Dramatiq can
+        # re-declare a queue an operator deleted). Messages carry batches, so the cost is small.
+        broker = RabbitmqBroker(url=settings.broker_url, middleware=middleware, confirm_delivery=True)
+    declare_channel_actors(broker, settings)
+    dramatiq.set_broker(broker)
+    return broker

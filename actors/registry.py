@@ -1,0 +1,54 @@
+"""Declares one actor per channel on a broker, each with its provider, rate limit and concurrency."""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.asyncio import get_event_loop_thread
+
+from actors import call, email, push, sms, webhook
+from actors.channel import Channel
+from actors.delivery import ChannelSender
+from actors.providers import build_provider
+from actors.rate_limit import GlobalRateLimiter
+from daemon.config import Settings
+from daemon.errors import PermanentChannelError
+
+CHANNELS: dict[str, Channel] = {m.CHANNEL.name: m.CHANNEL for m in (sms, email, call, push, webhook)}
+
+
+def _event_loop():  # type: ignore[no-untyped-def]
+    thread = get_event_loop_thread()
+    if thread is None:
+        raise RuntimeError("the AsyncIO middleware's event loop is not running (is this a worker?)")
+    return thread.loop
+
+
+def declare_channel_actors(broker: dramatiq.Broker, settings: Settings) -> dict[str, dramatiq.Actor]:
+    """One actor per channel on ``broker``; returns them by channel name."""
+    actors = {}
+    for name, channel in CHANNELS.items():
+        sender = ChannelSender(
+            channel=name,
+            provider=build_provider(settings.channel_providers[name],
+                                    settings.providers.get(settings.channel_providers[name], {})),
+            limiter=GlobalRateLimiter(name, settings.rate(name)),
+            concurrency=settings.concurrency[name],
+            event_loop=_event_loop,
+        )
+        actors[name] = dramatiq.Actor(
+            sender, broker=broker, actor_name=channel.actor_name, queue_name=channel.queue_name, priority=0,
+            options={
+                "max_retries": settings.max_retries,
+                "min_backoff": settings.retry_min_backoff_ms,
+                "max_backoff": settings.retry_max_backoff_ms,
+                "throws": (PermanentChannelError,),
+            },
+        )
+    return actors
+
+
+def channel_of_actor(actor_name: str) -> str | None:
+    for name, channel in CHANNELS.items():
+        if channel.actor_name == actor_name:
+            return name
+    return None

@@ -1,0 +1,1 @@
+"""The retentiond process: configuration, broker setup, supervision, scheduler and side server."""

@@ -1,0 +1,76 @@
+"""Readiness probes: can this process reach its database and its broker right now?
+
+Each probe opens what it checks (a pooled database connection, a fresh AMQP connection) with a
+short timeout, so an outage is seen on the next probe and a recovery too, with no restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import peewee
+import pika
+import pika.exceptions
+
+from daemon.config import Settings
+from db.database import database, db_session
+
+PROBE_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Probe:
+    ok: bool
+    detail: str
+    latency_ms: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {"ok": self.ok, "detail": self.detail, "latency_ms": round(self.latency_ms, 1)}
+
+
+def _timed(check) -> Probe:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    try:
+        detail = check()
+        ok = True
+    except (peewee.PeeweeException, pika.exceptions.AMQPError, OSError) as exc:
+        # Name the kind of failure only: driver messages can carry hosts and user names.
+        ok, detail = False, f"unreachable ({type(exc).__name__})"
+    return Probe(ok, detail, (time.perf_counter() - started) * 1000)
+
+
+def probe_database() -> Probe:
+    def check() -> str:
+        with db_session():
+            database.execute_sql("SELECT 1").fetchone()
+        return "reachable"
+    return _timed(check)
+
+
+def probe_broker(settings: Settings) -> Probe:
+    if settings.is_memory_broker:
+        return Probe(True, "in-process broker", 0.0)
+
+    def check() -> str:
+        params = pika.URLParameters(settings.broker_url)
+        params.socket_timeout = PROBE_TIMEOUT_S
+        params.stack_timeout = PROBE_TIMEOUT_S
+        params.blocked_connection_timeout = PROBE_TIMEOUT_S
+        params.connection_attempts = 1
+        connection = pika.BlockingConnection(params)
+        connection.close()
+        return "reachable"
+    return _timed(check)
+
+
+async def readiness(settings: Settings) -> dict[str, Probe]:
+    """Both probes, concurrently, each in a thread (they block), each bounded in time."""
+    async def bounded(fn, *args) -> Probe:  # type: ignore[no-untyped-def]
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn, *args), PROBE_TIMEOUT_S + 1)
+        except TimeoutError:
+            return Probe(False, "timed out", (PROBE_TIMEOUT_S + 1) * 1000)
+    db, broker = await asyncio.gather(bounded(probe_database), bounded(probe_broker, settings))
+    return {"database": db, "broker": broker}

@@ -1,0 +1,56 @@
+"""The Prometheus metrics catalogue and its exposition, aggregated over every worker process.
+
+Under ``retentiond run`` the daemon points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory
+before anything imports prometheus_client; every process writes its samples there and ``/metrics``
+merges them (multiprocess mode). Without it (tests, one process) the default registry is used.
+Labels carry channels, statuses, sources and outcomes only: never a person's data.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from daemon.config import CHANNELS
+
+SEND_STATUSES = ("sent", "failed", "skipped", "retried", "deferred")
+
+SENDS = Counter("retentiond_sends", "Sends by channel and outcome.", ["channel", "status"])
+WEBHOOK_EVENTS = Counter("retentiond_webhook_events", "Webhook requests by source and outcome.",
+                         ["source", "outcome"])
+PROVIDER_LATENCY = Histogram("retentiond_provider_latency_seconds", "Duration of one provider call.",
+                             ["channel", "provider"],
+                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+RATE_LIMIT_WAIT = Histogram("retentiond_rate_limit_wait_seconds",
+                            "Time a send waited for its channel's rate-limit slot.", ["channel"],
+                            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+
+
+def initialise_labels() -> None:
+    """Make every channel/status series exist at 0, so dashboards and rates start from a value."""
+    for channel in CHANNELS:
+        for status in SEND_STATUSES:
+            SENDS.labels(channel, status)
+
+
+def render() -> tuple[bytes, str]:
+    """The whole daemon's metrics in the Prometheus text format, and its content type."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)

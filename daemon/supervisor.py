@@ -1,0 +1,170 @@
+"""The daemon's main process: side server, scheduler loop, and the worker processes it supervises.
+
+The main process owns the signals (aiohttp's runner runs with ``handle_signals=False``). On SIGTERM
+or SIGINT it shuts down in order, within ``shutdown_timeout_s``:
+
+1. stop accepting HTTP (the side server closes its listening socket);
+2. stop the scheduler loop (no new enqueues);
+3. SIGTERM the workers, which finish or hand back their messages; kill any still alive at the deadline;
+4. close the broker and the database;
+5. log one summary line and exit (0, or RET_SHUTDOWN_TIMEOUT when a worker had to be killed).
+
+With the in-process broker (``memory://``) there are no worker processes: the Dramatiq worker
+threads run inside the main process, since the queue lives in its memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from multiprocessing.process import BaseProcess
+
+import dramatiq
+from aiohttp import web
+
+from actors.broker import build_broker
+from daemon import metrics
+from daemon.config import Settings, redact_url
+from daemon.exit_codes import RET_OK, RET_SHUTDOWN_TIMEOUT
+from daemon.outbox import relay_planned_sends
+from daemon.side_server import build_app
+from daemon.worker_process import spawn_entry
+from db.database import close_database
+
+logger = logging.getLogger(__name__)
+
+RESTART_BACKOFF_S = 1.0
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.instance_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._mp = multiprocessing.get_context("spawn")
+        self._children: dict[int, BaseProcess] = {}
+        self._stopping = asyncio.Event()
+        self._in_process_worker: dramatiq.Worker | None = None
+        self._relayed = 0
+        self._restarts = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._request_stop, sig)
+
+        metrics.initialise_labels()
+        self.broker = build_broker(self.settings)
+        self.actors = {name: self.broker.get_actor(f"send_{name}") for name in self.settings.rates}
+        self._start_workers()
+
+        runner = web.AppRunner(build_app(self.settings), handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port, reuse_address=True)
+        await site.start()
+        logger.info("retentiond %s started: side server on http://%s:%d, database %s, broker %s, %s",
+                    self.instance_id, self.settings.http_host, self.settings.http_port,
+                    redact_url(self.settings.database_url), redact_url(self.settings.broker_url),
+                    "in-process workers" if self.settings.is_memory_broker
+                    else f"{self.settings.processes} worker process(es) x {self.settings.threads} threads")
+
+        tasks = [asyncio.create_task(self._scheduler_loop(), name="scheduler")]
+        if not self.settings.is_memory_broker:
+            tasks.append(asyncio.create_task(self._supervise_children(), name="supervisor"))
+
+        await self._stopping.wait()
+        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+
+        # 1. no more HTTP
+        await site.stop()
+        await runner.cleanup()
+        # 2. no more scheduling
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # 3. workers finish or give back their messages
+        killed = await asyncio.to_thread(self._stop_workers, deadline)
+        # 4. connections
+        self.broker.close()
+        close_database()
+        code = RET_SHUTDOWN_TIMEOUT if killed else RET_OK
+        logger.info("retentiond %s stopped after %.1fs: %d send(s) relayed, %d worker restart(s), "
+                    "%d worker(s) killed at the deadline, exit %d",
+                    self.instance_id, time.monotonic() - started, self._relayed, self._restarts, killed, code)
+        return code
+
+    def _request_stop(self, sig: signal.Signals) -> None:
+        if not self._stopping.is_set():
+            logger.info("received %s: shutting down within %.0fs", sig.name, self.settings.shutdown_timeout_s)
+            self._stopping.set()
+
+    # -- workers ----------------------------------------------------------------------------------
+
+    def _start_workers(self) -> None:
+        if self.settings.is_memory_broker:
+            self._in_process_worker = dramatiq.Worker(self.broker, worker_threads=self.settings.threads)
+            self._in_process_worker.start()
+            return
+        for index in range(self.settings.processes):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        process = self._mp.Process(target=spawn_entry, args=(self.settings, index),
+                                   name=f"retentiond-worker-{index}", daemon=False)
+        process.start()
+        self._children[index] = process
+
+    async def _supervise_children(self) -> None:
+        """Restart a worker process that died on its own (a crash, the OOM killer)."""
+        while True:
+            await asyncio.sleep(RESTART_BACKOFF_S)
+            for index, process in list(self._children.items()):
+                if not process.is_alive() and not self._stopping.is_set():
+                    logger.error("worker %d (pid %s) exited with %s; restarting it",
+                                 index, process.pid, process.exitcode)
+                    if process.pid:
+                        metrics.mark_process_dead(process.pid)
+                    self._restarts += 1
+                    self._spawn(index)
+
+    def _stop_workers(self, deadline: float) -> int:
+        """Stop every worker by the deadline; return how many had to be killed."""
+        if self._in_process_worker is not None:
+            remaining_ms = max(1000, int((deadline - time.monotonic()) * 1000))
+            self._in_process_worker.stop(timeout=remaining_ms)
+            return 0
+        for process in self._children.values():
+            if process.is_alive() and process.pid:
+                os.kill(process.pid, signal.SIGTERM)
+        killed = 0
+        for process in self._children.values():
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                logger.error("worker pid %s still running at the shutdown deadline: killing it", process.pid)
+                process.kill()
+                process.join()
+                killed += 1
+            if process.pid:
+                metrics.mark_process_dead(process.pid)
+        return killed
+
+    # -- scheduler --------------------------------------------------------------------------------
+
+    async def _scheduler_loop(self) -> None:
+        """Every tick: relay planned sends to their queues. (Campaign planning joins this loop later.)"""
+        interval = self.settings.scheduler_interval_s
+        while True:
+            started = time.monotonic()
+            try:
+                self._relayed += await asyncio.to_thread(relay_planned_sends, self.settings, self.actors)
+            except Exception:
+                # The database or broker is away: the rows stay planned, the next tick tries again.
+                logger.exception("scheduler tick failed")
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

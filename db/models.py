@@ -1,0 +1,201 @@
+"""The models: the whole state of retentiond. Times are naive UTC datetimes.
+
+The schema is created only by the numbered migrations in ``db/migrations``; a test proves the
+migrated schema matches these models on both engines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import peewee
+
+from db.database import database
+from db.fields import JSONTextField
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Contact(BaseModel):
+    """A person a team follows up with. Keys are normalised before they get here."""
+
+    external_id = peewee.CharField(max_length=255, null=True, unique=True)
+    email = peewee.CharField(max_length=320, null=True, unique=True)
+    phone = peewee.CharField(max_length=32, null=True, unique=True)  # E.164
+    name = peewee.CharField(max_length=255, null=True)
+    timezone = peewee.CharField(max_length=64, null=True)
+    attributes = JSONTextField(default=dict)
+    consent = JSONTextField(default=dict)  # channel -> bool
+    created_at = peewee.DateTimeField(default=utcnow)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+
+class Campaign(BaseModel):
+    """A sequence of steps, started by a trigger event (or manual enrolment), left on exit events."""
+
+    slug = peewee.CharField(max_length=100, unique=True)
+    name = peewee.CharField(max_length=255)
+    trigger_event = peewee.CharField(max_length=100, null=True, index=True)  # None: manual
+    exit_on = JSONTextField(default=list)
+    active = peewee.BooleanField(default=True)
+    version = peewee.IntegerField(default=1)
+    created_at = peewee.DateTimeField(default=utcnow)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+
+class CampaignStep(BaseModel):
+    campaign = peewee.ForeignKeyField(Campaign, backref="steps", on_delete="CASCADE")
+    position = peewee.IntegerField()
+    channel = peewee.CharField(max_length=16)
+    delay_s = peewee.IntegerField(default=0)
+    subject = peewee.TextField(null=True)
+    body = peewee.TextField()
+    fallback_channel = peewee.CharField(max_length=16, null=True)
+
+    class Meta:
+        indexes = ((("campaign", "position"), True),)
+
+
+class Enrolment(BaseModel):
+    """A contact's progress through a campaign. ``next_due_at`` drives the scheduler's due query."""
+
+    contact = peewee.ForeignKeyField(Contact, backref="enrolments", on_delete="CASCADE")
+    campaign = peewee.ForeignKeyField(Campaign, backref="enrolments", on_delete="CASCADE")
+    status = peewee.CharField(max_length=16, default="active")  # active | waiting | completed | exited
+    next_position = peewee.IntegerField(default=0)
+    next_due_at = peewee.DateTimeField(null=True)
+    enrolled_at = peewee.DateTimeField(default=utcnow)
+    finished_at = peewee.DateTimeField(null=True)
+    exit_reason = peewee.CharField(max_length=100, null=True)
+
+    class Meta:
+        indexes = (
+            (("contact", "campaign"), True),
+            (("status", "next_due_at"), False),  # the scheduler's due-step query
+        )
+
+
+class Send(BaseModel):
+    """One planned message: the outbox row, then the send log. Written before it is enqueued."""
+
+    idempotency_key = peewee.CharField(max_length=64, unique=True)
+    channel = peewee.CharField(max_length=16)
+    status = peewee.CharField(max_length=16, default="planned")
+    # planned -> queued -> sending -> sent | failed | skipped ; deferred rows wait for due_at
+    contact = peewee.ForeignKeyField(Contact, null=True, backref="sends", on_delete="CASCADE")
+    enrolment = peewee.ForeignKeyField(Enrolment, null=True, backref="sends", on_delete="SET NULL")
+    campaign = peewee.ForeignKeyField(Campaign, null=True, backref="sends", on_delete="SET NULL")
+    step = peewee.ForeignKeyField(CampaignStep, null=True, backref="sends", on_delete="SET NULL")
+    provider = peewee.CharField(max_length=32, null=True)
+    recipient = peewee.CharField(max_length=320, null=True)
+    subject = peewee.TextField(null=True)
+    body = peewee.TextField(null=True)
+    attempts = peewee.IntegerField(default=0)
+    reason = peewee.CharField(max_length=255, null=True)  # why skipped / deferred / failed
+    error = peewee.TextField(null=True)
+    provider_message_id = peewee.CharField(max_length=128, null=True, index=True)
+    due_at = peewee.DateTimeField(default=utcnow)
+    created_at = peewee.DateTimeField(default=utcnow)
+    queued_at = peewee.DateTimeField(null=True)
+    claimed_at = peewee.DateTimeField(null=True)
+    finished_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        indexes = (
+            (("status", "due_at"), False),  # planner and reconciler
+            (("contact", "created_at"), False),  # caps and cooldowns, one query per batch
+            (("finished_at",), False),  # retention cleanup
+        )
+
+
+class InboundEvent(BaseModel):
+    """A webhook event, committed before its 2xx; unique per source and the sender's event id."""
+
+    source = peewee.CharField(max_length=64)
+    event_id = peewee.CharField(max_length=255)
+    type = peewee.CharField(max_length=100, null=True)
+    payload = peewee.TextField()
+    status = peewee.CharField(max_length=16, default="pending")  # pending | processed | unmappable | failed
+    error = peewee.TextField(null=True)
+    contact = peewee.ForeignKeyField(Contact, null=True, backref="events", on_delete="SET NULL")
+    received_at = peewee.DateTimeField(default=utcnow)
+    processed_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        indexes = (
+            (("source", "event_id"), True),
+            (("status", "id"), False),
+            (("received_at",), False),
+        )
+
+
+class Suppression(BaseModel):
+    """Do not send to this contact on this channel ('*' for all): unsubscribed, bounced, STOP..."""
+
+    contact = peewee.ForeignKeyField(Contact, backref="suppressions", on_delete="CASCADE")
+    channel = peewee.CharField(max_length=16, default="*")
+    reason = peewee.CharField(max_length=32)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("contact", "channel"), True),)
+
+
+class Lease(BaseModel):
+    """Who runs a periodic job right now, until when."""
+
+    name = peewee.CharField(max_length=100, primary_key=True)
+    holder = peewee.CharField(max_length=255, null=True)
+    expires_at = peewee.DateTimeField(null=True)
+    acquired_at = peewee.DateTimeField(null=True)
+    renewed_at = peewee.DateTimeField(null=True)
+
+
+class JobRun(BaseModel):
+    """One run of a periodic job: who, when, how it ended."""
+
+    job = peewee.CharField(max_length=100)
+    instance = peewee.CharField(max_length=255)
+    started_at = peewee.DateTimeField(default=utcnow)
+    finished_at = peewee.DateTimeField(null=True)
+    outcome = peewee.CharField(max_length=16, default="running")  # running | ok | error
+    items = peewee.IntegerField(default=0)
+    error = peewee.TextField(null=True)
+
+    class Meta:
+        indexes = ((("job", "started_at"), False), (("started_at",), False))
+
+
+class OpsAlert(BaseModel):
+    """A critical health finding, kept for the operator."""
+
+    component = peewee.CharField(max_length=64)
+    level = peewee.CharField(max_length=16)
+    message = peewee.TextField()
+    created_at = peewee.DateTimeField(default=utcnow, index=True)
+    resolved_at = peewee.DateTimeField(null=True)
+
+
+class RateLimit(BaseModel):
+    """The global rate limiter's state for one channel (see actors/rate_limit.py).
+
+    ``tat`` is the theoretical arrival time of GCRA: the epoch second at which the next slot is
+    free. Every process on every host reserves slots by moving it forward in one UPDATE.
+    """
+
+    channel = peewee.CharField(max_length=16, primary_key=True)
+    tat = peewee.DoubleField(default=0.0)
+
+
+ALL_MODELS: list[type[BaseModel]] = [
+    Contact, Campaign, CampaignStep, Enrolment, Send, InboundEvent, Suppression,
+    Lease, JobRun, OpsAlert, RateLimit,
+]
