@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Mapping
+
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AgeLimit, AsyncIO, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
+from dramatiq.middleware import (
+    AgeLimit,
+    AsyncIO,
+    Callbacks,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
 
-from actors.middleware import DeadLetterSends
+from actors.middleware import DeadLetterSends, StopFlag
+from actors.providers import Provider
 from actors.registry import declare_channel_actors
 from daemon.config import Settings
 
@@ -15,8 +27,9 @@ from daemon.config import Settings
 TIME_LIMIT_MS = 10 * 60 * 1000
 
 
-def build_broker(settings: Settings) -> dramatiq.Broker:
+def build_broker(settings: Settings, providers: Mapping[str, Provider] | None = None) -> dramatiq.Broker:
     """A broker with the channel actors declared on it, and set as Dramatiq's global broker."""
+    stopping = threading.Event()
     middleware = [
         AgeLimit(),
         TimeLimit(time_limit=TIME_LIMIT_MS),
@@ -27,6 +40,7 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
                 max_backoff=settings.retry_max_backoff_ms),
         AsyncIO(),
         DeadLetterSends(),
+        StopFlag(stopping),
     ]
     broker: dramatiq.Broker
     if settings.is_memory_broker:
@@ -35,6 +49,6 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
         # Publisher confirms: an enqueue returns once RabbitMQ has the message (and Dramatiq can
         # re-declare a queue an operator deleted). Messages carry batches, so the cost is small.
         broker = RabbitmqBroker(url=settings.broker_url, middleware=middleware, confirm_delivery=True)
-    declare_channel_actors(broker, settings)
+    declare_channel_actors(broker, settings, stopping, providers)
     dramatiq.set_broker(broker)
     return broker

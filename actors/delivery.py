@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +36,8 @@ CLAIMABLE = ("queued", "retrying")
 @dataclass(frozen=True)
 class Outcome:
     send_id: int
-    status: str  # sent | failed | retrying
+    status: str  # sent | failed | retrying | queued (released unsent at shutdown)
+    finished_at: dt.datetime | None = None
     provider_message_id: str | None = None
     error: str | None = None
     retry_after_s: float | None = None
@@ -44,8 +47,9 @@ class ChannelSender:
     """The body of one channel's actor."""
 
     def __init__(self, channel: str, provider: Provider, limiter: GlobalRateLimiter, concurrency: int,
-                 event_loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
+                 event_loop: Callable[[], asyncio.AbstractEventLoop], stopping: threading.Event) -> None:
         self.channel = channel
+        self.stopping = stopping
         self.provider = provider
         self.limiter = limiter
         self.concurrency = concurrency
@@ -62,6 +66,11 @@ class ChannelSender:
         outcomes = self._deliver(messages)
         with db_session():
             self._record(outcomes)
+        released = [o for o in outcomes if o.status == "queued"]
+        if released:
+            # The worker is shutting down: these were never handed to the provider. Failing the
+            # message makes Dramatiq put a copy back on the queue for the next worker.
+            raise TransientChannelError(f"shutting down: {len(released)} {self.channel} send(s) handed back")
         retries = [o for o in outcomes if o.status == "retrying"]
         if retries:
             waits = [o.retry_after_s for o in retries if o.retry_after_s]
@@ -100,11 +109,22 @@ class ChannelSender:
                     time.sleep(reservation)
                     continue
                 slots = [reservation.slot_at(i) for i in range(reservation.count)]
+            if self.stopping.is_set():
+                futures.extend(self._released(messages[position:]))
+                break
             for slot_at in slots:
                 coroutine = self._send_one(messages[position], slot_at)
                 futures.append(asyncio.run_coroutine_threadsafe(coroutine, loop))
                 position += 1
         return [future.result() for future in futures]
+
+    def _released(self, messages: list[OutboundMessage]) -> list[concurrent.futures.Future[Outcome]]:
+        futures = []
+        for message in messages:
+            future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+            future.set_result(Outcome(message.send_id, "queued"))
+            futures.append(future)
+        return futures
 
     async def _send_one(self, message: OutboundMessage, slot_at: float) -> Outcome:
         waited = max(0.0, slot_at - time.monotonic())
@@ -114,6 +134,8 @@ class ChannelSender:
         if self._in_flight is None:
             self._in_flight = asyncio.Semaphore(self.concurrency)
         async with self._in_flight:
+            if self.stopping.is_set():
+                return Outcome(message.send_id, "queued")
             started = time.perf_counter()
             try:
                 result = await self.provider.send(message)
@@ -128,7 +150,7 @@ class ChannelSender:
                 return Outcome(message.send_id, "retrying", error=f"{type(exc).__name__}: {exc}")
             finally:
                 PROVIDER_LATENCY.labels(self.channel, self.provider.name).observe(time.perf_counter() - started)
-        return Outcome(message.send_id, "sent", provider_message_id=result.provider_message_id)
+        return Outcome(message.send_id, "sent", finished_at=utcnow(), provider_message_id=result.provider_message_id)
 
     # -- record -----------------------------------------------------------------------------------
 
@@ -136,11 +158,15 @@ class ChannelSender:
         now = utcnow()
         with database.atomic():
             for o in outcomes:
-                values: dict = {"status": o.status, "error": o.error, "provider": self.provider.name}
+                values: dict = {"status": o.status, "error": o.error}
                 if o.status == "sent":
-                    values.update(provider_message_id=o.provider_message_id, finished_at=now)
+                    values.update(provider=self.provider.name, provider_message_id=o.provider_message_id,
+                                  finished_at=o.finished_at)
                 elif o.status == "failed":
-                    values.update(finished_at=now, reason="provider refused")
+                    values.update(provider=self.provider.name, finished_at=now, reason="provider refused")
+                elif o.status == "queued":  # released unsent: this claim did not count as an attempt
+                    values.update(attempts=Send.attempts - 1, claimed_at=None)
                 Send.update(values).where(Send.id == o.send_id, Send.status == "sending").execute()
         for o in outcomes:
-            SENDS.labels(self.channel, "retried" if o.status == "retrying" else o.status).inc()
+            if o.status != "queued":
+                SENDS.labels(self.channel, "retried" if o.status == "retrying" else o.status).inc()

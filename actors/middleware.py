@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import dramatiq
 from dramatiq.middleware import Middleware
@@ -35,3 +36,17 @@ class DeadLetterSends(Middleware):
             SENDS.labels(channel, "failed").inc(failed)
             logger.warning("dead-lettered %d %s send(s) after %s retries", failed, channel,
                            message.options.get("retries"))
+
+
+class StopFlag(Middleware):
+    """Raises a flag when the worker starts shutting down, so senders stop starting provider calls.
+
+    Sends not yet handed to a provider are released (back to ``queued``) and their message goes
+    back on the queue; calls already in flight finish within the shutdown timeout.
+    """
+
+    def __init__(self, flag: threading.Event) -> None:
+        self.flag = flag
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.flag.set()

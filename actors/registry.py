@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Mapping
+
 import dramatiq
 from dramatiq.asyncio import get_event_loop_thread
 
 from actors import call, email, push, sms, webhook
 from actors.channel import Channel
 from actors.delivery import ChannelSender
-from actors.providers import build_provider
+from actors.providers import Provider, build_provider
 from actors.rate_limit import GlobalRateLimiter
 from daemon.config import Settings
 from daemon.errors import PermanentChannelError
@@ -16,24 +19,32 @@ from daemon.errors import PermanentChannelError
 CHANNELS: dict[str, Channel] = {m.CHANNEL.name: m.CHANNEL for m in (sms, email, call, push, webhook)}
 
 
-def _event_loop():  # type: ignore[no-untyped-def]
+def _event_loop():
     thread = get_event_loop_thread()
     if thread is None:
         raise RuntimeError("the AsyncIO middleware's event loop is not running (is this a worker?)")
     return thread.loop
 
 
-def declare_channel_actors(broker: dramatiq.Broker, settings: Settings) -> dict[str, dramatiq.Actor]:
-    """One actor per channel on ``broker``; returns them by channel name."""
+def declare_channel_actors(broker: dramatiq.Broker, settings: Settings, stopping: threading.Event,
+                           providers: Mapping[str, Provider] | None = None) -> dict[str, dramatiq.Actor]:
+    """One actor per channel on ``broker``; returns them by channel name.
+
+    ``providers`` replaces the configured provider of some channels (tests use it to put a
+    failing or slow provider behind a channel).
+    """
     actors = {}
     for name, channel in CHANNELS.items():
+        provider_name = settings.channel_providers[name]
+        provider = (providers or {}).get(name) or build_provider(provider_name,
+                                                                 settings.providers.get(provider_name, {}))
         sender = ChannelSender(
             channel=name,
-            provider=build_provider(settings.channel_providers[name],
-                                    settings.providers.get(settings.channel_providers[name], {})),
+            provider=provider,
             limiter=GlobalRateLimiter(name, settings.rate(name)),
             concurrency=settings.concurrency[name],
             event_loop=_event_loop,
+            stopping=stopping,
         )
         actors[name] = dramatiq.Actor(
             sender, broker=broker, actor_name=channel.actor_name, queue_name=channel.queue_name, priority=0,

@@ -30,7 +30,7 @@ class Probe:
         return {"ok": self.ok, "detail": self.detail, "latency_ms": round(self.latency_ms, 1)}
 
 
-def _timed(check) -> Probe:  # type: ignore[no-untyped-def]
+def _timed(check) -> Probe:
     started = time.perf_counter()
     try:
         detail = check()
@@ -67,7 +67,7 @@ def probe_broker(settings: Settings) -> Probe:
 
 async def readiness(settings: Settings) -> dict[str, Probe]:
     """Both probes, concurrently, each in a thread (they block), each bounded in time."""
-    async def bounded(fn, *args) -> Probe:  # type: ignore[no-untyped-def]
+    async def bounded(fn, *args) -> Probe:
         try:
             return await asyncio.wait_for(asyncio.to_thread(fn, *args), PROBE_TIMEOUT_S + 1)
         except TimeoutError:

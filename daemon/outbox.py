@@ -39,10 +39,10 @@ def relay_planned_sends(settings: Settings, actors: Mapping[str, dramatiq.Actor]
     with db_session():
         rows = (Send.select(Send.id, Send.channel)
                 .where(Send.status == "planned", Send.due_at <= now)
-                .order_by(Send.due_at, Send.id).limit(limit).tuples())
+                .order_by(Send.due_at, Send.id).limit(limit))
         by_channel: dict[str, list[int]] = defaultdict(list)
-        for send_id, channel in rows:
-            by_channel[channel].append(send_id)
+        for row in rows:
+            by_channel[row.channel].append(row.id)
 
         enqueued = 0
         for channel, ids in by_channel.items():
@@ -56,7 +56,7 @@ def relay_planned_sends(settings: Settings, actors: Mapping[str, dramatiq.Actor]
     return enqueued
 
 
-def _relay_chunk(actor: dramatiq.Actor, ids: list[int], now) -> int:  # type: ignore[no-untyped-def]
+def _relay_chunk(actor: dramatiq.Actor, ids: list[int], now) -> int:
     mine = [r.id for r in (Send.update(status="queued", queued_at=now)
                            .where(Send.id.in_(ids), Send.status == "planned")
                            .returning(Send.id).execute())]

@@ -8,6 +8,7 @@ processes x pool size must stay far below the server's ``max_connections``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -86,7 +87,7 @@ def close_database() -> None:
         engine.close()
 
 
-def db_session():  # type: ignore[no-untyped-def]
+def db_session() -> contextlib.AbstractContextManager[object]:
     """A connection for the duration of a block of work.
 
     PostgreSQL: borrowed from the bounded pool and given back at the end, so worker threads never

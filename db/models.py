@@ -27,6 +27,7 @@ class BaseModel(peewee.Model):
 class Contact(BaseModel):
     """A person a team follows up with. Keys are normalised before they get here."""
 
+    id = peewee.AutoField()
     external_id = peewee.CharField(max_length=255, null=True, unique=True)
     email = peewee.CharField(max_length=320, null=True, unique=True)
     phone = peewee.CharField(max_length=32, null=True, unique=True)  # E.164
@@ -41,6 +42,7 @@ class Contact(BaseModel):
 class Campaign(BaseModel):
     """A sequence of steps, started by a trigger event (or manual enrolment), left on exit events."""
 
+    id = peewee.AutoField()
     slug = peewee.CharField(max_length=100, unique=True)
     name = peewee.CharField(max_length=255)
     trigger_event = peewee.CharField(max_length=100, null=True, index=True)  # None: manual
@@ -52,6 +54,7 @@ class Campaign(BaseModel):
 
 
 class CampaignStep(BaseModel):
+    id = peewee.AutoField()
     campaign = peewee.ForeignKeyField(Campaign, backref="steps", on_delete="CASCADE")
     position = peewee.IntegerField()
     channel = peewee.CharField(max_length=16)
@@ -67,6 +70,7 @@ class CampaignStep(BaseModel):
 class Enrolment(BaseModel):
     """A contact's progress through a campaign. ``next_due_at`` drives the scheduler's due query."""
 
+    id = peewee.AutoField()
     contact = peewee.ForeignKeyField(Contact, backref="enrolments", on_delete="CASCADE")
     campaign = peewee.ForeignKeyField(Campaign, backref="enrolments", on_delete="CASCADE")
     status = peewee.CharField(max_length=16, default="active")  # active | waiting | completed | exited
@@ -86,6 +90,7 @@ class Enrolment(BaseModel):
 class Send(BaseModel):
     """One planned message: the outbox row, then the send log. Written before it is enqueued."""
 
+    id = peewee.AutoField()
     idempotency_key = peewee.CharField(max_length=64, unique=True)
     channel = peewee.CharField(max_length=16)
     status = peewee.CharField(max_length=16, default="planned")
@@ -119,6 +124,7 @@ class Send(BaseModel):
 class InboundEvent(BaseModel):
     """A webhook event, committed before its 2xx; unique per source and the sender's event id."""
 
+    id = peewee.AutoField()
     source = peewee.CharField(max_length=64)
     event_id = peewee.CharField(max_length=255)
     type = peewee.CharField(max_length=100, null=True)
@@ -140,6 +146,7 @@ class InboundEvent(BaseModel):
 class Suppression(BaseModel):
     """Do not send to this contact on this channel ('*' for all): unsubscribed, bounced, STOP..."""
 
+    id = peewee.AutoField()
     contact = peewee.ForeignKeyField(Contact, backref="suppressions", on_delete="CASCADE")
     channel = peewee.CharField(max_length=16, default="*")
     reason = peewee.CharField(max_length=32)
@@ -162,6 +169,7 @@ class Lease(BaseModel):
 class JobRun(BaseModel):
     """One run of a periodic job: who, when, how it ended."""
 
+    id = peewee.AutoField()
     job = peewee.CharField(max_length=100)
     instance = peewee.CharField(max_length=255)
     started_at = peewee.DateTimeField(default=utcnow)
@@ -177,6 +185,7 @@ class JobRun(BaseModel):
 class OpsAlert(BaseModel):
     """A critical health finding, kept for the operator."""
 
+    id = peewee.AutoField()
     component = peewee.CharField(max_length=64)
     level = peewee.CharField(max_length=16)
     message = peewee.TextField()

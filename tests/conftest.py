@@ -1,0 +1,146 @@
+"""Fixtures in the spirit of dramatiq's tests: an in-process broker and worker for fast tests,
+the real RabbitMQ and PostgreSQL for the tests marked ``rabbitmq`` / ``postgres`` (started when
+installed but stopped; under CI=true an unreachable one fails the test), and database tests
+parametrised over both engines.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import psycopg2
+import pytest
+
+from actors.channel import QUEUE_PREFIX
+from daemon.config import CHANNELS, Settings, load_settings
+from db.database import close_database, init_database
+from db.migrate import migrate
+from tests.support.services import POSTGRES, RABBITMQ, require
+
+# -- PostgreSQL -----------------------------------------------------------------------------------
+
+
+def _pg_admin():  # type: ignore[no-untyped-def]
+    connection = psycopg2.connect(host=POSTGRES[0], port=POSTGRES[1], user="postgres", dbname="postgres")
+    connection.autocommit = True
+    return connection
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> None:
+    require("postgres", POSTGRES)
+
+
+@pytest.fixture
+def pg_url(postgres_server: None) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"retentiond_test_{uuid.uuid4().hex[:12]}"
+    admin = _pg_admin()
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@{POSTGRES[0]}:{POSTGRES[1]}/{name}"
+    finally:
+        close_database()
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'retentiond.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each database test runs on both engines."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'retentiond.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def migrated_db(db_url: str) -> Iterator[str]:
+    """The global database proxy on a freshly migrated database."""
+    init_database(db_url)
+    migrate()
+    try:
+        yield db_url
+    finally:
+        close_database()
+
+
+# -- RabbitMQ -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_vhost() -> Iterator[str]:
+    """A vhost of the suite's own on the machine's RabbitMQ, so tests never touch '/'."""
+    require("rabbitmq", RABBITMQ)
+    vhost = f"retentiond-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+                   check=True, capture_output=True)
+    try:
+        yield vhost
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True)
+
+
+def amqp_url_for(vhost: str, host_port: str = f"{RABBITMQ[0]}:{RABBITMQ[1]}") -> str:
+    return f"amqp://guest:guest@{host_port}/{vhost}"
+
+
+def rabbitmq_queue_depths(vhost: str) -> dict[str, int]:
+    """Ready messages per retentiond queue (including .DQ and .XQ), through AMQP passive declares."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url_for(vhost)))
+    depths = {}
+    try:
+        for channel_name in CHANNELS:
+            for suffix in ("", ".DQ", ".XQ"):
+                name = f"{QUEUE_PREFIX}{channel_name}{suffix}"
+                channel = connection.channel()
+                try:
+                    depths[name] = channel.queue_declare(name, passive=True).method.message_count
+                    channel.close()
+                except pika.exceptions.ChannelClosedByBroker:
+                    depths[name] = 0
+    finally:
+        connection.close()
+    return depths
+
+
+@pytest.fixture
+def amqp_url(rabbitmq_vhost: str) -> Iterator[str]:
+    """The suite's vhost with every retentiond queue deleted before the test."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url_for(rabbitmq_vhost)))
+    try:
+        channel = connection.channel()
+        for channel_name in CHANNELS:
+            for suffix in ("", ".DQ", ".XQ"):
+                channel.queue_delete(f"{QUEUE_PREFIX}{channel_name}{suffix}")
+    finally:
+        connection.close()
+    yield amqp_url_for(rabbitmq_vhost)
+
+
+# -- settings -------------------------------------------------------------------------------------
+
+
+def make_settings(**env: str) -> Settings:
+    return load_settings(environ={f"RETENTIOND_{k}": v for k, v in env.items()})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by the real servers their fixtures need, so `-m 'not rabbitmq'` works."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "pg_url" in names or "postgres_server" in names:
+            item.add_marker(pytest.mark.postgres)
+        if "amqp_url" in names or "rabbitmq_vhost" in names:
+            item.add_marker(pytest.mark.rabbitmq)

@@ -1,0 +1,136 @@
+"""Settings: defaults, environment and TOML, and one clear line for every bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.config import ConfigError, Rate, load_settings
+from tests.support.daemon import base_env, cli
+
+
+def settings(**env: str):  # type: ignore[no-untyped-def]
+    return load_settings(environ={f"RETENTIOND_{k}": v for k, v in env.items()})
+
+
+def test_defaults_are_the_embedded_ones() -> None:
+    s = settings()
+    assert s.database_url == "sqlite:///var/retentiond.db"
+    assert s.broker_url == "memory://"
+    assert (s.http_host, s.http_port) == ("127.0.0.1", 8080)
+    assert s.channel_providers == dict.fromkeys(("sms", "email", "call", "push", "webhook"), "console")
+    assert {c: s.rate(c).per_second for c in s.rates} == {"sms": 1, "email": 10, "call": 1, "push": 5, "webhook": 50}
+    assert s.db_pool_size == 3
+    assert s.shutdown_timeout_s == 30
+
+
+def test_rates_parse_per_second_minute_and_hour() -> None:
+    s = settings(RATE_SMS="2/s", RATE_PUSH="300/m", RATE_CALL="7200/h", RATE_EMAIL="unlimited", RATE_WEBHOOK="5/10s")
+    assert s.rate("sms").per_second == 2
+    assert s.rate("push").per_second == 5
+    assert s.rate("call").per_second == 2
+    assert s.rate("email").count is None and s.rate("email").interval_s == 0
+    assert s.rate("webhook").per_second == pytest.approx(0.5)
+
+
+def test_sources_providers_and_channels_from_the_environment() -> None:
+    s = settings(SOURCE_STRIPE_SCHEME="stripe", SOURCE_STRIPE_SECRET="whsec_abc", SOURCE_ZAPIER_SECRET="tok",
+                 PROVIDER_TWILIO_ACCOUNT_SID="AC123", PROVIDER_TWILIO_URL="http://127.0.0.1:9/",
+                 CHANNEL_SMS_PROVIDER="twilio")
+    assert s.sources["stripe"].scheme == "stripe"
+    assert s.sources["zapier"].scheme == "standard"  # the default scheme
+    assert s.providers["twilio"]["account_sid"] == "AC123"
+    assert s.channel_providers["sms"] == "twilio"
+
+
+def test_toml_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    config = tmp_path / "retentiond.toml"
+    config.write_text(
+        'database_url = "postgresql://app@db.internal:5432/retentiond"\n'
+        "http_port = 9000\n"
+        "[rates]\nsms = \"3/s\"\n"
+        "[sources.stripe]\nscheme = \"stripe\"\nsecret = \"whsec_x\"\n"
+        "[providers.twilio]\naccount_sid = \"AC1\"\n"
+    )
+    s = load_settings(environ={"RETENTIOND_HTTP_PORT": "9100"}, config_file=str(config))
+    assert s.database_url == "postgresql://app@db.internal:5432/retentiond"
+    assert s.http_port == 9100  # environment over file
+    assert s.rate("sms").per_second == 3
+    assert s.sources["stripe"].scheme == "stripe"
+    assert s.providers["twilio"]["account_sid"] == "AC1"
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"DATABASE_URL": "mysql://root@localhost/db"}, "RETENTIOND_DATABASE_URL"),
+    ({"DATABASE_URL": "sqlite://"}, "RETENTIOND_DATABASE_URL"),
+    ({"DATABASE_URL": "postgresql://u@h:notaport/db"}, "RETENTIOND_DATABASE_URL"),
+    ({"BROKER_URL": "redis://localhost"}, "RETENTIOND_BROKER_URL"),
+    ({"HTTP_PORT": "eighty"}, "RETENTIOND_HTTP_PORT"),
+    ({"HTTP_PORT": "70000"}, "RETENTIOND_HTTP_PORT"),
+    ({"RATE_SMS": "fast"}, "RETENTIOND_RATE_SMS"),
+    ({"RATE_SMS": "0/s"}, "RETENTIOND_RATE_SMS"),
+    ({"RATE_FAX": "1/s"}, "RETENTIOND_RATE_FAX"),
+    ({"CHANNEL_SMS_PROVIDER": "carrier-pigeon"}, "RETENTIOND_CHANNEL_SMS_PROVIDER"),
+    ({"SOURCE_STRIPE_SCHEME": "stripe"}, "RETENTIOND_SOURCE_STRIPE_SECRET"),
+    ({"SOURCE_X_SCHEME": "hmac-md5", "SOURCE_X_SECRET": "s"}, "RETENTIOND_SOURCE_X_SCHEME"),
+    ({"DB_POOL_SIZE": "0"}, "RETENTIOND_DB_POOL_SIZE"),
+    ({"PUBLIC_URL": "example.com"}, "RETENTIOND_PUBLIC_URL"),
+    ({"DATABSE_URL": "sqlite:///x.db"}, "RETENTIOND_DATABSE_URL"),
+])
+def test_a_bad_value_names_its_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings(**env)
+    assert str(caught.value).startswith(named + ":")
+
+
+def test_a_misspelt_setting_gets_a_hint() -> None:
+    with pytest.raises(ConfigError, match="did you mean RETENTIOND_DATABASE_URL"):
+        settings(DATABSE_URL="sqlite:///x.db")
+
+
+def test_secrets_never_show_in_repr() -> None:
+    s = settings(ADMIN_TOKEN="tok-very-secret", SOURCE_A_SECRET="whsec_hush",
+                 PROVIDER_TWILIO_AUTH_TOKEN="tw-secret",
+                 DATABASE_URL="postgresql://app:pg-pass@localhost:5432/db",
+                 BROKER_URL="amqp://user:mq-pass@localhost:5672/")
+    shown = repr(s) + repr(s.sources) + repr(s.providers) + repr(s.admin_token)
+    for secret in ("tok-very-secret", "whsec_hush", "tw-secret", "pg-pass", "mq-pass"):
+        assert secret not in shown
+
+
+def test_rate_unit_conversion() -> None:
+    assert Rate.parse("120/m", "X").interval_s == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("command", ["run", "migrate"])
+def test_cli_bad_database_url_exits_2_with_one_line(command: str) -> None:
+    result = cli(command, env=base_env(DATABASE_URL="mysql://root:hunter2@localhost/app"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "RETENTIOND_DATABASE_URL" in lines[0]
+    assert "hunter2" not in result.stderr
+
+
+def test_cli_unreachable_database_exits_3_with_one_line(tmp_path: Path) -> None:
+    port = 1  # nothing listens there
+    result = cli("migrate", env=base_env(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{port}/x", DB_TIMEOUT_S="2"))
+    assert result.returncode == 3
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "RETENTIOND_DATABASE_URL: cannot connect" in result.stderr
+
+
+def test_cli_bad_config_file_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("http_port = [1, 2\n")
+    result = cli("--config", str(config), "migrate", env=base_env())
+    assert result.returncode == 2
+    assert result.stderr.startswith("retentiond: error: --config:")
+
+
+def test_cli_help_lists_the_commands() -> None:
+    result = cli("--help", env=base_env())
+    assert result.returncode == 0
+    for command in ("run", "migrate"):
+        assert command in result.stdout
