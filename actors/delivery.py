@@ -100,18 +100,18 @@ class ChannelSender:
         futures: list[concurrent.futures.Future[Outcome]] = []
         position = 0
         while position < len(messages):
+            if self.stopping.is_set():
+                futures.extend(self._released(messages[position:]))
+                break
             if self.limiter.unlimited:
                 slots = [time.monotonic()] * (len(messages) - position)
             else:
                 with db_session():
                     reservation = self.limiter.try_reserve(len(messages) - position)
                 if isinstance(reservation, float):
-                    time.sleep(reservation)
+                    self.stopping.wait(reservation)  # wakes at once when the worker stops
                     continue
                 slots = [reservation.slot_at(i) for i in range(reservation.count)]
-            if self.stopping.is_set():
-                futures.extend(self._released(messages[position:]))
-                break
             for slot_at in slots:
                 coroutine = self._send_one(messages[position], slot_at)
                 futures.append(asyncio.run_coroutine_threadsafe(coroutine, loop))

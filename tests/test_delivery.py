@@ -1,0 +1,185 @@
+"""The thin slice, in process: a send row relayed to its channel actor reaches the provider once,
+and its status and metric follow. In-process broker and worker; both database engines."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import dramatiq
+import pytest
+
+from actors.broker import build_broker
+from actors.providers import OutboundMessage, ProviderResult
+from actors.providers.console import ConsoleProvider
+from daemon.errors import PermanentChannelError, ProviderRateLimited, TransientChannelError
+from daemon.metrics import SENDS
+from daemon.outbox import relay_planned_sends
+from db.models import RateLimit, Send
+from tests.conftest import make_settings
+
+
+@dataclass
+class ScriptedProvider:
+    """Answers each call from a script per recipient (an exception to raise, or None to succeed)."""
+
+    name: str = "scripted"
+    script: dict[str, list[Exception | None]] = field(default_factory=dict)
+    calls: Counter = field(default_factory=Counter)
+
+    async def send(self, message: OutboundMessage) -> ProviderResult:
+        self.calls[message.idempotency_key] += 1
+        await asyncio.sleep(0)
+        steps = self.script.get(message.recipient or "", [])
+        outcome = steps.pop(0) if steps else None
+        if outcome is not None:
+            raise outcome
+        return ProviderResult(provider_message_id=f"pm-{message.send_id}")
+
+    async def close(self) -> None:
+        return None
+
+
+class Pipeline:
+    """An in-process broker with a running worker, over the migrated test database."""
+
+    def __init__(self, providers: dict, **env: str) -> None:
+        env = {"RATE_SMS": "unlimited", "RATE_EMAIL": "unlimited", "RETRY_MIN_BACKOFF_MS": "10",
+               "RETRY_MAX_BACKOFF_MS": "50", "MAX_RETRIES": "3", **env}
+        self.settings = make_settings(**env)
+        self.broker = build_broker(self.settings, providers=providers)
+        self.actors = {name: self.broker.get_actor(f"send_{name}") for name in self.settings.rates}
+        self.worker = dramatiq.Worker(self.broker, worker_threads=2, worker_timeout=50)
+        self.worker.start()
+
+    def relay_and_wait(self) -> int:
+        relayed = relay_planned_sends(self.settings, self.actors)
+        self.broker.join("retentiond.sms", fail_fast=False)
+        self.broker.join("retentiond.email", fail_fast=False)
+        self.worker.join()
+        return relayed
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.broker.close()
+
+
+@pytest.fixture
+def pipeline(migrated_db: str) -> Iterator:
+    made: list[Pipeline] = []
+
+    def make(providers: dict | None = None, **env: str) -> Pipeline:
+        made.append(Pipeline(providers or {}, **env))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def plan(key: str, channel: str = "sms", recipient: str = "+15550001111", body: str = "hi") -> Send:
+    return Send.create(idempotency_key=key, channel=channel, recipient=recipient, body=body)
+
+
+def sent_total(channel: str, status: str) -> float:
+    return SENDS.labels(channel, status)._value.get()
+
+
+def test_a_planned_send_reaches_the_console_provider_once(pipeline) -> None:  # type: ignore[no-untyped-def]
+    # Given a send written to the database as planned
+    out = io.StringIO()
+    p = pipeline({"sms": ConsoleProvider(stream=out)})
+    before = sent_total("sms", "sent")
+    send = plan("welcome-1", body="Hi Ada, your offer is inside")
+    # When the outbox relays it and the worker drains the queue
+    assert p.relay_and_wait() == 1
+    # Then the console shows the rendered message, the row is sent, the metric counted it
+    assert "--- console sms send=%d key=welcome-1 to=+15550001111" % send.id in out.getvalue()
+    assert "Hi Ada, your offer is inside" in out.getvalue()
+    row = Send.get_by_id(send.id)
+    assert (row.status, row.attempts, row.provider, row.provider_message_id) == ("sent", 1, "console", "console-welcome-1")
+    assert row.finished_at is not None and row.queued_at is not None
+    assert sent_total("sms", "sent") == before + 1
+
+
+def test_a_redelivered_message_does_not_call_the_provider_again(pipeline) -> None:  # type: ignore[no-untyped-def]
+    provider = ScriptedProvider()
+    p = pipeline({"sms": provider})
+    sends = [plan(f"k{i}") for i in range(3)]
+    p.relay_and_wait()
+    # When the same message arrives again (at-least-once delivery)
+    p.actors["sms"].send([s.id for s in sends])
+    p.broker.join("retentiond.sms")
+    p.worker.join()
+    # Then each send was handed to the provider exactly once
+    assert provider.calls == Counter({"k0": 1, "k1": 1, "k2": 1})
+    assert {s.status for s in Send.select()} == {"sent"}
+
+
+def test_a_permanent_error_is_recorded_and_not_retried(pipeline) -> None:  # type: ignore[no-untyped-def]
+    provider = ScriptedProvider(script={"+15550000000": [PermanentChannelError("invalid number")]})
+    p = pipeline({"sms": provider})
+    bad = plan("bad", recipient="+15550000000")
+    good = plan("good")
+    p.relay_and_wait()
+    assert provider.calls == Counter({"bad": 1, "good": 1})
+    bad_row, good_row = Send.get_by_id(bad.id), Send.get_by_id(good.id)
+    assert (bad_row.status, bad_row.error) == ("failed", "invalid number")
+    assert good_row.status == "sent"
+
+
+def test_a_transient_error_is_retried_only_for_the_send_that_failed(pipeline) -> None:  # type: ignore[no-untyped-def]
+    provider = ScriptedProvider(script={"+15550000002": [TransientChannelError("timeout"), TransientChannelError("502")]})
+    p = pipeline({"sms": provider})
+    flaky = plan("flaky", recipient="+15550000002")
+    steady = [plan(f"steady{i}") for i in range(4)]
+    p.relay_and_wait()
+    # The flaky send went through on its third call; the others were never called twice
+    assert provider.calls["flaky"] == 3
+    assert all(provider.calls[s.idempotency_key] == 1 for s in steady)
+    row = Send.get_by_id(flaky.id)
+    assert (row.status, row.attempts, row.error) == ("sent", 3, None)
+
+
+def test_exhausted_retries_dead_letter_the_message_and_fail_the_send(pipeline) -> None:  # type: ignore[no-untyped-def]
+    provider = ScriptedProvider(script={"+15550000003": [TransientChannelError("503")] * 10})
+    p = pipeline({"sms": provider}, MAX_RETRIES="2")
+    doomed = plan("doomed", recipient="+15550000003")
+    before = sent_total("sms", "failed")
+    p.relay_and_wait()
+    row = Send.get_by_id(doomed.id)
+    assert (row.status, row.reason) == ("failed", "retries exhausted")
+    assert provider.calls["doomed"] == 3  # the first try and two retries
+    assert len(p.broker.dead_letters_by_queue["retentiond.sms"]) == 1
+    assert sent_total("sms", "failed") == before + 1
+
+
+def test_a_429_holds_the_whole_channel(pipeline) -> None:  # type: ignore[no-untyped-def]
+    provider = ScriptedProvider(script={"+15550000004": [ProviderRateLimited("429", retry_after_s=30)]})
+    p = pipeline({"sms": provider}, RATE_SMS="100/s")
+    plan("limited", recipient="+15550000004")
+    relay = relay_planned_sends(p.settings, p.actors)
+    assert relay == 1
+    # The channel's next free slot moved ~30 s into the future, for every process
+    until = time.monotonic() + 10
+    while time.monotonic() < until:
+        tat = RateLimit.get_or_none(RateLimit.channel == "sms")
+        if tat is not None and tat.tat > time.time() + 25:
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("the 429 did not push the channel's rate-limit state forward")
+
+
+def test_channels_do_not_mix(pipeline) -> None:  # type: ignore[no-untyped-def]
+    sms, email = ScriptedProvider(name="sms-p"), ScriptedProvider(name="email-p")
+    p = pipeline({"sms": sms, "email": email})
+    plan("s1", channel="sms")
+    plan("e1", channel="email", recipient="ada@example.com")
+    p.relay_and_wait()
+    assert sms.calls == Counter({"s1": 1}) and email.calls == Counter({"e1": 1})
+    assert {(s.idempotency_key, s.provider) for s in Send.select()} == {("s1", "sms-p"), ("e1", "email-p")}
