@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import dramatiq
+
 from actors.providers.base import OutboundMessage, Provider
 from actors.rate_limit import GlobalRateLimiter
 from daemon.errors import PermanentChannelError, ProviderRateLimited, TransientChannelError
@@ -55,6 +57,7 @@ class ChannelSender:
         self.concurrency = concurrency
         self._event_loop = event_loop
         self._in_flight: asyncio.Semaphore | None = None
+        self.actor: dramatiq.Actor  # set once the actor wrapping this sender is declared
         self.__name__ = f"send_{channel}"  # Dramatiq names loggers after the callable
 
     def __call__(self, send_ids: list[int]) -> None:
@@ -66,11 +69,14 @@ class ChannelSender:
         outcomes = self._deliver(messages)
         with db_session():
             self._record(outcomes)
-        released = [o for o in outcomes if o.status == "queued"]
+        released = [o.send_id for o in outcomes if o.status == "queued"]
         if released:
-            # The worker is shutting down: these were never handed to the provider. Failing the
-            # message makes Dramatiq put a copy back on the queue for the next worker.
-            raise TransientChannelError(f"shutting down: {len(released)} {self.channel} send(s) handed back")
+            # The worker is shutting down and these were never handed to the provider: a fresh
+            # message (confirmed by RabbitMQ before this one is acked) takes them to the next
+            # worker without spending a retry. If the broker refuses, raising leaves this
+            # message unacked, and RabbitMQ redelivers it.
+            self.actor.send(released)
+            logger.info("shutting down: handed %d %s send(s) back to the queue", len(released), self.channel)
         retries = [o for o in outcomes if o.status == "retrying"]
         if retries:
             waits = [o.retry_after_s for o in retries if o.retry_after_s]

@@ -103,7 +103,7 @@ class GlobalRateLimiter:
             peek = None if tat is None else (tat, now)
         if peek is None:  # first use of this channel on this database
             self.ensure_row()
-            return 0.0
+            return self.try_reserve(wanted)
         tat, db_now = peek
         # The horizon opens for `count` slots once tat + span - horizon is reached.
         return max(0.005, tat + span - self.horizon_s - db_now)

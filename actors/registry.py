@@ -46,7 +46,7 @@ def declare_channel_actors(broker: dramatiq.Broker, settings: Settings, stopping
             event_loop=_event_loop,
             stopping=stopping,
         )
-        actors[name] = dramatiq.Actor(
+        actors[name] = sender.actor = dramatiq.Actor(
             sender, broker=broker, actor_name=channel.actor_name, queue_name=channel.queue_name, priority=0,
             options={
                 "max_retries": settings.max_retries,

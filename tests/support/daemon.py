@@ -51,10 +51,11 @@ class DaemonProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self, wait_healthy_s: float = 60) -> DaemonProcess:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run", *self.args], env=self.env, cwd=self.workdir,
-            stdout=self.stdout_path.open("ab"), stderr=self.stderr_path.open("ab"),
-        )
+        with self.stdout_path.open("ab") as out, self.stderr_path.open("ab") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "daemon.cli", "run", *self.args], env=self.env, cwd=self.workdir,
+                stdout=out, stderr=err,
+            )
         deadline = time.monotonic() + wait_healthy_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -1,0 +1,200 @@
+"""The daemon as an operator runs it: a real ``retentiond run`` on RabbitMQ and PostgreSQL (or the
+embedded defaults), signals, outages through a TCP proxy the test controls."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from db.database import close_database, init_database
+from db.migrate import migrate
+from db.models import Send
+from tests.conftest import amqp_url_for, rabbitmq_queue_depths
+from tests.support.daemon import DaemonProcess, base_env, cli
+from tests.support.services import POSTGRES, RABBITMQ
+from tests.support.tcp_proxy import TcpProxy
+
+CONSOLE_LINE = re.compile(r"^--- console (\w+) send=(\d+) key=(\S+) to=", re.M)
+
+
+@pytest.fixture
+def database(pg_url: str) -> Iterator[str]:
+    init_database(pg_url)
+    migrate()
+    yield pg_url
+    close_database()
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.kill()
+
+
+def plan_sends(count: int, channel: str = "sms", prefix: str = "s") -> list[int]:
+    rows = [{"idempotency_key": f"{prefix}{i}", "channel": channel, "recipient": f"+1555000{i:04d}",
+             "body": f"message {i}"} for i in range(count)]
+    ids = []
+    for start in range(0, len(rows), 500):
+        ids += [r.id for r in Send.insert_many(rows[start:start + 500]).returning(Send.id).execute()]
+    return ids
+
+
+def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.1):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def status_counts() -> Counter:
+    return Counter(s.status for s in Send.select(Send.status))
+
+
+def console_keys(*daemons: DaemonProcess) -> Counter:
+    return Counter(m.group(3) for d in daemons for m in CONSOLE_LINE.finditer(d.stdout()))
+
+
+def test_on_rabbitmq_and_postgres_the_channel_queues_exist_and_sends_go_out(
+        database: str, amqp_url: str, rabbitmq_vhost: str, tmp_path: Path, daemons: list) -> None:
+    # Given a daemon with two worker processes on RabbitMQ and PostgreSQL
+    daemon = DaemonProcess(base_env(DATABASE_URL=database, BROKER_URL=amqp_url, RATE_SMS="unlimited",
+                                    RATE_EMAIL="unlimited"), tmp_path, "--processes", "2")
+    daemons.append(daemon)
+    daemon.start()
+    # When sends are planned on two channels
+    plan_sends(40, "sms", "sms-")
+    plan_sends(20, "email", "email-")
+    wait_until(lambda: status_counts()["sent"] == 60, 30, "60 sends sent")
+    # Then each went out once, and the operator sees one durable queue per channel, with dead letters
+    assert console_keys(daemon) == Counter({f"sms-{i}": 1 for i in range(40)} | {f"email-{i}": 1 for i in range(20)})
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", rabbitmq_vhost, "name", "durable"],
+                            capture_output=True, text=True, check=True).stdout
+    queues = dict(line.split() for line in listed.strip().splitlines()[1:])
+    for channel in ("sms", "email", "call", "push", "webhook"):
+        assert queues.get(f"retentiond.{channel}") == "true"
+        assert queues.get(f"retentiond.{channel}.XQ") == "true"
+    # And /metrics adds up what both worker processes counted
+    status, text = daemon.get("/metrics")
+    assert status == 200
+    assert 'retentiond_sends_total{channel="sms",status="sent"} 40.0' in text
+    assert 'retentiond_sends_total{channel="email",status="sent"} 20.0' in text
+    assert daemon.get("/health/ready")[0] == 200
+    assert daemon.stop() == 0
+    assert re.search(r"stopped after [\d.]+s: .* exit 0", daemon.stderr())
+
+
+@pytest.mark.slow
+def test_sigterm_during_slow_sends_loses_nothing_and_acks_nothing_unfinished(
+        database: str, amqp_url: str, rabbitmq_vhost: str, tmp_path: Path, daemons: list) -> None:
+    # Given slow sends (1 s each, 4 at a time, batches of 10) with plenty left when SIGTERM comes
+    env = base_env(DATABASE_URL=database, BROKER_URL=amqp_url, RATE_SMS="10/s", CONCURRENCY_SMS="4",
+                   PROVIDER_CONSOLE_DELAY_MS="1000", SHUTDOWN_TIMEOUT_S="20")
+    first = DaemonProcess(env, tmp_path, "--processes", "1", "--threads", "2", name="first")
+    daemons.append(first)
+    first.start()
+    plan_sends(60)
+    wait_until(lambda: status_counts()["sent"] >= 6, 30, "the first sends")
+    # When the daemon gets SIGTERM mid-run
+    stopped_at = time.monotonic()
+    assert first.stop(timeout_s=40) == 0
+    assert time.monotonic() - stopped_at < 20
+    # Then nothing is left half-claimed: each send is sent (once) or back in the queue, unsent
+    counts = status_counts()
+    assert counts["sending"] == 0 and counts["retrying"] == 0
+    assert counts["sent"] + counts["queued"] == 60 and counts["queued"] > 0
+    sent_keys = {s.idempotency_key for s in Send.select().where(Send.status == "sent")}
+    assert console_keys(first) == Counter(dict.fromkeys(sent_keys, 1))
+    # and RabbitMQ still holds the messages for every unsent one (nothing unfinished was acked)
+    depths = rabbitmq_queue_depths(rabbitmq_vhost)
+    assert depths["retentiond.sms"] + depths["retentiond.sms.DQ"] >= 1
+    # When the daemon starts again, the rest go out, and nothing went out twice
+    second = DaemonProcess(env, tmp_path, "--processes", "1", "--threads", "2", name="second")
+    daemons.append(second)
+    second.start()
+    wait_until(lambda: status_counts()["sent"] == 60, 60, "all 60 sends")
+    assert console_keys(first, second) == Counter({f"s{i}": 1 for i in range(60)})
+    assert second.stop() == 0
+
+
+@pytest.mark.slow
+def test_readiness_follows_rabbitmq_through_an_outage_without_a_restart(
+        database: str, rabbitmq_vhost: str, amqp_url: str, tmp_path: Path, daemons: list) -> None:
+    proxy = TcpProxy(RABBITMQ)
+    try:
+        daemon = DaemonProcess(base_env(DATABASE_URL=database, RATE_SMS="unlimited",
+                                        BROKER_URL=amqp_url_for(rabbitmq_vhost, proxy.url_host_port())),
+                               tmp_path, "--processes", "1")
+        daemons.append(daemon)
+        daemon.start()
+        daemon.wait_for("/health/ready", 200, 10)
+        # When RabbitMQ becomes unreachable
+        proxy.cut()
+        body = daemon.wait_for("/health/ready", 503, 15)
+        assert body["broker"]["ok"] is False and body["database"]["ok"] is True
+        assert daemon.get("/health")[0] == 200  # alive all the same
+        plan_sends(3, prefix="during-")  # planned while the broker is away: kept, not lost
+        # When it comes back, the daemon is ready again and sends flow, with no restart
+        proxy.restore()
+        daemon.wait_for("/health/ready", 200, 30)
+        plan_sends(3, prefix="after-")
+        wait_until(lambda: status_counts()["sent"] == 6, 60, "the sends planned during and after the outage")
+        assert console_keys(daemon) == Counter({f"{p}{i}": 1 for p in ("during-", "after-") for i in range(3)})
+        assert daemon.stop() == 0
+    finally:
+        proxy.close()
+
+
+@pytest.mark.slow
+def test_readiness_follows_postgresql_through_an_outage(
+        pg_url: str, amqp_url: str, tmp_path: Path, daemons: list) -> None:
+    init_database(pg_url)
+    migrate()
+    close_database()
+    proxy = TcpProxy(POSTGRES)
+    try:
+        proxied = pg_url.replace(f"{POSTGRES[0]}:{POSTGRES[1]}", proxy.url_host_port())
+        daemon = DaemonProcess(base_env(DATABASE_URL=proxied, BROKER_URL=amqp_url, DB_TIMEOUT_S="2"),
+                               tmp_path, "--processes", "1")
+        daemons.append(daemon)
+        daemon.start()
+        daemon.wait_for("/health/ready", 200, 10)
+        proxy.cut()
+        body = daemon.wait_for("/health/ready", 503, 15)
+        assert body["database"]["ok"] is False and body["broker"]["ok"] is True
+        proxy.restore()
+        daemon.wait_for("/health/ready", 200, 30)
+        assert daemon.stop() == 0
+    finally:
+        proxy.close()
+
+
+def test_embedded_defaults_run_from_an_empty_directory(tmp_path: Path, daemons: list) -> None:
+    # `make run` in a fresh clone: no settings at all, SQLite under ./var, in-process broker
+    env = base_env()
+    assert cli("migrate", env=env, cwd=tmp_path).returncode == 0
+    daemon = DaemonProcess(env, tmp_path)
+    daemons.append(daemon)
+    daemon.start()
+    assert (tmp_path / "var" / "retentiond.db").exists()
+    assert daemon.get("/health") == (200, {"status": "ok"})
+    assert daemon.get("/health/ready")[0] == 200
+    init_database("sqlite:///" + str(tmp_path / "var" / "retentiond.db"))
+    try:
+        plan_sends(2, "email", "local-")
+        wait_until(lambda: status_counts()["sent"] == 2, 20, "the two local sends")
+    finally:
+        close_database()
+    assert console_keys(daemon) == Counter({"local-0": 1, "local-1": 1})
+    assert daemon.stop() == 0
