@@ -9,6 +9,7 @@ A message still running when the timeout ends is not acknowledged: RabbitMQ rede
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 
@@ -37,7 +38,7 @@ def worker_main(settings: Settings, index: int) -> int:
     broker = build_broker(settings)
     worker = Worker(broker, worker_threads=settings.threads)
     worker.start()
-    logger.info("worker %d started with %d threads", index, settings.threads)
+    logger.info("worker %d (pid %d) started with %d threads", index, os.getpid(), settings.threads)
 
     stopping.wait()
     # Leave a second of the supervisor's budget for closing connections.

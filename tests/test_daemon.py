@@ -4,6 +4,7 @@ embedded defaults), signals, outages through a TCP proxy the test controls."""
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -108,6 +109,10 @@ def test_sigterm_during_slow_sends_loses_nothing_and_acks_nothing_unfinished(
     wait_until(lambda: status_counts()["sent"] >= 6, 30, "the first sends")
     # When the daemon gets SIGTERM mid-run
     stopped_at = time.monotonic()
+    first.signal(signal.SIGTERM)
+    # it stops taking HTTP at once, while in-flight sends are still finishing
+    wait_until(lambda: first.get("/health")[0] == 0, 5, "the side server to close")
+    assert first.process is not None and first.process.poll() is None
     assert first.stop(timeout_s=40) == 0
     assert time.monotonic() - stopped_at < 20
     # Then nothing is left half-claimed: each send is sent (once) or back in the queue, unsent
@@ -197,4 +202,24 @@ def test_embedded_defaults_run_from_an_empty_directory(tmp_path: Path, daemons: 
     finally:
         close_database()
     assert console_keys(daemon) == Counter({"local-0": 1, "local-1": 1})
+    assert daemon.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_worker_process_that_dies_is_replaced(database: str, amqp_url: str, tmp_path: Path,
+                                                daemons: list) -> None:
+    daemon = DaemonProcess(base_env(DATABASE_URL=database, BROKER_URL=amqp_url, RATE_SMS="unlimited"),
+                           tmp_path, "--processes", "2")
+    daemons.append(daemon)
+    daemon.start()
+    assert daemon.process is not None
+    workers = re.findall(r"worker \d \(pid (\d+)\) started", daemon.stderr())
+    assert len(workers) == 2
+    # When one worker process is killed outright
+    subprocess.run(["kill", "-9", workers[0]], check=True)
+    wait_until(lambda: "restarting it" in daemon.stderr(), 15, "the supervisor to notice")
+    wait_until(lambda: daemon.stderr().count("started with") >= 3, 30, "a replacement worker")
+    # Then sends still go out, and the daemon still stops cleanly
+    plan_sends(10)
+    wait_until(lambda: status_counts()["sent"] == 10, 30, "10 sends after the restart")
     assert daemon.stop() == 0

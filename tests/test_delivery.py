@@ -98,7 +98,7 @@ def test_a_planned_send_reaches_the_console_provider_once(pipeline) -> None:  # 
     # When the outbox relays it and the worker drains the queue
     assert p.relay_and_wait() == 1
     # Then the console shows the rendered message, the row is sent, the metric counted it
-    assert "--- console sms send=%d key=welcome-1 to=+15550001111" % send.id in out.getvalue()
+    assert f"--- console sms send={send.id} key=welcome-1 to=+15550001111" in out.getvalue()
     assert "Hi Ada, your offer is inside" in out.getvalue()
     row = Send.get_by_id(send.id)
     assert (row.status, row.attempts, row.provider, row.provider_message_id) == ("sent", 1, "console", "console-welcome-1")
