@@ -47,6 +47,8 @@ class Campaign(BaseModel):
     name = peewee.CharField(max_length=255)
     trigger_event = peewee.CharField(max_length=100, null=True, index=True)  # None: manual
     exit_on = JSONTextField(default=list)
+    # weekly_cap (sends per contact per 7 days), cooldown_s, quiet_hours {"start": "21:00", "end": "08:00"}
+    limits = JSONTextField(default=dict)
     active = peewee.BooleanField(default=True)
     version = peewee.IntegerField(default=1)
     created_at = peewee.DateTimeField(default=utcnow)
@@ -104,6 +106,8 @@ class Send(BaseModel):
     subject = peewee.TextField(null=True)
     body = peewee.TextField(null=True)
     attempts = peewee.IntegerField(default=0)
+    deferrals = peewee.IntegerField(default=0)  # quiet hours, 429s: waits that spent no attempt
+    fallback_of = peewee.ForeignKeyField("self", null=True, backref="fallbacks", on_delete="SET NULL")
     reason = peewee.CharField(max_length=255, null=True)  # why skipped / deferred / failed
     error = peewee.TextField(null=True)
     provider_message_id = peewee.CharField(max_length=128, null=True, index=True)
@@ -204,7 +208,49 @@ class RateLimit(BaseModel):
     tat = peewee.DoubleField(default=0.0)
 
 
+class TrackedLink(BaseModel):
+    """A link in a message, rewritten to ``/t/<token>``: the click is recorded, then redirected here."""
+
+    id = peewee.AutoField()
+    token = peewee.CharField(max_length=64, unique=True)
+    url = peewee.TextField()
+    contact = peewee.ForeignKeyField(Contact, null=True, backref="links", on_delete="CASCADE")
+    send = peewee.ForeignKeyField(Send, null=True, backref="links", on_delete="SET NULL")
+    campaign = peewee.ForeignKeyField(Campaign, null=True, on_delete="SET NULL")
+    step = peewee.ForeignKeyField(CampaignStep, null=True, on_delete="SET NULL")
+    created_at = peewee.DateTimeField(default=utcnow)
+
+
+class UnsubscribeToken(BaseModel):
+    """Behind ``/u/<token>`` (List-Unsubscribe, RFC 8058 one-click): unsubscribes a contact from a channel."""
+
+    token = peewee.CharField(max_length=64, primary_key=True)
+    contact = peewee.ForeignKeyField(Contact, backref="unsubscribe_tokens", on_delete="CASCADE")
+    channel = peewee.CharField(max_length=16, default="*")
+    send = peewee.ForeignKeyField(Send, null=True, on_delete="SET NULL")
+    created_at = peewee.DateTimeField(default=utcnow)
+
+
+class Decision(BaseModel):
+    """The decision log: what happened to a planned send and why (sent, deferred until T by quiet
+    hours, skipped by the daily cap, suppressed by STOP, fell back to email...)."""
+
+    id = peewee.AutoField()
+    send = peewee.ForeignKeyField(Send, null=True, backref="decisions", on_delete="CASCADE")
+    contact = peewee.ForeignKeyField(Contact, null=True, backref="decisions", on_delete="CASCADE")
+    campaign = peewee.ForeignKeyField(Campaign, null=True, on_delete="SET NULL")
+    step = peewee.ForeignKeyField(CampaignStep, null=True, on_delete="SET NULL")
+    channel = peewee.CharField(max_length=16, null=True)
+    outcome = peewee.CharField(max_length=24)
+    reason = peewee.CharField(max_length=255, null=True)
+    until = peewee.DateTimeField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("contact", "created_at"), False), (("created_at",), False))
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     Contact, Campaign, CampaignStep, Enrolment, Send, InboundEvent, Suppression,
-    Lease, JobRun, OpsAlert, RateLimit,
+    Lease, JobRun, OpsAlert, RateLimit, TrackedLink, UnsubscribeToken, Decision,
 ]

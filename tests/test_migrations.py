@@ -8,9 +8,12 @@ import peewee
 from playhouse.schema_diff import diff_models
 
 from db.database import close_database, database, init_database, open_database
-from db.migrate import HISTORY_TABLE, migrate, pending_migrations
+from db.migrate import HISTORY_TABLE, MIGRATIONS_DIR, migrate, pending_migrations
 from db.models import ALL_MODELS
 from tests.support.daemon import base_env, cli
+
+
+ALL_MIGRATIONS = sorted(p.stem for p in MIGRATIONS_DIR.glob("[0-9]*.py"))
 
 
 def _schema(engine: peewee.Database) -> dict[str, object]:
@@ -29,8 +32,9 @@ def _schema(engine: peewee.Database) -> dict[str, object]:
 def test_migrate_creates_the_schema_then_is_a_no_op(db_url: str) -> None:
     init_database(db_url)
     try:
-        assert pending_migrations() == ["0001_initial"]
-        assert migrate() == ["0001_initial"]
+        assert pending_migrations() == ALL_MIGRATIONS
+        assert ALL_MIGRATIONS[0] == "0001_initial"
+        assert migrate() == ALL_MIGRATIONS
         before = _schema(database.obj)
         assert migrate() == []  # second run: nothing to do
         assert pending_migrations() == []
@@ -99,7 +103,7 @@ def test_two_processes_migrating_at_once_apply_each_migration_once(db_url: str) 
         child.join(60)
         assert child.exitcode == 0
     applied = sorted([results.get(timeout=5), results.get(timeout=5)])
-    assert applied == [[], ["0001_initial"]]
+    assert applied == [[], ALL_MIGRATIONS]
 
 
 def test_cli_migrate_twice(db_url: str) -> None:

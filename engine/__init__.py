@@ -1,0 +1,1 @@
+"""The outreach engine: contacts, campaigns, templates, send-time checks and planning."""
