@@ -1,4 +1,4 @@
-"""How a channel actor delivers a batch of sends: claim, wait for rate-limit slots, call, record.
+"""How a channel actor delivers a batch of sends: claim, check, wait for rate-limit slots, call, settle.
 
 A Dramatiq message carries a list of send ids (one channel). The worker thread does the database
 work; the provider calls run concurrently on the process's event loop (Dramatiq's AsyncIO
@@ -7,7 +7,18 @@ channel and process. So a worker thread is never limited to one provider call at
 
 Exactly once, as far as a crash allows: a send is claimed (``queued``/``retrying`` -> ``sending``)
 in one UPDATE before any provider call, so a redelivered message finds nothing to claim for sends
-already being sent or finished, and never calls the provider for them again.
+already being sent or finished, and never calls the provider for them again. The one window left
+is a crash (kill -9, power loss) after a provider accepted a call and before its result was
+written: the send stays ``sending`` until ``CLAIM_TIMEOUT_S``, then the reconciler offers it again
+and it is sent a second time, with the same idempotency key, which providers that honour one
+(Twilio's I-Twilio-Idempotency-Token, the simulator) use to drop the repeat.
+
+Per send, what happens is one of: sent; failed (permanent: recorded, never retried, the step's
+fallback channel tried when there is one); retried (transient: Dramatiq retries the message with
+backoff and jitter, only the failed sends are claimed again, dead-lettered after MAX_RETRIES);
+deferred (a 429/Retry-After, quiet hours or a cooldown: back to the outbox with a due time, no
+attempt spent; a 429 also holds the whole channel); skipped (caps, suppression, consent, no
+address — or fell back to the step's fallback channel). Each lands in the decision log.
 """
 
 from __future__ import annotations
@@ -25,20 +36,27 @@ import dramatiq
 
 from actors.providers.base import OutboundMessage, Provider
 from actors.rate_limit import GlobalRateLimiter
+from daemon.config import Settings
 from daemon.errors import PermanentChannelError, ProviderRateLimited, TransientChannelError
 from daemon.metrics import PROVIDER_LATENCY, RATE_LIMIT_WAIT, SENDS
-from db.database import database, db_session
-from db.models import Send, utcnow
+from db.database import db_session, rows
+from db.models import CampaignStep, Contact, Send, utcnow
+from engine.checks import ADDRESS_FIELDS, Candidate, SendChecks, Verdict
+from engine.outcomes import ClaimedSend, Result, settle
 
 logger = logging.getLogger(__name__)
 
 CLAIMABLE = ("queued", "retrying")
+_METRIC_STATUS = {"sent": "sent", "failed": "failed", "retrying": "retried", "deferred": "deferred",
+                  "skipped": "skipped", "fell_back": "skipped"}
 
 
 @dataclass(frozen=True)
-class Outcome:
+class CallOutcome:
+    """What one provider call came to."""
+
     send_id: int
-    status: str  # sent | failed | retrying | queued (released unsent at shutdown)
+    status: str  # sent | failed | retrying | rate_limited | released
     finished_at: dt.datetime | None = None
     provider_message_id: str | None = None
     error: str | None = None
@@ -49,12 +67,15 @@ class ChannelSender:
     """The body of one channel's actor."""
 
     def __init__(self, channel: str, provider: Provider, limiter: GlobalRateLimiter, concurrency: int,
-                 event_loop: Callable[[], asyncio.AbstractEventLoop], stopping: threading.Event) -> None:
+                 event_loop: Callable[[], asyncio.AbstractEventLoop], stopping: threading.Event,
+                 settings: Settings) -> None:
         self.channel = channel
-        self.stopping = stopping
         self.provider = provider
         self.limiter = limiter
         self.concurrency = concurrency
+        self.stopping = stopping
+        self.settings = settings
+        self.checks = SendChecks(settings)
         self._event_loop = event_loop
         self._in_flight: asyncio.Semaphore | None = None
         self.actor: dramatiq.Actor  # set once the actor wrapping this sender is declared
@@ -62,14 +83,31 @@ class ChannelSender:
 
     def __call__(self, send_ids: list[int]) -> None:
         with db_session():
-            messages = self._claim(send_ids)
-        if not messages:
-            logger.debug("nothing to claim on %s for %d send(s)", self.channel, len(send_ids))
-            return
-        outcomes = self._deliver(messages)
+            claimed = self._claim(send_ids)
+            if not claimed:
+                logger.debug("nothing to claim on %s for %d send(s)", self.channel, len(send_ids))
+                return
+            now = utcnow()
+            fallbacks = self._step_fallbacks(claimed)
+            verdicts = self.checks.evaluate([self._candidate(s, fallbacks) for s in claimed], now)
+            held = [self._held(s, verdicts[s.id]) for s in claimed if verdicts[s.id].action != "send"]
+            to_send = [s for s in claimed if verdicts[s.id].action == "send"]
+            headers = self._headers(to_send)
+            settle(held, now)
+        self._count(held)
+
+        calls = self._deliver([self._message(s, headers.get(s.id, {})) for s in to_send]) if to_send else []
+        by_id = {s.id: s for s in to_send}
+        results = [self._result(by_id[c.send_id], c) for c in calls]
         with db_session():
-            self._record(outcomes)
-        released = [o.send_id for o in outcomes if o.status == "queued"]
+            results = self._with_fallbacks(results, fallbacks)
+            settle(results, utcnow())
+            waits = [c.retry_after_s for c in calls if c.status == "rate_limited" and c.retry_after_s]
+            if waits:
+                self.limiter.penalize(max(waits))
+        self._count(results)
+
+        released = [c.send_id for c in calls if c.status == "released"]
         if released:
             # The worker is shutting down and these were never handed to the provider: a fresh
             # message (confirmed by RabbitMQ before this one is acked) takes them to the next
@@ -77,37 +115,78 @@ class ChannelSender:
             # message unacked, and RabbitMQ redelivers it.
             self.actor.send(released)
             logger.info("shutting down: handed %d %s send(s) back to the queue", len(released), self.channel)
-        retries = [o for o in outcomes if o.status == "retrying"]
+        retries = [c for c in calls if c.status == "retrying"]
         if retries:
-            waits = [o.retry_after_s for o in retries if o.retry_after_s]
-            if waits:
-                with db_session():
-                    self.limiter.penalize(max(waits))
             # Dramatiq retries the message with backoff and jitter; only the sends put back to
             # 'retrying' are claimed again, the sent ones are not called twice.
-            raise TransientChannelError(f"{len(retries)} of {len(outcomes)} {self.channel} send(s) will be retried")
+            raise TransientChannelError(f"{len(retries)} of {len(calls)} {self.channel} send(s) will be retried")
 
-    # -- claim ------------------------------------------------------------------------------------
+    # -- claim and checks -------------------------------------------------------------------------
 
-    def _claim(self, send_ids: list[int]) -> list[OutboundMessage]:
+    def _claim(self, send_ids: list[int]) -> list[ClaimedSend]:
         now = utcnow()
-        rows = (Send.update(status="sending", claimed_at=now, attempts=Send.attempts + 1)
-                .where(Send.id.in_(send_ids), Send.status.in_(CLAIMABLE), Send.channel == self.channel)
-                .returning(Send.id, Send.idempotency_key, Send.recipient, Send.subject, Send.body)
-                .execute())
-        return [OutboundMessage(send_id=r.id, channel=self.channel, idempotency_key=r.idempotency_key,
-                                recipient=r.recipient, subject=r.subject, body=r.body)
-                for r in rows]
+        claimed = rows(Send.update(status="sending", claimed_at=now, attempts=Send.attempts + 1)
+                       .where(Send.id.in_(send_ids), Send.status.in_(CLAIMABLE), Send.channel == self.channel)
+                       .returning(Send.id, Send.idempotency_key, Send.recipient, Send.subject, Send.body,
+                                  Send.contact, Send.campaign, Send.step, Send.enrolment, Send.fallback_of,
+                                  Send.attempts, Send.deferrals, Send.due_at, Send.queued_at, Send.claimed_at)
+                       .execute())
+        return [ClaimedSend(id=r[0], idempotency_key=r[1], channel=self.channel, recipient=r[2], subject=r[3],
+                            body=r[4], contact_id=r[5], campaign_id=r[6], step_id=r[7], enrolment_id=r[8],
+                            fallback_of_id=r[9], attempts=r[10], deferrals=r[11], due_at=_as_dt(r[12]) or now,
+                            queued_at=_as_dt(r[13]), claimed_at=_as_dt(r[14]))
+                for r in claimed]
+
+    @staticmethod
+    def _step_fallbacks(claimed: list[ClaimedSend]) -> dict[int, str]:
+        """The fallback channel of each step in the batch (sends that are fallbacks get none)."""
+        step_ids = sorted({s.step_id for s in claimed if s.step_id is not None and s.fallback_of_id is None})
+        if not step_ids:
+            return {}
+        return {step_id: channel for step_id, channel in rows(
+            CampaignStep.select(CampaignStep.id, CampaignStep.fallback_channel)
+            .where(CampaignStep.id.in_(step_ids), CampaignStep.fallback_channel.is_null(False)))}
+
+    def _candidate(self, s: ClaimedSend, fallbacks: dict[int, str]) -> Candidate:
+        fallback = fallbacks.get(s.step_id) if s.step_id is not None and s.fallback_of_id is None else None
+        return Candidate(s.id, self.channel, s.contact_id, s.campaign_id, s.recipient, fallback)
+
+    @staticmethod
+    def _held(s: ClaimedSend, verdict: Verdict) -> Result:
+        if verdict.action == "defer":
+            return Result(s, "deferred", reason=verdict.reason, until=verdict.until)
+        if verdict.action == "fallback":
+            return Result(s, "fell_back", reason=verdict.reason, fallback_channel=verdict.fallback_channel,
+                          fallback_recipient=verdict.fallback_recipient)
+        return Result(s, "skipped", reason=verdict.reason)
+
+    def _headers(self, to_send: list[ClaimedSend]) -> dict[int, dict[str, str]]:
+        """List-Unsubscribe and RFC 8058 one-click headers on campaign emails."""
+        if self.channel != "email":
+            return {}
+        campaign_sends = [s for s in to_send if s.contact_id is not None and s.campaign_id is not None]
+        if not campaign_sends:
+            return {}
+        from engine.links import make_unsubscribe_tokens, unsubscribe_url
+
+        tokens = make_unsubscribe_tokens([(s.contact_id, "email", s.id) for s in campaign_sends])
+        return {s.id: {"List-Unsubscribe": f"<{unsubscribe_url(self.settings.public_url, token)}>",
+                       "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+                for s, token in zip(campaign_sends, tokens, strict=True)}
+
+    def _message(self, s: ClaimedSend, headers: dict[str, str]) -> OutboundMessage:
+        return OutboundMessage(send_id=s.id, channel=self.channel, idempotency_key=s.idempotency_key,
+                               recipient=s.recipient, subject=s.subject, body=s.body, headers=headers)
 
     # -- deliver ----------------------------------------------------------------------------------
 
-    def _deliver(self, messages: list[OutboundMessage]) -> list[Outcome]:
+    def _deliver(self, messages: list[OutboundMessage]) -> list[CallOutcome]:
         loop = self._event_loop()
-        futures: list[concurrent.futures.Future[Outcome]] = []
+        futures: list[concurrent.futures.Future[CallOutcome]] = []
         position = 0
         while position < len(messages):
             if self.stopping.is_set():
-                futures.extend(self._released(messages[position:]))
+                futures.extend(_done(CallOutcome(m.send_id, "released")) for m in messages[position:])
                 break
             if self.limiter.unlimited:
                 slots = [time.monotonic()] * (len(messages) - position)
@@ -124,15 +203,7 @@ class ChannelSender:
                 position += 1
         return [future.result() for future in futures]
 
-    def _released(self, messages: list[OutboundMessage]) -> list[concurrent.futures.Future[Outcome]]:
-        futures = []
-        for message in messages:
-            future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
-            future.set_result(Outcome(message.send_id, "queued"))
-            futures.append(future)
-        return futures
-
-    async def _send_one(self, message: OutboundMessage, slot_at: float) -> Outcome:
+    async def _send_one(self, message: OutboundMessage, slot_at: float) -> CallOutcome:
         waited = max(0.0, slot_at - time.monotonic())
         if waited:
             await asyncio.sleep(waited)
@@ -141,38 +212,76 @@ class ChannelSender:
             self._in_flight = asyncio.Semaphore(self.concurrency)
         async with self._in_flight:
             if self.stopping.is_set():
-                return Outcome(message.send_id, "queued")
+                return CallOutcome(message.send_id, "released")
             started = time.perf_counter()
             try:
                 result = await self.provider.send(message)
             except ProviderRateLimited as exc:
-                return Outcome(message.send_id, "retrying", error=str(exc), retry_after_s=exc.retry_after_s)
+                return CallOutcome(message.send_id, "rate_limited", error=str(exc), retry_after_s=exc.retry_after_s)
             except TransientChannelError as exc:
-                return Outcome(message.send_id, "retrying", error=str(exc))
+                return CallOutcome(message.send_id, "retrying", error=str(exc))
             except PermanentChannelError as exc:
-                return Outcome(message.send_id, "failed", error=str(exc))
+                return CallOutcome(message.send_id, "failed", error=str(exc))
             except Exception as exc:  # a provider bug must not lose the send: retry it, log it
                 logger.exception("provider %s raised unexpectedly for send %d", self.provider.name, message.send_id)
-                return Outcome(message.send_id, "retrying", error=f"{type(exc).__name__}: {exc}")
+                return CallOutcome(message.send_id, "retrying", error=f"{type(exc).__name__}: {exc}")
             finally:
                 PROVIDER_LATENCY.labels(self.channel, self.provider.name).observe(time.perf_counter() - started)
-        return Outcome(message.send_id, "sent", finished_at=utcnow(), provider_message_id=result.provider_message_id)
+        return CallOutcome(message.send_id, "sent", finished_at=utcnow(),
+                           provider_message_id=result.provider_message_id)
 
-    # -- record -----------------------------------------------------------------------------------
+    # -- settle -----------------------------------------------------------------------------------
 
-    def _record(self, outcomes: list[Outcome]) -> None:
-        now = utcnow()
-        with database.atomic():
-            for o in outcomes:
-                values: dict = {"status": o.status, "error": o.error}
-                if o.status == "sent":
-                    values.update(provider=self.provider.name, provider_message_id=o.provider_message_id,
-                                  finished_at=o.finished_at)
-                elif o.status == "failed":
-                    values.update(provider=self.provider.name, finished_at=now, reason="provider refused")
-                elif o.status == "queued":  # released unsent: this claim did not count as an attempt
-                    values.update(attempts=Send.attempts - 1, claimed_at=None)
-                Send.update(values).where(Send.id == o.send_id, Send.status == "sending").execute()
-        for o in outcomes:
-            if o.status != "queued":
-                SENDS.labels(self.channel, "retried" if o.status == "retrying" else o.status).inc()
+    def _result(self, s: ClaimedSend, call: CallOutcome) -> Result:
+        provider = self.provider.name
+        if call.status == "sent":
+            return Result(s, "sent", provider=provider, provider_message_id=call.provider_message_id,
+                          finished_at=call.finished_at)
+        if call.status == "rate_limited":
+            wait_s = call.retry_after_s or 1.0
+            return Result(s, "deferred", provider=provider, error=call.error,
+                          reason=f"provider asked to wait {wait_s:g} s (429)",
+                          until=utcnow() + dt.timedelta(seconds=wait_s))
+        if call.status == "released":
+            return Result(s, "released")
+        if call.status == "failed":
+            return Result(s, "failed", provider=provider, error=call.error, reason="provider refused")
+        return Result(s, "retrying", provider=provider, error=call.error)
+
+    @staticmethod
+    def _with_fallbacks(results: list[Result], fallbacks: dict[int, str]) -> list[Result]:
+        """A permanent failure tries the step's fallback channel, when the contact has that address."""
+        failing = {r.send.id for r in results if r.outcome == "failed" and r.send.step_id in fallbacks
+                   and r.send.fallback_of_id is None and r.send.contact_id is not None}
+        if not failing:
+            return results
+        contact_ids = [r.send.contact_id for r in results if r.send.id in failing]
+        contacts = {c.id: c for c in Contact.select().where(Contact.id.in_(contact_ids))}
+        out = []
+        for r in results:
+            channel = fallbacks.get(r.send.step_id) if r.send.id in failing and r.send.step_id is not None else None
+            contact = contacts.get(r.send.contact_id) if channel and r.send.contact_id is not None else None
+            address = getattr(contact, ADDRESS_FIELDS[channel]) if contact is not None and channel else None
+            if channel and address:
+                r = Result(r.send, r.outcome, reason=f"provider refused; falling back to {channel}", error=r.error,
+                           provider=r.provider, fallback_channel=channel, fallback_recipient=address)
+            out.append(r)
+        return out
+
+    def _count(self, results: list[Result]) -> None:
+        for r in results:
+            status = _METRIC_STATUS.get(r.outcome)
+            if status:
+                SENDS.labels(self.channel, status).inc()
+
+
+def _done(outcome: CallOutcome) -> concurrent.futures.Future[CallOutcome]:
+    future: concurrent.futures.Future[CallOutcome] = concurrent.futures.Future()
+    future.set_result(outcome)
+    return future
+
+
+def _as_dt(value: object) -> dt.datetime | None:
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(str(value))

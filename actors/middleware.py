@@ -11,7 +11,8 @@ from dramatiq.middleware import Middleware
 from actors.registry import channel_of_actor
 from daemon.metrics import SENDS
 from db.database import db_session
-from db.models import Send, utcnow
+from db.models import utcnow
+from engine.outcomes import fail_exhausted
 
 logger = logging.getLogger(__name__)
 
@@ -27,14 +28,11 @@ class DeadLetterSends(Middleware):
         channel = channel_of_actor(message.actor_name)
         if channel is None or not message.args:
             return
-        send_ids = list(message.args[0])
         with db_session():
-            failed = (Send.update(status="failed", reason="retries exhausted", finished_at=utcnow())
-                      .where(Send.id.in_(send_ids), Send.status.in_(("retrying", "queued")))
-                      .execute())
+            failed = fail_exhausted(list(message.args[0]), utcnow())
         if failed:
-            SENDS.labels(channel, "failed").inc(failed)
-            logger.warning("dead-lettered %d %s send(s) after %s retries", failed, channel,
+            SENDS.labels(channel, "failed").inc(len(failed))
+            logger.warning("dead-lettered %d %s send(s) after %s retries", len(failed), channel,
                            message.options.get("retries"))
 
 

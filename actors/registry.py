@@ -45,6 +45,7 @@ def declare_channel_actors(broker: dramatiq.Broker, settings: Settings, stopping
             concurrency=settings.concurrency[name],
             event_loop=_event_loop,
             stopping=stopping,
+            settings=settings,
         )
         actors[name] = sender.actor = dramatiq.Actor(
             sender, broker=broker, actor_name=channel.actor_name, queue_name=channel.queue_name, priority=0,

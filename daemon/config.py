@@ -7,10 +7,12 @@ one parser and one set of error messages for both.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import os
 import re
 import tomllib
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,9 +97,20 @@ class Settings:
     retry_max_backoff_ms: int = 60_000
     log_level: str = "INFO"
     log_format: str = "json"
+    # send-time checks (engine/checks.py); a campaign's own limits win over these
+    daily_cap: int = 3  # sends per contact per rolling 24 h across all channels; 0 = off
+    cooldown_s: float = 0.0  # minimum gap between two sends to one contact; 0 = off
+    quiet_hours: str = "21:00-08:00"  # in the contact's timezone, for sms/call/push; "off"
+    default_timezone: str = "UTC"  # for contacts without one
+    # outbox recovery (engine/reconciler.py)
+    reconcile_after_s: float = 300.0  # queued/retrying this long without progress: offered again
+    claim_timeout_s: float = 900.0  # sending this long (worker killed): offered again
+    failover_after_errors: int = 5  # consecutive primary failures before the backup provider takes over
+    failover_cooloff_s: float = 30.0  # then the primary is tried again
     rates: Mapping[str, Rate] = field(default_factory=dict)
     concurrency: Mapping[str, int] = field(default_factory=dict)
     channel_providers: Mapping[str, str] = field(default_factory=dict)
+    backup_providers: Mapping[str, str] = field(default_factory=dict)
     providers: Mapping[str, Mapping[str, Secret]] = field(default_factory=dict)
     sources: Mapping[str, Source] = field(default_factory=dict)
 
@@ -153,6 +166,14 @@ _SCALARS: dict[str, tuple[str, type]] = {
     "RETRY_MAX_BACKOFF_MS": ("retry_max_backoff_ms", int),
     "LOG_LEVEL": ("log_level", str),
     "LOG_FORMAT": ("log_format", str),
+    "DAILY_CAP": ("daily_cap", int),
+    "COOLDOWN_S": ("cooldown_s", float),
+    "QUIET_HOURS": ("quiet_hours", str),
+    "DEFAULT_TIMEZONE": ("default_timezone", str),
+    "RECONCILE_AFTER_S": ("reconcile_after_s", float),
+    "CLAIM_TIMEOUT_S": ("claim_timeout_s", float),
+    "FAILOVER_AFTER_ERRORS": ("failover_after_errors", int),
+    "FAILOVER_COOLOFF_S": ("failover_cooloff_s", float),
 }
 _FAMILIES = ("RATE_", "CONCURRENCY_", "CHANNEL_", "PROVIDER_", "SOURCE_")
 # TOML tables that map onto a family of names: [rates] sms = "1/s" -> RATE_SMS.
@@ -208,6 +229,7 @@ def _build(raw: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
     rates = {ch: Rate.parse(text, f"{PREFIX}RATE_{ch.upper()}") for ch, text in DEFAULT_RATES.items()}
     concurrency = dict.fromkeys(CHANNELS, 64)
     channel_providers = dict.fromkeys(CHANNELS, "console")
+    backup_providers: dict[str, str] = {}
     providers: dict[str, dict[str, Secret]] = {}
     source_parts: dict[str, dict[str, str]] = {}
 
@@ -220,11 +242,10 @@ def _build(raw: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
             rates[_channel(setting, name[5:])] = Rate.parse(text, setting)
         elif name.startswith("CONCURRENCY_"):
             concurrency[_channel(setting, name[12:])] = _positive(setting, _convert(setting, text, int))
+        elif name.startswith("CHANNEL_") and name.endswith("_BACKUP_PROVIDER"):
+            backup_providers[_channel(setting, name[8:-16])] = _provider(setting, text)
         elif name.startswith("CHANNEL_") and name.endswith("_PROVIDER"):
-            provider = text.strip().lower()
-            if provider not in PROVIDERS:
-                raise ConfigError(setting, f"unknown provider {text!r}; one of {', '.join(PROVIDERS)}")
-            channel_providers[_channel(setting, name[8:-9])] = provider
+            channel_providers[_channel(setting, name[8:-9])] = _provider(setting, text)
         elif name.startswith("PROVIDER_") and name.count("_") >= 2:
             provider, _, fieldname = name[9:].partition("_")
             providers.setdefault(provider.lower(), {})[fieldname.lower()] = Secret(text)
@@ -250,6 +271,7 @@ def _build(raw: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
         sources[name] = Source(name, scheme, Secret(secret))
 
     values.update(rates=rates, concurrency=concurrency, channel_providers=channel_providers,
+                  backup_providers=backup_providers,
                   providers=providers, sources=sources)
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings(**values)
@@ -273,6 +295,21 @@ def _channel(setting: str, name: str) -> str:
     if channel not in CHANNELS:
         raise ConfigError(setting, f"unknown channel {channel!r}; one of {', '.join(CHANNELS)}")
     return channel
+
+
+def _provider(setting: str, text: str) -> str:
+    provider = text.strip().lower()
+    if provider not in PROVIDERS:
+        raise ConfigError(setting, f"unknown provider {text!r}; one of {', '.join(PROVIDERS)}")
+    return provider
+
+
+def parse_quiet_hours(text: str) -> tuple[dt.time, dt.time] | None:
+    """``"21:00-08:00"`` -> (21:00, 08:00); ``"off"`` -> None. Raises ValueError."""
+    if text.strip().lower() in ("off", "none", ""):
+        return None
+    start, _, end = text.partition("-")
+    return dt.time.fromisoformat(start.strip()), dt.time.fromisoformat(end.strip())
 
 
 def _positive(setting: str, value: int) -> int:
@@ -311,6 +348,23 @@ def _validate(s: Settings) -> None:
     for name in ("shutdown_timeout_s", "scheduler_interval_s", "db_timeout_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{PREFIX}{name.upper()}", "must be positive")
+    if s.daily_cap < 0:
+        raise ConfigError(f"{PREFIX}DAILY_CAP", "must be >= 0 (0 turns the cap off)")
+    if s.cooldown_s < 0:
+        raise ConfigError(f"{PREFIX}COOLDOWN_S", "must be >= 0 (0 turns the cooldown off)")
+    try:
+        parse_quiet_hours(s.quiet_hours)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}QUIET_HOURS", "expected HH:MM-HH:MM (e.g. 21:00-08:00) or 'off'") from None
+    try:
+        zoneinfo.ZoneInfo(s.default_timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{PREFIX}DEFAULT_TIMEZONE", "expected an IANA timezone such as Europe/Paris") from None
+    for name in ("reconcile_after_s", "claim_timeout_s", "failover_cooloff_s"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{PREFIX}{name.upper()}", "must be positive")
+    if s.failover_after_errors < 1:
+        raise ConfigError(f"{PREFIX}FAILOVER_AFTER_ERRORS", "must be at least 1")
     if s.log_format not in ("json", "text"):
         raise ConfigError(f"{PREFIX}LOG_FORMAT", "expected 'json' or 'text'")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import peewee
@@ -107,3 +108,8 @@ class _NoClose:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def rows(query: Any) -> list[tuple[Any, ...]]:
+    """A query's rows as plain tuples (Peewee's ``.tuples()``, typed for mypy)."""
+    return list(query.tuples())

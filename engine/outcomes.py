@@ -1,0 +1,183 @@
+"""Settling a batch of sends: their new state, the decision log, fallback sends, and enrolments
+moving on to their next step — in one transaction, a constant number of statements per batch.
+
+A step is done when its send is sent, skipped, or failed with no fallback to try; then the
+enrolment advances (or completes). A deferred send keeps its enrolment waiting; a fallback send
+carries the enrolment, and the step is done when the fallback is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from db.database import database, rows
+from db.models import CampaignStep, Decision, Enrolment, Send
+from db.queries import settle_sends
+
+# what a send's status becomes for each outcome, and what the decision log calls it
+_FINAL = {"sent", "failed", "skipped", "fell_back"}
+
+
+@dataclass(frozen=True)
+class ClaimedSend:
+    """A send this worker holds (status ``sending``), with everything needed to settle it."""
+
+    id: int
+    idempotency_key: str
+    channel: str
+    recipient: str | None
+    subject: str | None
+    body: str | None
+    contact_id: int | None
+    campaign_id: int | None
+    step_id: int | None
+    enrolment_id: int | None
+    fallback_of_id: int | None
+    attempts: int
+    deferrals: int
+    due_at: dt.datetime
+    queued_at: dt.datetime | None
+    claimed_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class Result:
+    send: ClaimedSend
+    outcome: str  # sent | failed | retrying | released | deferred | skipped | fell_back
+    reason: str | None = None
+    error: str | None = None
+    until: dt.datetime | None = None
+    provider: str | None = None
+    provider_message_id: str | None = None
+    finished_at: dt.datetime | None = None
+    fallback_channel: str | None = None
+    fallback_recipient: str | None = None
+
+
+def _row(r: Result, now: dt.datetime) -> tuple[Any, ...]:
+    s = r.send
+    # (id, status, provider, provider_message_id, error, reason, finished_at, due_at, attempts,
+    #  deferrals, claimed_at, queued_at) -- see db.queries.SETTLE_COLUMNS
+    if r.outcome == "sent":
+        return (s.id, "sent", r.provider, r.provider_message_id, None, None, r.finished_at or now, s.due_at,
+                s.attempts, s.deferrals, s.claimed_at, s.queued_at)
+    if r.outcome == "failed":
+        return (s.id, "failed", r.provider, None, r.error, r.reason or "provider refused", now, s.due_at,
+                s.attempts, s.deferrals, s.claimed_at, s.queued_at)
+    if r.outcome == "retrying":
+        return (s.id, "retrying", r.provider, None, r.error, None, None, s.due_at,
+                s.attempts, s.deferrals, s.claimed_at, now)
+    if r.outcome == "released":  # handed back unsent at shutdown: the claim did not count
+        return (s.id, "queued", None, None, None, None, None, s.due_at,
+                s.attempts - 1, s.deferrals, None, s.queued_at)
+    if r.outcome == "deferred":  # back to the outbox with a new due time; no attempt spent
+        return (s.id, "planned", r.provider, None, r.error, r.reason, None, r.until,
+                s.attempts - 1, s.deferrals + 1, None, None)
+    if r.outcome in ("skipped", "fell_back"):
+        return (s.id, "skipped", None, None, None, r.reason, now, s.due_at,
+                s.attempts - 1, s.deferrals, s.claimed_at, s.queued_at)
+    raise ValueError(f"unknown outcome {r.outcome!r}")
+
+
+_DECISION_NAMES = {"sent": "sent", "failed": "failed", "retrying": "retried", "deferred": "deferred",
+                   "skipped": "skipped", "fell_back": "fell_back"}
+
+
+def settle(results: Sequence[Result], now: dt.datetime) -> None:
+    """Record a batch's outcomes (rows still ``sending`` only), decisions, fallbacks, progress."""
+    if not results:
+        return
+    with database.atomic():
+        settle_sends([_row(r, now) for r in results])
+        decisions = [_decision(r, now) for r in results if r.outcome in _DECISION_NAMES]
+        if decisions:
+            Decision.insert_many(decisions).execute()
+        fallbacks = [r for r in results if r.fallback_channel and r.outcome in ("fell_back", "failed")]
+        if fallbacks:
+            create_fallbacks(fallbacks, now)
+        done = [r.send.enrolment_id for r in results
+                if r.send.enrolment_id is not None and r.outcome in _FINAL and not r.fallback_channel]
+        advance_enrolments(done, now)
+
+
+def _decision(r: Result, now: dt.datetime) -> dict[str, Any]:
+    reason = r.reason
+    if r.outcome in ("failed", "retrying") and r.error:
+        reason = r.error[:255]
+    if r.outcome == "sent" and r.send.fallback_of_id is not None:
+        reason = f"sent as the fallback of send {r.send.fallback_of_id}"
+    return {"send": r.send.id, "contact": r.send.contact_id, "campaign": r.send.campaign_id,
+            "step": r.send.step_id, "channel": r.send.channel, "outcome": _DECISION_NAMES[r.outcome],
+            "reason": reason, "until": r.until, "created_at": now}
+
+
+def create_fallbacks(results: Iterable[Result], now: dt.datetime) -> None:
+    """A planned send on the fallback channel for each result; the relay picks them up."""
+    rows = []
+    for r in results:
+        s = r.send
+        subject = s.subject
+        rows.append({
+            "idempotency_key": f"{s.idempotency_key}.{r.fallback_channel}"[:64],
+            "channel": r.fallback_channel, "status": "planned", "recipient": r.fallback_recipient,
+            "subject": subject, "body": s.body, "contact": s.contact_id, "campaign": s.campaign_id,
+            "step": s.step_id, "enrolment": s.enrolment_id, "fallback_of": s.id,
+            "due_at": now, "created_at": now,
+        })
+    Send.insert_many(rows).on_conflict_ignore().execute()
+
+
+def advance_enrolments(enrolment_ids: Iterable[int | None], now: dt.datetime) -> int:
+    """Move waiting enrolments past the step they were waiting on; complete those at the end."""
+    ids = sorted({i for i in enrolment_ids if i is not None})
+    if not ids:
+        return 0
+    waiting = rows(Enrolment.select(Enrolment.id, Enrolment.campaign, Enrolment.next_position)
+                   .where(Enrolment.id.in_(ids), Enrolment.status == "waiting"))
+    if not waiting:
+        return 0
+    delays = {(c, p): d for c, p, d in rows(CampaignStep.select(CampaignStep.campaign, CampaignStep.position,
+                                                               CampaignStep.delay_s)
+                                           .where(CampaignStep.campaign.in_(sorted({w[1] for w in waiting}))))}
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for enrolment_id, campaign_id, position in waiting:
+        groups[(campaign_id, position + 1)].append(enrolment_id)
+    changed = 0
+    for (campaign_id, position), members in groups.items():
+        delay = delays.get((campaign_id, position))
+        if delay is None:
+            update = {"status": "completed", "next_position": position, "next_due_at": None, "finished_at": now}
+        else:
+            update = {"status": "active", "next_position": position,
+                      "next_due_at": now + dt.timedelta(seconds=delay)}
+        changed += (Enrolment.update(update)
+                    .where(Enrolment.id.in_(members), Enrolment.status == "waiting").execute())
+    return changed
+
+
+def failed_result(send: ClaimedSend, reason: str) -> Result:
+    return Result(send, "failed", reason=reason, error=reason)
+
+
+def with_fallback(result: Result, channel: str | None, recipient: str | None) -> Result:
+    return replace(result, fallback_channel=channel, fallback_recipient=recipient) if channel else result
+
+
+def fail_exhausted(send_ids: Sequence[int], now: dt.datetime) -> list[int]:
+    """Sends whose message was dead-lettered: failed, logged, and their enrolments moved on."""
+    with database.atomic():
+        failed = rows(Send.update(status="failed", reason="retries exhausted", finished_at=now)
+                      .where(Send.id.in_(list(send_ids)), Send.status.in_(("retrying", "queued")))
+                      .returning(Send.id, Send.contact, Send.campaign, Send.step, Send.channel, Send.enrolment,
+                                 Send.error).execute())
+        if failed:
+            Decision.insert_many([
+                {"send": r[0], "contact": r[1], "campaign": r[2], "step": r[3], "channel": r[4],
+                 "outcome": "failed", "reason": f"retries exhausted: {r[6] or ''}"[:255], "created_at": now}
+                for r in failed]).execute()
+            advance_enrolments([r[5] for r in failed], now)
+    return [r[0] for r in failed]
