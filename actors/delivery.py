@@ -129,8 +129,7 @@ class ChannelSender:
                        .where(Send.id.in_(send_ids), Send.status.in_(CLAIMABLE), Send.channel == self.channel)
                        .returning(Send.id, Send.idempotency_key, Send.recipient, Send.subject, Send.body,
                                   Send.contact, Send.campaign, Send.step, Send.enrolment, Send.fallback_of,
-                                  Send.attempts, Send.deferrals, Send.due_at, Send.queued_at, Send.claimed_at)
-                       .execute())
+                                  Send.attempts, Send.deferrals, Send.due_at, Send.queued_at, Send.claimed_at))
         return [ClaimedSend(id=r[0], idempotency_key=r[1], channel=self.channel, recipient=r[2], subject=r[3],
                             body=r[4], contact_id=r[5], campaign_id=r[6], step_id=r[7], enrolment_id=r[8],
                             fallback_of_id=r[9], attempts=r[10], deferrals=r[11], due_at=_as_dt(r[12]) or now,

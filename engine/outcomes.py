@@ -173,7 +173,7 @@ def fail_exhausted(send_ids: Sequence[int], now: dt.datetime) -> list[int]:
         failed = rows(Send.update(status="failed", reason="retries exhausted", finished_at=now)
                       .where(Send.id.in_(list(send_ids)), Send.status.in_(("retrying", "queued")))
                       .returning(Send.id, Send.contact, Send.campaign, Send.step, Send.channel, Send.enrolment,
-                                 Send.error).execute())
+                                 Send.error))
         if failed:
             Decision.insert_many([
                 {"send": r[0], "contact": r[1], "campaign": r[2], "step": r[3], "channel": r[4],

@@ -1,0 +1,45 @@
+"""The reconciler: sends that stopped moving go back to the outbox, so nothing is lost.
+
+* ``queued`` or ``retrying`` for longer than ``RECONCILE_AFTER_S``: their message was lost (the
+  in-process broker at a restart, a crash between the relay's UPDATE and its publish, a purged
+  queue). Back to ``planned``; the relay enqueues them again. If the old message still turns up,
+  the claim makes it harmless.
+* ``sending`` for longer than ``CLAIM_TIMEOUT_S``: the worker holding them died (kill -9, OOM,
+  power). Whether the provider got the call is unknown, so they are offered again: at least once,
+  with the same idempotency key (see actors/delivery.py for this one window).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from daemon.config import Settings
+from db.database import database, db_session, rows
+from db.models import Decision, Send
+
+
+@dataclass
+class ReconcileReport:
+    requeued: int = 0  # queued/retrying whose message was lost
+    reclaimed: int = 0  # sending whose worker died
+
+
+def reconcile(settings: Settings, now: dt.datetime) -> ReconcileReport:
+    report = ReconcileReport()
+    stale_queue = now - dt.timedelta(seconds=settings.reconcile_after_s)
+    stale_claim = now - dt.timedelta(seconds=settings.claim_timeout_s)
+    with db_session(), database.atomic():
+        report.requeued = (Send.update(status="planned", queued_at=None)
+                           .where(Send.status.in_(("queued", "retrying")), Send.queued_at < stale_queue)
+                           .execute())
+        reclaimed = rows(Send.update(status="planned", claimed_at=None, queued_at=None)
+                         .where(Send.status == "sending", Send.claimed_at < stale_claim)
+                         .returning(Send.id, Send.contact, Send.campaign, Send.step, Send.channel))
+        if reclaimed:
+            Decision.insert_many([
+                {"send": r[0], "contact": r[1], "campaign": r[2], "step": r[3], "channel": r[4],
+                 "outcome": "reoffered", "reason": "its worker stopped mid-send; offered again (at least once)",
+                 "created_at": now} for r in reclaimed]).execute()
+        report.reclaimed = len(reclaimed)
+    return report
