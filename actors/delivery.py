@@ -61,6 +61,7 @@ class CallOutcome:
     provider_message_id: str | None = None
     error: str | None = None
     retry_after_s: float | None = None
+    provider: str | None = None  # when not the channel's primary provider (failover)
 
 
 class ChannelSender:
@@ -227,15 +228,16 @@ class ChannelSender:
             finally:
                 PROVIDER_LATENCY.labels(self.channel, self.provider.name).observe(time.perf_counter() - started)
         return CallOutcome(message.send_id, "sent", finished_at=utcnow(),
-                           provider_message_id=result.provider_message_id)
+                           provider_message_id=result.provider_message_id, provider=result.provider)
 
     # -- settle -----------------------------------------------------------------------------------
 
     def _result(self, s: ClaimedSend, call: CallOutcome) -> Result:
         provider = self.provider.name
         if call.status == "sent":
-            return Result(s, "sent", provider=provider, provider_message_id=call.provider_message_id,
-                          finished_at=call.finished_at)
+            note = f"sent by the backup provider {call.provider}" if call.provider and call.provider != provider else None
+            return Result(s, "sent", provider=call.provider or provider, provider_message_id=call.provider_message_id,
+                          finished_at=call.finished_at, reason=note)
         if call.status == "rate_limited":
             wait_s = call.retry_after_s or 1.0
             return Result(s, "deferred", provider=provider, error=call.error,

@@ -12,6 +12,7 @@ from actors import call, email, push, sms, webhook
 from actors.channel import Channel
 from actors.delivery import ChannelSender
 from actors.providers import Provider, build_provider
+from actors.providers.failover import FailoverProvider
 from actors.rate_limit import GlobalRateLimiter
 from daemon.config import Settings
 from daemon.errors import PermanentChannelError
@@ -38,6 +39,10 @@ def declare_channel_actors(broker: dramatiq.Broker, settings: Settings, stopping
         provider_name = settings.channel_providers[name]
         provider = (providers or {}).get(name) or build_provider(provider_name,
                                                                  settings.providers.get(provider_name, {}))
+        backup_name = settings.backup_providers.get(name)
+        if backup_name:
+            provider = FailoverProvider(name, provider, build_provider(backup_name, settings.providers.get(backup_name, {})),
+                                        settings.failover_after_errors, settings.failover_cooloff_s)
         sender = ChannelSender(
             channel=name,
             provider=provider,

@@ -30,6 +30,8 @@ WEBHOOK_EVENTS = Counter("retentiond_webhook_events", "Webhook requests by sourc
 PROVIDER_LATENCY = Histogram("retentiond_provider_latency_seconds", "Duration of one provider call.",
                              ["channel", "provider"],
                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+PROVIDER_FAILOVERS = Counter("retentiond_provider_failovers", "Times a channel's backup provider took over.",
+                             ["channel"])
 RATE_LIMIT_WAIT = Histogram("retentiond_rate_limit_wait_seconds",
                             "Time a send waited for its channel's rate-limit slot.", ["channel"],
                             buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))

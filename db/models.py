@@ -58,6 +58,7 @@ class Campaign(BaseModel):
 class CampaignStep(BaseModel):
     id = peewee.AutoField()
     campaign = peewee.ForeignKeyField(Campaign, backref="steps", on_delete="CASCADE")
+    campaign_id: int  # Peewee's id accessor for the foreign key, declared for type checkers
     position = peewee.IntegerField()
     channel = peewee.CharField(max_length=16)
     delay_s = peewee.IntegerField(default=0)

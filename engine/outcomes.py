@@ -109,7 +109,7 @@ def _decision(r: Result, now: dt.datetime) -> dict[str, Any]:
     if r.outcome in ("failed", "retrying") and r.error:
         reason = r.error[:255]
     if r.outcome == "sent" and r.send.fallback_of_id is not None:
-        reason = f"sent as the fallback of send {r.send.fallback_of_id}"
+        reason = f"sent as the fallback of send {r.send.fallback_of_id}" + (f"; {r.reason}" if r.reason else "")
     return {"send": r.send.id, "contact": r.send.contact_id, "campaign": r.send.campaign_id,
             "step": r.send.step_id, "channel": r.send.channel, "outcome": _DECISION_NAMES[r.outcome],
             "reason": reason, "until": r.until, "created_at": now}

@@ -119,7 +119,7 @@ def _plan_batch(settings: Settings, claimed: Sequence[tuple[Any, ...]], now: dt.
     ids = {key: send_id for send_id, key in rows(
         Send.insert_many(send_rows).on_conflict_ignore().returning(Send.id, Send.idempotency_key))}
 
-    links = []
+    links: list[tuple[str, str, int, int | None, int, int]] = []
     failures = []
     for (enrolment_id, contact, step), output, row in zip(work, rendered, send_rows, strict=True):
         send_id = ids.get(row["idempotency_key"])

@@ -22,6 +22,7 @@ class OutboundMessage:
 @dataclass(frozen=True)
 class ProviderResult:
     provider_message_id: str | None = None
+    provider: str | None = None  # set by a wrapper that chose among providers (failover)
 
 
 class Provider(Protocol):
