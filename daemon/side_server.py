@@ -1,10 +1,10 @@
-"""The aiohttp side server: liveness, readiness and Prometheus metrics (webhooks join later)."""
+"""The aiohttp side server: health, metrics, tracked links and unsubscribe, the admin API."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from daemon import health, metrics
+from daemon import health, metrics, routes_admin, routes_links
 from daemon.config import Settings
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
@@ -29,9 +29,12 @@ async def prometheus(request: web.Request) -> web.Response:
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=256 * 1024)
+    app = web.Application(client_max_size=256 * 1024, middlewares=[routes_admin.require_token])
     app[SETTINGS_KEY] = settings
+    app[routes_admin.SETTINGS] = settings
     app.router.add_get("/health", live)
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", prometheus)
+    app.router.add_routes(routes_links.routes)
+    app.router.add_routes(routes_admin.routes)
     return app

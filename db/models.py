@@ -102,6 +102,7 @@ class Send(BaseModel):
     enrolment = peewee.ForeignKeyField(Enrolment, null=True, backref="sends", on_delete="SET NULL")
     campaign = peewee.ForeignKeyField(Campaign, null=True, backref="sends", on_delete="SET NULL")
     step = peewee.ForeignKeyField(CampaignStep, null=True, backref="sends", on_delete="SET NULL")
+    campaign_id: int | None
     provider = peewee.CharField(max_length=32, null=True)
     recipient = peewee.CharField(max_length=320, null=True)
     subject = peewee.TextField(null=True)
@@ -216,6 +217,7 @@ class TrackedLink(BaseModel):
     token = peewee.CharField(max_length=64, unique=True)
     url = peewee.TextField()
     contact = peewee.ForeignKeyField(Contact, null=True, backref="links", on_delete="CASCADE")
+    contact_id: int | None
     send = peewee.ForeignKeyField(Send, null=True, backref="links", on_delete="SET NULL")
     campaign = peewee.ForeignKeyField(Campaign, null=True, on_delete="SET NULL")
     step = peewee.ForeignKeyField(CampaignStep, null=True, on_delete="SET NULL")
@@ -227,6 +229,7 @@ class UnsubscribeToken(BaseModel):
 
     token = peewee.CharField(max_length=64, primary_key=True)
     contact = peewee.ForeignKeyField(Contact, backref="unsubscribe_tokens", on_delete="CASCADE")
+    contact_id: int
     channel = peewee.CharField(max_length=16, default="*")
     send = peewee.ForeignKeyField(Send, null=True, on_delete="SET NULL")
     created_at = peewee.DateTimeField(default=utcnow)
@@ -238,8 +241,10 @@ class Decision(BaseModel):
 
     id = peewee.AutoField()
     send = peewee.ForeignKeyField(Send, null=True, backref="decisions", on_delete="CASCADE")
+    send_id: int | None
     contact = peewee.ForeignKeyField(Contact, null=True, backref="decisions", on_delete="CASCADE")
     campaign = peewee.ForeignKeyField(Campaign, null=True, on_delete="SET NULL")
+    campaign_id: int | None
     step = peewee.ForeignKeyField(CampaignStep, null=True, on_delete="SET NULL")
     channel = peewee.CharField(max_length=16, null=True)
     outcome = peewee.CharField(max_length=24)

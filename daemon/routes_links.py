@@ -1,0 +1,77 @@
+"""Routes a message's reader hits: tracked links (``/t/<token>``) and unsubscribe (``/u/<token>``).
+
+``GET /u/<token>`` shows a confirmation page with one button; ``POST /u/<token>`` unsubscribes
+(RFC 8058 one-click from a mail client, or that button). A GET never unsubscribes: mail scanners
+fetch links before people do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import secrets
+
+from aiohttp import web
+
+from db.database import db_session
+from db.models import InboundEvent, Suppression, TrackedLink, UnsubscribeToken, utcnow
+
+routes = web.RouteTableDef()
+
+
+def _unsubscribe(token: str) -> str | None:
+    """Record the suppression; return the channel, or None for an unknown token."""
+    with db_session():
+        row = UnsubscribeToken.get_or_none(UnsubscribeToken.token == token)
+        if row is None:
+            return None
+        (Suppression.insert(contact=row.contact_id, channel=row.channel, reason="unsubscribed", created_at=utcnow())
+         .on_conflict_ignore().execute())
+        return str(row.channel)
+
+
+def _known_unsubscribe(token: str) -> bool:
+    with db_session():
+        return UnsubscribeToken.select().where(UnsubscribeToken.token == token).exists()
+
+
+@routes.get("/u/{token}")
+async def unsubscribe_page(request: web.Request) -> web.Response:
+    token = request.match_info["token"]
+    if not await asyncio.to_thread(_known_unsubscribe, token):
+        raise web.HTTPNotFound(text="unknown or expired link")
+    action = html.escape(request.path, quote=True)
+    return web.Response(content_type="text/html", text=(
+        "<!doctype html><meta charset=utf-8><title>Unsubscribe</title>"
+        "<p>Stop receiving these messages?</p>"
+        f"<form method=post action=\"{action}\"><button type=submit>Unsubscribe</button></form>"))
+
+
+@routes.post("/u/{token}")
+async def unsubscribe(request: web.Request) -> web.Response:
+    channel = await asyncio.to_thread(_unsubscribe, request.match_info["token"])
+    if channel is None:
+        raise web.HTTPNotFound(text="unknown or expired link")
+    return web.Response(content_type="text/html",
+                        text="<!doctype html><meta charset=utf-8><title>Unsubscribed</title>"
+                             "<p>You are unsubscribed.</p>")
+
+
+def _click(token: str) -> str | None:
+    with db_session():
+        link = TrackedLink.get_or_none(TrackedLink.token == token)
+        if link is None:
+            return None
+        InboundEvent.insert(source="tracked-link", event_id=secrets.token_hex(16), type="click",
+                            payload=json.dumps({"type": "click", "data": {"token": token}}),
+                            contact=link.contact_id, received_at=utcnow()).execute()
+        return str(link.url)
+
+
+@routes.get("/t/{token}")
+async def tracked_link(request: web.Request) -> web.Response:
+    url = await asyncio.to_thread(_click, request.match_info["token"])
+    if url is None:
+        raise web.HTTPNotFound(text="unknown link")
+    raise web.HTTPFound(url)  # the URL recorded for the token, never one from the request
