@@ -21,6 +21,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retentiond",
@@ -38,6 +45,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="apply pending database migrations (idempotent)")
     migrate.set_defaults(handler=cmd_migrate)
+
+    campaign = commands.add_parser("campaign", help="campaigns: apply YAML files, enrol contacts")
+    campaign_commands = campaign.add_subparsers(dest="campaign_command", metavar="ACTION", required=True)
+    apply = campaign_commands.add_parser("apply", help="create or update campaigns from YAML files")
+    apply.add_argument("files", nargs="+", metavar="FILE")
+    apply.set_defaults(handler=cmd_campaign_apply)
+    enrol = campaign_commands.add_parser("enrol", help="enrol contacts in a campaign by hand")
+    enrol.add_argument("slug", metavar="SLUG")
+    enrol.add_argument("--external-id", action="append", default=[], metavar="ID")
+    enrol.add_argument("--email", action="append", default=[], metavar="EMAIL")
+    enrol.add_argument("--phone", action="append", default=[], metavar="PHONE")
+    enrol.set_defaults(handler=cmd_campaign_enrol)
+
+    contacts = commands.add_parser("contacts", help="contacts: bulk import")
+    contacts_commands = contacts.add_subparsers(dest="contacts_command", metavar="ACTION", required=True)
+    imp = contacts_commands.add_parser("import", help="bulk upsert contacts from a CSV file")
+    imp.add_argument("file", metavar="FILE.csv")
+    imp.add_argument("--campaign", metavar="SLUG", help="enrol every imported contact in this campaign")
+    imp.add_argument("--batch-size", type=_positive_int, default=1000)
+    imp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    imp.set_defaults(handler=cmd_contacts_import)
+
+    stats = commands.add_parser("stats", help="sends, enrolments and events by status; a contact's history")
+    stats.add_argument("--external-id", metavar="ID")
+    stats.add_argument("--email", metavar="EMAIL")
+    stats.add_argument("--phone", metavar="PHONE")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(handler=cmd_stats)
+
+    simulate = commands.add_parser("simulate-providers",
+                                   help="serve the provider APIs (Twilio, Postmark, webhook, push) for tests and try-outs")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8025)
+    simulate.add_argument("--latency-ms", type=float, default=0.0)
+    simulate.add_argument("--error-rate", type=_fraction, default=0.0, help="share of calls answered 503")
+    simulate.add_argument("--rate-429", type=_fraction, default=0.0, help="share of calls answered 429")
+    simulate.set_defaults(handler=cmd_simulate_providers)
     return parser
 
 
@@ -51,9 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"retentiond: error: {exc}", file=sys.stderr)
         return RET_CONFIG
-    handler: Callable[[Settings], int] = args.handler
+    handler: Callable[[Settings, argparse.Namespace], int] = args.handler
     try:
-        return handler(settings)
+        return handler(settings, args)
     except ConfigError as exc:
         print(f"retentiond: error: {exc}", file=sys.stderr)
         return RET_CONFIG
@@ -76,7 +120,7 @@ def _connect(settings: Settings) -> int | None:
     return None
 
 
-def cmd_migrate(settings: Settings) -> int:
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.logging_setup import setup_logging
     from db.migrate import migrate
 
@@ -89,7 +133,7 @@ def cmd_migrate(settings: Settings) -> int:
     return RET_OK
 
 
-def cmd_run(settings: Settings) -> int:
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     # prometheus_client picks its storage when first imported: multiprocess mode needs the
     # directory set before any module that defines metrics is imported.
     metrics_dir = tempfile.mkdtemp(prefix="retentiond-metrics-")
@@ -113,6 +157,147 @@ def cmd_run(settings: Settings) -> int:
         return asyncio.run(Daemon(settings).run())
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _ready_database(settings: Settings) -> int | None:
+    """Connect and check the schema is current; on failure print one line, return the exit code."""
+    failed = _connect(settings)
+    if failed is not None:
+        return failed
+    from db.migrate import pending_migrations
+
+    pending = pending_migrations()
+    if pending:
+        print(f"retentiond: error: the database needs migrating ({', '.join(pending)} pending): "
+              "run `retentiond migrate`", file=sys.stderr)
+        return RET_CONFIG
+    return None
+
+
+def cmd_campaign_apply(settings: Settings, args: argparse.Namespace) -> int:
+    from engine.campaigns import CampaignFileError, apply_campaigns, load_campaign_file
+
+    try:
+        specs = [load_campaign_file(path) for path in args.files]
+    except CampaignFileError as exc:
+        print(f"retentiond: error: {exc}", file=sys.stderr)
+        return RET_CONFIG
+    failed = _ready_database(settings)
+    if failed is not None:
+        return failed
+    for result in apply_campaigns(specs):
+        print(f"{result.slug}: {result.action} (version {result.version})")
+    return RET_OK
+
+
+def cmd_campaign_enrol(settings: Settings, args: argparse.Namespace) -> int:
+    from engine.campaigns import enrol
+
+    from db.models import Campaign
+    from engine.history import find_contact_by_key
+
+    failed = _ready_database(settings)
+    if failed is not None:
+        return failed
+    campaign = Campaign.get_or_none(Campaign.slug == args.slug)
+    if campaign is None:
+        print(f"retentiond: error: no campaign {args.slug!r}", file=sys.stderr)
+        return RET_CONFIG
+    keys = ([{"external_id": v} for v in args.external_id] + [{"email": v} for v in args.email]
+            + [{"phone": v} for v in args.phone])
+    if not keys:
+        print("retentiond: error: name contacts with --external-id, --email or --phone", file=sys.stderr)
+        return RET_CONFIG
+    ids, missing = [], []
+    for key in keys:
+        contact = find_contact_by_key(key)
+        if contact is None:
+            missing.append(next(iter(key.values())))
+        else:
+            ids.append(contact.id)
+    enrolled = enrol(ids, campaign) if ids else 0
+    print(f"{args.slug}: {enrolled} newly enrolled, {len(ids) - enrolled} already enrolled")
+    for key in missing:
+        print(f"no such contact: {key}", file=sys.stderr)
+    return RET_OK if not missing else RET_CONFIG
+
+
+def cmd_contacts_import(settings: Settings, args: argparse.Namespace) -> int:
+    from engine.campaigns import enrol
+    from engine.importer import ImportError as CsvImportError
+    from engine.importer import import_csv
+
+    from db.models import Campaign
+
+    failed = _ready_database(settings)
+    if failed is not None:
+        return failed
+    on_batch = None
+    if args.campaign:
+        campaign = Campaign.get_or_none(Campaign.slug == args.campaign)
+        if campaign is None:
+            print(f"retentiond: error: no campaign {args.campaign!r}", file=sys.stderr)
+            return RET_CONFIG
+
+        def on_batch(contact_ids: list[int]) -> None:
+            enrol(contact_ids, campaign)
+    try:
+        report = import_csv(args.file, default_region=settings.default_region, batch_size=args.batch_size,
+                            progress=not args.no_progress, on_batch=on_batch)
+    except (OSError, CsvImportError) as exc:
+        print(f"retentiond: error: {exc}", file=sys.stderr)
+        return RET_CONFIG
+    print(report.summary())
+    for line, field, message in report.invalid[:100]:
+        print(f"line {line}: {field}: {message}", file=sys.stderr)
+    if len(report.invalid) > 100:
+        print(f"... and {len(report.invalid) - 100} more invalid rows", file=sys.stderr)
+    return RET_OK
+
+
+def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from engine.history import contact_history, find_contact_by_key
+    from engine.stats import overview
+
+    failed = _ready_database(settings)
+    if failed is not None:
+        return failed
+    key = {k: v for k, v in (("external_id", args.external_id), ("email", args.email), ("phone", args.phone)) if v}
+    if key:
+        contact = find_contact_by_key(key)
+        if contact is None:
+            print("retentiond: error: no such contact", file=sys.stderr)
+            return RET_CONFIG
+        data = contact_history(contact)
+        if args.json:
+            print(json.dumps(data, indent=2))
+            return RET_OK
+        print(f"contact {data['contact']['id']}: {len(data['sends'])} send(s)")
+        for d in reversed(data["decisions"]):
+            until = f" until {d['until']}" if d["until"] else ""
+            print(f"{d['at']}  {d['channel'] or '-':8} {d['campaign'] or '-':16} {d['outcome']:10}"
+                  f"{until}  {d['reason'] or ''}")
+        return RET_OK
+    data = overview()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return RET_OK
+    print("sends:")
+    for channel, statuses in sorted(data["sends"].items()):
+        print(f"  {channel:8} " + ", ".join(f"{s} {n}" for s, n in sorted(statuses.items())))
+    print("enrolments: " + ", ".join(f"{s} {n}" for s, n in sorted(data["enrolments"].items())))
+    print("inbound events: " + ", ".join(f"{s} {n}" for s, n in sorted(data["inbound_events"].items())))
+    return RET_OK
+
+
+def cmd_simulate_providers(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.logging_setup import setup_logging
+    from daemon.simulator import run_simulator
+
+    setup_logging(settings.log_level, settings.log_format)
+    return run_simulator(args.host, args.port, args.latency_ms, args.error_rate, args.rate_429)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from actors.broker import build_broker
 from daemon import metrics
 from daemon.config import Settings, redact_url
 from daemon.exit_codes import RET_OK, RET_SHUTDOWN_TIMEOUT
-from daemon.outbox import relay_planned_sends
+from daemon.scheduler import Scheduler
 from daemon.side_server import build_app
 from daemon.worker_process import spawn_entry
 from db.database import close_database
@@ -49,7 +49,6 @@ class Daemon:
         self._children: dict[int, BaseProcess] = {}
         self._stopping = asyncio.Event()
         self._in_process_worker: dramatiq.Worker | None = None
-        self._relayed = 0
         self._restarts = 0
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -63,6 +62,7 @@ class Daemon:
         metrics.initialise_labels()
         self.broker = build_broker(self.settings)
         self.actors = {name: self.broker.get_actor(f"send_{name}") for name in self.settings.rates}
+        self.scheduler = Scheduler(self.settings, self.actors)
         self._start_workers()
 
         runner = web.AppRunner(build_app(self.settings), handle_signals=False, access_log=None)
@@ -95,9 +95,11 @@ class Daemon:
         self.broker.close()
         close_database()
         code = RET_SHUTDOWN_TIMEOUT if killed else RET_OK
-        logger.info("retentiond %s stopped after %.1fs: %d send(s) relayed, %d worker restart(s), "
-                    "%d worker(s) killed at the deadline, exit %d",
-                    self.instance_id, time.monotonic() - started, self._relayed, self._restarts, killed, code)
+        logger.info("retentiond %s stopped after %.1fs: %d step(s) planned, %d send(s) relayed, "
+                    "%d re-offered, %d worker restart(s), %d worker(s) killed at the deadline, exit %d",
+                    self.instance_id, time.monotonic() - started, self.scheduler.totals.planned,
+                    self.scheduler.totals.relayed, self.scheduler.totals.requeued + self.scheduler.totals.reclaimed,
+                    self._restarts, killed, code)
         return code
 
     def _request_stop(self, sig: signal.Signals) -> None:
@@ -158,12 +160,12 @@ class Daemon:
     # -- scheduler --------------------------------------------------------------------------------
 
     async def _scheduler_loop(self) -> None:
-        """Every tick: relay planned sends to their queues. (Campaign planning joins this loop later.)"""
+        """Every tick: plan due steps, relay planned sends, now and then reconcile (daemon/scheduler.py)."""
         interval = self.settings.scheduler_interval_s
         while True:
             started = time.monotonic()
             try:
-                self._relayed += await asyncio.to_thread(relay_planned_sends, self.settings, self.actors)
+                await asyncio.to_thread(self.scheduler.tick)
             except Exception:
                 # The database or broker is away: the rows stay planned, the next tick tries again.
                 logger.exception("scheduler tick failed")

@@ -1,0 +1,56 @@
+"""The scheduler's tick: plan due campaign steps, relay planned sends to the broker, and now and
+then reconcile sends that stopped moving. Runs in the daemon's main process, in a thread (the
+database calls block), once per ``SCHEDULER_INTERVAL_S``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import dramatiq
+
+from daemon.config import Settings
+from daemon.outbox import relay_planned_sends
+from db.models import utcnow
+from engine.planner import plan_due_steps
+from engine.reconciler import reconcile
+
+logger = logging.getLogger(__name__)
+
+RECONCILE_EVERY_S = 15.0
+
+
+@dataclass
+class TickReport:
+    planned: int = 0
+    relayed: int = 0
+    requeued: int = 0
+    reclaimed: int = 0
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, actors: Mapping[str, dramatiq.Actor]) -> None:
+        self.settings = settings
+        self.actors = actors
+        self._last_reconcile = 0.0
+        self.totals = TickReport()
+
+    def tick(self) -> TickReport:
+        report = TickReport()
+        plan = plan_due_steps(self.settings, utcnow())
+        report.planned = plan.planned
+        report.relayed = relay_planned_sends(self.settings, self.actors)
+        if time.monotonic() - self._last_reconcile >= min(RECONCILE_EVERY_S, self.settings.reconcile_after_s):
+            self._last_reconcile = time.monotonic()
+            fixed = reconcile(self.settings, utcnow())
+            report.requeued, report.reclaimed = fixed.requeued, fixed.reclaimed
+            if fixed.requeued or fixed.reclaimed:
+                logger.warning("reconciler: %d lost message(s) re-offered, %d send(s) of dead workers re-offered",
+                               fixed.requeued, fixed.reclaimed)
+                report.relayed += relay_planned_sends(self.settings, self.actors)
+        for name in ("planned", "relayed", "requeued", "reclaimed"):
+            setattr(self.totals, name, getattr(self.totals, name) + getattr(report, name))
+        return report
