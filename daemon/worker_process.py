@@ -26,6 +26,7 @@ def worker_main(settings: Settings, index: int) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    threading.Thread(target=_watch_parent, args=(os.getppid(), stopping), daemon=True, name="parent-watch").start()
 
     from dramatiq import Worker
 
@@ -47,6 +48,14 @@ def worker_main(settings: Settings, index: int) -> int:
     close_database()
     logger.info("worker %d stopped", index)
     return RET_OK
+
+
+def _watch_parent(parent_pid: int, stopping: threading.Event) -> None:
+    """A worker whose supervisor died (kill -9) stops on its own instead of running orphaned."""
+    while not stopping.wait(1.0):
+        if os.getppid() != parent_pid:
+            logger.error("the supervisor (pid %d) is gone: stopping this worker", parent_pid)
+            stopping.set()
 
 
 def spawn_entry(settings: Settings, index: int) -> None:  # multiprocessing target
