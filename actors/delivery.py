@@ -184,6 +184,11 @@ class ChannelSender:
         loop = self._event_loop()
         futures: list[concurrent.futures.Future[CallOutcome]] = []
         position = 0
+        if self.limiter.unlimited:
+            with db_session():
+                hold = self.limiter.hold_s()
+            if hold:
+                self.stopping.wait(hold)  # a 429 holds the channel, limited or not
         while position < len(messages):
             if self.stopping.is_set():
                 futures.extend(_done(CallOutcome(m.send_id, "released")) for m in messages[position:])

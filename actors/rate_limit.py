@@ -118,8 +118,19 @@ class GlobalRateLimiter:
                 return None
             time.sleep(outcome)
 
+    def hold_s(self) -> float:
+        """Seconds the channel is still held by a provider's 429 (for an unlimited channel, whose
+        sends reserve no slots, this is the one check per batch)."""
+        if is_postgres():
+            row = database.execute_sql(_PG_PEEK, (self.channel,)).fetchone()
+        else:
+            tat = RateLimit.select(RateLimit.tat).where(RateLimit.channel == self.channel).scalar()
+            row = None if tat is None else (tat, time.time())
+        return 0.0 if row is None else max(0.0, row[0] - row[1])
+
     def penalize(self, seconds: float) -> None:
         """Hold the whole channel for ``seconds`` (a provider said 429 / Retry-After)."""
+        self.ensure_row()
         if is_postgres():
             database.execute_sql(_PG_PENALIZE, (seconds, self.channel))
         else:
