@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint clean
+.PHONY: install run test test-fast lint clean bench-dispatch
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
+
+## Dispatch benchmark: 50,000 sends through RabbitMQ at the simulator, next to bare Dramatiq.
+bench-dispatch: $(STAMP)
+	$(BIN)/python ops/bench/dispatch.py --sends $${SENDS:-50000} --db $${DB:-both}
