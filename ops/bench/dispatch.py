@@ -155,9 +155,9 @@ def seed(db_url: str, n: int) -> int:
 
 
 def enrol_all(db_url: str, campaign_id: int) -> None:
-    from db.database import close_database, init_database
     from peewee import Value
 
+    from db.database import close_database, init_database
     from db.models import Contact, Enrolment, database, utcnow
 
     init_database(db_url)
