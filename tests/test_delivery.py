@@ -183,3 +183,80 @@ def test_channels_do_not_mix(pipeline) -> None:  # type: ignore[no-untyped-def]
     p.relay_and_wait()
     assert sms.calls == Counter({"s1": 1}) and email.calls == Counter({"e1": 1})
     assert {(s.idempotency_key, s.provider) for s in Send.select()} == {("s1", "sms-p"), ("e1", "email-p")}
+
+
+# -- checks and progress through the actor ------------------------------------------------------
+
+
+def enrolled_send(channel: str = "sms", fallback: str | None = None, **contact_fields: object):  # type: ignore[no-untyped-def]
+    from db.models import Campaign, CampaignStep, Contact, Enrolment
+
+    campaign = Campaign.create(slug=f"c-{channel}-{fallback}", name="C")
+    step = CampaignStep.create(campaign=campaign.id, position=0, channel=channel, body="hello",
+                               subject="Hi" if channel == "email" or fallback == "email" else None,
+                               fallback_channel=fallback)
+    contact = Contact.create(**{"phone": "+12015550100", "email": "ada@example.com", **contact_fields})
+    enrolment = Enrolment.create(contact=contact.id, campaign=campaign.id, status="waiting", next_position=0)
+    address = contact.phone if channel in ("sms", "call") else contact.email
+    send = Send.create(idempotency_key=f"e{enrolment.id}.0", channel=channel, contact=contact.id,
+                       campaign=campaign.id, step=step.id, enrolment=enrolment.id, recipient=address, body="hello")
+    return send, enrolment
+
+
+def test_no_consent_falls_back_to_email_and_the_step_completes(pipeline) -> None:  # type: ignore[no-untyped-def]
+    from db.models import Decision, Enrolment
+
+    sms, email = ScriptedProvider(name="sms-p"), ScriptedProvider(name="email-p")
+    p = pipeline({"sms": sms, "email": email}, DAILY_CAP="0", QUIET_HOURS="off")
+    send, enrolment = enrolled_send("sms", fallback="email", consent={"sms": False})
+    p.relay_and_wait()  # the sms send: skipped, fallback planned
+    p.relay_and_wait()  # the email fallback: sent
+    assert sms.calls == Counter() and email.calls == Counter({f"e{enrolment.id}.0.email": 1})
+    original = Send.get_by_id(send.id)
+    assert (original.status, original.reason) == ("skipped", "fell back to email: no consent for sms")
+    fallback = Send.get(Send.fallback_of == send.id)
+    assert (fallback.channel, fallback.status, fallback.recipient) == ("email", "sent", "ada@example.com")
+    assert Enrolment.get_by_id(enrolment.id).status == "completed"
+    outcomes = [d.outcome for d in Decision.select().where(Decision.contact == send.contact_id).order_by(Decision.id)]
+    assert outcomes == ["fell_back", "sent"]
+
+
+def test_a_permanent_failure_falls_back_too(pipeline) -> None:  # type: ignore[no-untyped-def]
+    sms = ScriptedProvider(name="sms-p", script={"+12015550100": [PermanentChannelError("unreachable handset")]})
+    email = ScriptedProvider(name="email-p")
+    p = pipeline({"sms": sms, "email": email}, DAILY_CAP="0", QUIET_HOURS="off")
+    send, _ = enrolled_send("sms", fallback="email")
+    p.relay_and_wait()
+    p.relay_and_wait()
+    assert Send.get_by_id(send.id).status == "failed"
+    assert Send.get(Send.fallback_of == send.id).status == "sent"
+
+
+def test_quiet_hours_defer_without_spending_an_attempt(pipeline) -> None:  # type: ignore[no-untyped-def]
+    from db.models import Decision, Enrolment
+
+    sms = ScriptedProvider()
+    # every hour of the day is quiet for this contact, so the send must wait
+    p = pipeline({"sms": sms}, DAILY_CAP="0", QUIET_HOURS="00:00-23:59")
+    send, enrolment = enrolled_send("sms", timezone="Pacific/Auckland")
+    p.relay_and_wait()
+    row = Send.get_by_id(send.id)
+    assert (row.status, row.attempts, row.deferrals) == ("planned", 0, 1)
+    assert row.due_at > row.created_at
+    assert sms.calls == Counter()
+    assert Enrolment.get_by_id(enrolment.id).status == "waiting"
+    decision = Decision.get(Decision.send == send.id)
+    assert decision.outcome == "deferred" and "quiet hours" in decision.reason and decision.until == row.due_at
+
+
+def test_a_sent_step_moves_the_enrolment_to_the_next_one(pipeline) -> None:  # type: ignore[no-untyped-def]
+    from db.models import CampaignStep, Enrolment
+
+    p = pipeline({"sms": ScriptedProvider()}, DAILY_CAP="0", QUIET_HOURS="off")
+    send, enrolment = enrolled_send("sms")
+    CampaignStep.create(campaign=send.campaign_id, position=1, channel="email", body="later", subject="s",
+                        delay_s=3600)
+    p.relay_and_wait()
+    moved = Enrolment.get_by_id(enrolment.id)
+    assert (moved.status, moved.next_position) == ("active", 1)
+    assert 3590 <= (moved.next_due_at - Send.get_by_id(send.id).finished_at).total_seconds() <= 3610
