@@ -82,8 +82,14 @@ class _Undefined(jinja2.StrictUndefined):
 
     @property
     def _undefined_message(self) -> str:
-        if not self._undefined_hint and isinstance(self._undefined_obj, _Record):
-            return f"no field or attribute {self._undefined_name!r} (use | default('') if it is optional)"
+        name = self._undefined_name
+        if self._undefined_hint or self._undefined_obj is jinja2.utils.missing:
+            return str(super()._undefined_message)
+        if not (isinstance(name, str) and name.isidentifier() and len(name) <= 64):
+            # A computed key such as {{ table[contact.email] }} may be contact data: not quoted.
+            return "no such key"
+        if isinstance(self._undefined_obj, _Record):
+            return f"no field or attribute {name!r} (use | default('') if it is optional)"
         return str(super()._undefined_message)
 
 
