@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import peewee
+
 from db.database import database
 from db.models import Campaign, CampaignStep, utcnow
 from engine.campaign_file import (
@@ -52,6 +54,15 @@ def apply_campaign(spec: CampaignSpec) -> ApplyResult:
     position's new content; one past the new last step is completed by the scheduler. The
     version moves only when something changed, so re-applying the same file is a no-op.
     """
+    try:
+        return _apply(spec)
+    except peewee.IntegrityError:
+        # Another process applied the same slug (or step positions) between our read and write;
+        # its transaction has committed, so a second pass sees it and updates instead.
+        return _apply(spec)
+
+
+def _apply(spec: CampaignSpec) -> ApplyResult:
     wanted = _campaign_values(spec)
     with database.atomic():
         campaign = Campaign.get_or_none(Campaign.slug == spec.slug)

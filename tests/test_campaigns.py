@@ -281,6 +281,25 @@ def test_apply_is_one_transaction_per_campaign(migrated_db: str) -> None:
     assert CampaignStep.select().count() == 4
 
 
+def test_apply_racing_another_process_on_the_same_slug_updates_instead(
+        migrated_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given another process created the campaign after this one looked for it...
+    apply_campaigns([spec_from(GOOD)])
+    real = Campaign.get_or_none
+    looks = []
+
+    def stale_then_real(*args: object) -> Campaign | None:
+        looks.append(args)
+        return None if len(looks) == 1 else real(*args)
+
+    monkeypatch.setattr(Campaign, "get_or_none", stale_then_real)
+    # ...the insert hits the unique slug, and the second pass updates the existing campaign.
+    results = apply_campaigns([spec_from(GOOD.replace("name: Onboarding", "name: Renamed"))])
+    assert [(r.action, r.version) for r in results] == [("updated", 2)]
+    assert [c.name for c in Campaign.select()] == ["Renamed"]
+    assert CampaignStep.select().count() == 2
+
+
 # -- enrolment ------------------------------------------------------------------------------------
 
 
