@@ -1,0 +1,241 @@
+"""Message templates: Jinja2 in its immutable sandbox, rendered without touching the database.
+
+What a template sees:
+
+- ``contact``: the contact's fields ``id``, ``external_id``, ``email``, ``phone``, ``name``,
+  ``timezone`` and ``attributes``. A field the contact does not have (``None`` or absent) renders
+  as empty text. Free attributes are reachable both as ``contact.attributes.plan`` and, when no
+  field has that name, as ``contact.plan`` (fields win: an attribute called ``email`` is only
+  ``contact.attributes.email``). ``contact.attributes['items']`` works for any key, even one
+  that is not a valid identifier.
+- ``channel``: the step's channel name.
+- ``link(url)``: an absolute http(s) URL, rewritten to ``{public_url}/t/{token}``; the click
+  is recorded there and redirected to ``url``. The same URL twice in one message is one token.
+
+Undefined names are strict (``StrictUndefined``): a misspelt variable, or an attribute this
+contact does not have, fails the render with a TemplateError instead of sending "Hi ," to 50,000
+people. Templates that expect optional attributes say so: ``{{ contact.plan | default('') }}``
+or ``{% if contact.plan is defined %}``.
+
+Autoescaping is off: sms, call and push bodies are plain text. Sandbox violations (``''.__class__``,
+mutating a list...) are TemplateErrors. Compiled templates are cached by source.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from daemon.errors import PermanentChannelError
+
+CONTACT_FIELDS = ("id", "external_id", "email", "phone", "name", "timezone", "attributes")
+TEMPLATE_NAMES = frozenset({"contact", "channel", "link"})
+TOKEN_BYTES = 18  # 144 bits, 24 URL-safe characters: unguessable, and fits TrackedLink.token
+_CACHE_SIZE = 2048
+
+
+class TemplateError(PermanentChannelError):
+    """A template that does not compile or render. Names the field and the Jinja error, never contact data."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """One message to render: the contact's fields and the step's template sources."""
+
+    contact: Mapping[str, object]
+    subject: str | None
+    body: str
+    channel: str
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered message and the tracked links it uses, as (token, target url) pairs."""
+
+    subject: str | None
+    body: str
+    links: tuple[tuple[str, str], ...] = ()
+
+
+def _finalize(value: object) -> object:
+    # JSON nulls in attributes print as nothing, not "None".
+    return "" if value is None else value
+
+
+class _Undefined(jinja2.StrictUndefined):
+    """StrictUndefined with a message that names the missing key, not our wrapper class."""
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        name = self._undefined_name
+        if self._undefined_hint or self._undefined_obj is jinja2.utils.missing:
+            return str(super()._undefined_message)
+        if not (isinstance(name, str) and name.isidentifier() and len(name) <= 64):
+            # A computed key such as {{ table[contact.email] }} may be contact data: not quoted.
+            return "no such key"
+        if isinstance(self._undefined_obj, _Record):
+            return f"no field or attribute {name!r} (use | default('') if it is optional)"
+        return str(super()._undefined_message)
+
+
+_ENV = ImmutableSandboxedEnvironment(
+    undefined=_Undefined,
+    autoescape=False,
+    finalize=_finalize,
+    keep_trailing_newline=True,
+)
+_ALLOWED_NAMES = TEMPLATE_NAMES | frozenset(_ENV.globals)
+
+
+class _LinkRejected(Exception):
+    """link() was given something other than an absolute http(s) URL."""
+
+
+class _Record:
+    """Read-only attribute access over a mapping for templates.
+
+    It has no public methods, so an attribute called ``items`` or ``keys`` is the attribute and
+    not a dict method; nested mappings are wrapped the same way.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = data
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return _wrap(self._data[name])
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, key: str) -> Any:
+        return _wrap(self._data[key])
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __str__(self) -> str:
+        return str(dict(self._data))
+
+
+def _wrap(value: Any) -> Any:
+    return _Record(value) if isinstance(value, Mapping) else value
+
+
+def _contact_record(contact: Mapping[str, object]) -> _Record:
+    attributes = contact.get("attributes") or {}
+    if not isinstance(attributes, Mapping):
+        attributes = {}
+    merged: dict[str, Any] = dict(attributes)  # attributes first, so fields win on a clash
+    for name in CONTACT_FIELDS:
+        value = contact.get(name)
+        merged[name] = "" if value is None else value
+    merged["attributes"] = attributes
+    return _Record(merged)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _compile(source: str) -> jinja2.Template | jinja2.TemplateSyntaxError:
+    # A broken template is cached too: 50,000 renders of it should not parse it 50,000 times.
+    try:
+        return _ENV.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        return exc
+
+
+def cache_info() -> Any:
+    """Hits and misses of the compiled-template cache (functools' CacheInfo)."""
+    return _compile.cache_info()
+
+
+def _syntax_problem(exc: jinja2.TemplateSyntaxError) -> str:
+    return f"template syntax error at line {exc.lineno}: {exc.message}"
+
+
+def compile_check(source: str, field: str) -> None:
+    """Raise TemplateError if ``source`` does not compile or names a variable templates never have."""
+    compiled = _compile(source)
+    if isinstance(compiled, jinja2.TemplateSyntaxError):
+        raise TemplateError(field, _syntax_problem(compiled))
+    unknown = sorted(meta.find_undeclared_variables(_ENV.parse(source)) - _ALLOWED_NAMES)
+    if unknown:
+        names = ", ".join(repr(n) for n in unknown)
+        raise TemplateError(field, f"unknown variable {names} (templates have contact, channel, link)")
+
+
+class _Links:
+    """The link() of one message: one token per distinct URL, collected in order."""
+
+    def __init__(self, public_url: str) -> None:
+        self.base = public_url.rstrip("/")
+        self.by_url: dict[str, str] = {}
+
+    def link(self, url: object) -> str:
+        if not isinstance(url, str):
+            raise _LinkRejected(f"link() needs a URL string, got {type(url).__name__}")
+        parts = urlsplit(url.strip())
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            # The URL itself may carry contact data, so only its scheme goes into the message.
+            raise _LinkRejected(f"link() needs an absolute http(s) URL (got scheme {parts.scheme or 'none'!r})")
+        token = self.by_url.get(url)
+        if token is None:
+            token = self.by_url[url] = secrets.token_urlsafe(TOKEN_BYTES)
+        return f"{self.base}/t/{token}"
+
+
+def _render_one(source: str, field: str, context: dict[str, Any]) -> str:
+    compiled = _compile(source)
+    if isinstance(compiled, jinja2.TemplateSyntaxError):
+        raise TemplateError(field, _syntax_problem(compiled))
+    try:
+        return compiled.render(context)
+    except _LinkRejected as exc:
+        raise TemplateError(field, str(exc)) from None
+    except jinja2.TemplateError as exc:
+        # Undefined names and sandbox violations: Jinja's message names template-side things only.
+        raise TemplateError(field, f"{type(exc).__name__}: {exc.message}") from None
+    except Exception as exc:
+        # Anything else (a filter's ValueError...) may quote a contact's value: name the type only.
+        raise TemplateError(field, f"render failed: {type(exc).__name__}") from None
+
+
+def render(job: RenderJob, public_url: str) -> Rendered:
+    """Render one message; raise TemplateError. Writes nothing: the caller saves ``links``."""
+    links = _Links(public_url)
+    context = {"contact": _contact_record(job.contact), "channel": job.channel, "link": links.link}
+    subject = None if job.subject is None else _render_one(job.subject, "subject", context)
+    body = _render_one(job.body, "body", context)
+    return Rendered(subject, body, tuple((token, url) for url, token in links.by_url.items()))
+
+
+def render_batch(jobs: Iterable[RenderJob], public_url: str) -> list[Rendered | TemplateError]:
+    """Render many messages; a failed one is its TemplateError in place, the others go on."""
+    results: list[Rendered | TemplateError] = []
+    for job in jobs:
+        try:
+            results.append(render(job, public_url))
+        except TemplateError as exc:
+            results.append(exc)
+    return results
