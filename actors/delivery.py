@@ -42,6 +42,7 @@ from daemon.metrics import PROVIDER_LATENCY, RATE_LIMIT_WAIT, SENDS
 from db.database import db_session, rows
 from db.models import CampaignStep, Contact, Send, utcnow
 from engine.checks import ADDRESS_FIELDS, Candidate, SendChecks, Verdict
+from engine.links import make_unsubscribe_tokens, unsubscribe_url
 from engine.outcomes import ClaimedSend, Result, settle
 
 logger = logging.getLogger(__name__)
@@ -167,9 +168,7 @@ class ChannelSender:
         campaign_sends = [s for s in to_send if s.contact_id is not None and s.campaign_id is not None]
         if not campaign_sends:
             return {}
-        from engine.links import make_unsubscribe_tokens, unsubscribe_url
-
-        tokens = make_unsubscribe_tokens([(s.contact_id, "email", s.id) for s in campaign_sends])
+        tokens = make_unsubscribe_tokens([(int(s.contact_id or 0), "email", s.id) for s in campaign_sends])
         return {s.id: {"List-Unsubscribe": f"<{unsubscribe_url(self.settings.public_url, token)}>",
                        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
                 for s, token in zip(campaign_sends, tokens, strict=True)}

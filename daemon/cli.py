@@ -191,9 +191,8 @@ def cmd_campaign_apply(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_campaign_enrol(settings: Settings, args: argparse.Namespace) -> int:
-    from engine.campaigns import enrol
-
     from db.models import Campaign
+    from engine.campaigns import enrol
     from engine.history import find_contact_by_key
 
     failed = _ready_database(settings)
@@ -223,11 +222,11 @@ def cmd_campaign_enrol(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_contacts_import(settings: Settings, args: argparse.Namespace) -> int:
-    from engine.campaigns import enrol
     from engine.importer import ImportError as CsvImportError
     from engine.importer import import_csv
 
     from db.models import Campaign
+    from engine.campaigns import enrol
 
     failed = _ready_database(settings)
     if failed is not None:

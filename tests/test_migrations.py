@@ -12,7 +12,6 @@ from db.migrate import HISTORY_TABLE, MIGRATIONS_DIR, migrate, pending_migration
 from db.models import ALL_MODELS
 from tests.support.daemon import base_env, cli
 
-
 ALL_MIGRATIONS = sorted(p.stem for p in MIGRATIONS_DIR.glob("[0-9]*.py"))
 
 
