@@ -1,0 +1,95 @@
+"""The planner and the reconciler on both engines: due steps become rendered, planned sends once;
+stalled sends go back to the outbox."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from db.models import Campaign, CampaignStep, Contact, Decision, Enrolment, Send, TrackedLink, utcnow
+from engine.campaigns import enrol
+from engine.planner import plan_due_steps
+from engine.reconciler import reconcile
+from tests.conftest import make_settings
+
+SETTINGS = make_settings(PUBLIC_URL="https://go.example.com", RECONCILE_AFTER_S="60", CLAIM_TIMEOUT_S="120")
+
+
+def campaign_with(*bodies: str, channel: str = "sms") -> Campaign:
+    campaign = Campaign.create(slug="welcome", name="Welcome")
+    for position, body in enumerate(bodies):
+        CampaignStep.create(campaign=campaign.id, position=position, channel=channel, body=body, delay_s=0)
+    return campaign
+
+
+def contacts(n: int) -> list[int]:
+    return [Contact.create(external_id=f"c{i}", phone=f"+1201555{i:04d}", name=f"P{i}",
+                           attributes={"plan": "pro"}).id for i in range(n)]
+
+
+def test_due_steps_become_rendered_planned_sends_once(migrated_db: str) -> None:
+    campaign = campaign_with("Hi {{ contact.name }} ({{ contact.plan }}): {{ link('https://example.com/o') }}")
+    ids = contacts(3)
+    assert enrol(ids, campaign) == 3
+    report = plan_due_steps(SETTINGS, utcnow() + dt.timedelta(seconds=1))
+    assert report.planned == 3
+    sends = list(Send.select().order_by(Send.id))
+    assert [s.status for s in sends] == ["planned"] * 3
+    first = sends[0]
+    assert first.recipient == "+12015550000" and first.channel == "sms"
+    assert first.body.startswith("Hi P0 (pro): https://go.example.com/t/")
+    token = first.body.rsplit("/t/", 1)[1]
+    link = TrackedLink.get(TrackedLink.token == token)
+    assert (link.url, link.send_id, link.contact_id) == ("https://example.com/o", first.id, first.contact_id)
+    assert {e.status for e in Enrolment.select()} == {"waiting"}
+    # a second tick finds nothing due: each step is planned once
+    assert plan_due_steps(SETTINGS, utcnow() + dt.timedelta(seconds=1)).planned == 0
+    assert Send.select().count() == 3
+
+
+def test_a_template_error_fails_that_send_and_the_enrolment_moves_on(migrated_db: str) -> None:
+    campaign = campaign_with("Hi {{ contact.no_such_thing }}", "second step")
+    (contact_id,) = contacts(1)
+    enrol([contact_id], campaign)
+    report = plan_due_steps(SETTINGS, utcnow() + dt.timedelta(seconds=1))
+    assert (report.planned, report.failed) == (0, 1)
+    failed = Send.get()
+    assert failed.status == "failed" and failed.reason == "template error" and "no_such_thing" in failed.error
+    assert Decision.get(Decision.send == failed.id).outcome == "failed"
+    enrolment = Enrolment.get()
+    assert (enrolment.status, enrolment.next_position) == ("active", 1)
+    # and the next tick plans the second step
+    assert plan_due_steps(SETTINGS, utcnow() + dt.timedelta(seconds=1)).planned == 1
+
+
+def test_an_enrolment_past_the_last_step_completes(migrated_db: str) -> None:
+    campaign = campaign_with("only step")
+    (contact_id,) = contacts(1)
+    enrol([contact_id], campaign)
+    Enrolment.update(next_position=1).execute()  # the campaign was shortened under it
+    report = plan_due_steps(SETTINGS, utcnow() + dt.timedelta(seconds=1))
+    assert (report.planned, report.completed) == (0, 1)
+    assert Enrolment.get().status == "completed"
+
+
+def test_enrolments_not_yet_due_wait(migrated_db: str) -> None:
+    campaign = Campaign.create(slug="later", name="Later")
+    CampaignStep.create(campaign=campaign.id, position=0, channel="sms", body="x", delay_s=3600)
+    enrol(contacts(2), campaign)
+    assert plan_due_steps(SETTINGS, utcnow()).planned == 0
+    assert plan_due_steps(SETTINGS, utcnow() + dt.timedelta(hours=1, seconds=1)).planned == 2
+
+
+def test_the_reconciler_offers_stalled_sends_again(migrated_db: str) -> None:
+    now = utcnow()
+    old, recent = now - dt.timedelta(minutes=5), now - dt.timedelta(seconds=5)
+    Send.create(idempotency_key="lost", channel="sms", status="queued", queued_at=old)
+    Send.create(idempotency_key="moving", channel="sms", status="queued", queued_at=recent)
+    Send.create(idempotency_key="retry-lost", channel="sms", status="retrying", queued_at=old)
+    Send.create(idempotency_key="orphan", channel="sms", status="sending", claimed_at=old)
+    Send.create(idempotency_key="busy", channel="sms", status="sending", claimed_at=recent)
+    report = reconcile(SETTINGS, now)
+    assert (report.requeued, report.reclaimed) == (2, 1)
+    status = {s.idempotency_key: s.status for s in Send.select()}
+    assert status == {"lost": "planned", "moving": "queued", "retry-lost": "planned", "orphan": "planned",
+                      "busy": "sending"}
+    assert Decision.get().outcome == "reoffered"
