@@ -38,10 +38,10 @@ def declare_channel_actors(broker: dramatiq.Broker, settings: Settings, stopping
     for name, channel in CHANNELS.items():
         provider_name = settings.channel_providers[name]
         provider = (providers or {}).get(name) or build_provider(provider_name,
-                                                                 settings.providers.get(provider_name, {}))
+                                                                 settings.providers.get(provider_name, {}), name)
         backup_name = settings.backup_providers.get(name)
         if backup_name:
-            provider = FailoverProvider(name, provider, build_provider(backup_name, settings.providers.get(backup_name, {})),
+            provider = FailoverProvider(name, provider, build_provider(backup_name, settings.providers.get(backup_name, {}), name),
                                         settings.failover_after_errors, settings.failover_cooloff_s)
         sender = ChannelSender(
             channel=name,

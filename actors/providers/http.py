@@ -1,0 +1,108 @@
+"""What every HTTP provider shares: one pooled client session per event loop, and one mapping
+from HTTP outcomes to our errors.
+
+* timeouts, connection errors, 5xx -> TransientChannelError (retried with backoff)
+* 429 -> ProviderRateLimited with the provider's Retry-After (seconds or an HTTP date; 1 s if absent)
+* any other 4xx -> PermanentChannelError (never retried)
+
+Error messages carry the status and the provider's own error code/message, never the recipient
+or the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from daemon.config import Secret
+from daemon.errors import ConfigError, PermanentChannelError, ProviderRateLimited, TransientChannelError
+
+CONNECTION_LIMIT = 512  # per process: many provider calls in flight at once
+TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5)
+_sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+
+
+def session() -> aiohttp.ClientSession:
+    """The running loop's shared session, created on first use inside that loop."""
+    loop = asyncio.get_running_loop()
+    current = _sessions.get(loop)
+    if current is None or current.closed:
+        current = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT, limit_per_host=CONNECTION_LIMIT,
+                                           keepalive_timeout=30),
+            timeout=TIMEOUT, raise_for_status=False)
+        _sessions[loop] = current
+    return current
+
+
+async def close_session() -> None:
+    current = _sessions.pop(asyncio.get_running_loop(), None)
+    if current is not None and not current.closed:
+        await current.close()
+
+
+def retry_after_s(value: str | None, default: float = 1.0) -> float:
+    if not value:
+        return default
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return default
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _detail(body: str) -> str:
+    """The provider's error code and message, if the body is JSON that has them."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    code = data.get("code", data.get("ErrorCode"))
+    message = data.get("message", data.get("Message"))
+    return " ".join(str(p) for p in (code, message) if p is not None)[:200]
+
+
+async def request(provider: str, method: str, url: str, **kwargs: Any) -> Any:
+    """One call; the decoded JSON body on 2xx, else the matching channel error."""
+    try:
+        async with session().request(method, url, **kwargs) as response:
+            text = await response.text()
+            if 200 <= response.status < 300:
+                return json.loads(text) if text.strip() else {}
+            detail = _detail(text)
+            message = f"{provider} answered {response.status}" + (f": {detail}" if detail else "")
+            if response.status == 429:
+                raise ProviderRateLimited(message, retry_after_s(response.headers.get("Retry-After")))
+            if response.status >= 500 or response.status in (408, 409, 425):
+                raise TransientChannelError(message)
+            raise PermanentChannelError(message)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise TransientChannelError(f"{provider}: {type(exc).__name__}") from exc
+    except ValueError as exc:  # a 2xx whose body is not JSON
+        raise TransientChannelError(f"{provider}: unreadable answer") from exc
+
+
+def required(options: Mapping[str, Secret], provider: str, field: str) -> str:
+    value = options.get(field)
+    if not value:
+        raise ConfigError(f"RETENTIOND_PROVIDER_{provider.upper()}_{field.upper()}", "required for this provider")
+    return str(value)
+
+
+def base_url(options: Mapping[str, Secret], provider: str, default: str) -> str:
+    url = str(options.get("url") or default).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"RETENTIOND_PROVIDER_{provider.upper()}_URL", "expected an http(s) URL")
+    return url
