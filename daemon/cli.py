@@ -222,11 +222,9 @@ def cmd_campaign_enrol(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_contacts_import(settings: Settings, args: argparse.Namespace) -> int:
-    from engine.importer import ImportError as CsvImportError
-    from engine.importer import import_csv
-
     from db.models import Campaign
     from engine.campaigns import enrol
+    from engine.importer import CsvFormatError, import_csv
 
     failed = _ready_database(settings)
     if failed is not None:
@@ -243,7 +241,7 @@ def cmd_contacts_import(settings: Settings, args: argparse.Namespace) -> int:
     try:
         report = import_csv(args.file, default_region=settings.default_region, batch_size=args.batch_size,
                             progress=not args.no_progress, on_batch=on_batch)
-    except (OSError, CsvImportError) as exc:
+    except (OSError, CsvFormatError) as exc:
         print(f"retentiond: error: {exc}", file=sys.stderr)
         return RET_CONFIG
     print(report.summary())

@@ -102,6 +102,7 @@ class Settings:
     cooldown_s: float = 0.0  # minimum gap between two sends to one contact; 0 = off
     quiet_hours: str = "21:00-08:00"  # in the contact's timezone, for sms/call/push; "off"
     default_timezone: str = "UTC"  # for contacts without one
+    default_region: str = "US"  # phone numbers written without a country code are read as this country's
     # outbox recovery (engine/reconciler.py)
     reconcile_after_s: float = 300.0  # queued/retrying this long without progress: offered again
     claim_timeout_s: float = 900.0  # sending this long (worker killed): offered again
@@ -170,6 +171,7 @@ _SCALARS: dict[str, tuple[str, type]] = {
     "COOLDOWN_S": ("cooldown_s", float),
     "QUIET_HOURS": ("quiet_hours", str),
     "DEFAULT_TIMEZONE": ("default_timezone", str),
+    "DEFAULT_REGION": ("default_region", str),
     "RECONCILE_AFTER_S": ("reconcile_after_s", float),
     "CLAIM_TIMEOUT_S": ("claim_timeout_s", float),
     "FAILOVER_AFTER_ERRORS": ("failover_after_errors", int),
@@ -360,6 +362,10 @@ def _validate(s: Settings) -> None:
         zoneinfo.ZoneInfo(s.default_timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"{PREFIX}DEFAULT_TIMEZONE", "expected an IANA timezone such as Europe/Paris") from None
+    import phonenumbers  # imported here: only validation needs it
+
+    if s.default_region.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigError(f"{PREFIX}DEFAULT_REGION", "expected a two-letter region code such as US, GB or FR")
     for name in ("reconcile_after_s", "claim_timeout_s", "failover_cooloff_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{PREFIX}{name.upper()}", "must be positive")

@@ -56,3 +56,29 @@ def settle_sends(rows: Sequence[tuple[Any, ...]], expected_status: str = "sendin
         cursor = database.execute_sql(sql, params)
         changed += cursor.rowcount
     return changed
+
+
+def bulk_update(table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]],
+                casts: dict[str, str] | None = None, rows_per_statement: int = 1000) -> int:
+    """``UPDATE table SET col = v.col ... FROM (VALUES ...) WHERE table.id = v.id``: many rows with
+    different values in one statement per ``rows_per_statement``. Each row is (id, *columns).
+    ``casts`` gives PostgreSQL types for columns that are not text (VALUES params arrive untyped)."""
+    casts = casts or {}
+    changed = 0
+    names = ", ".join(("id", *columns))
+    width = 1 + len(columns)
+    for start in range(0, len(rows), rows_per_statement):
+        chunk = rows[start:start + rows_per_statement]
+        if is_postgres():
+            placeholders = ", ".join("(" + ", ".join(["%s"] * width) + ")" for _ in chunk)
+            assignments = ", ".join(f"{c} = v.{c}::{casts.get(c, 'text')}" for c in columns)
+            sql = (f"UPDATE {table} SET {assignments} FROM (VALUES {placeholders}) AS v({names}) "
+                   f"WHERE {table}.id = v.id::integer")
+            params = [value for row in chunk for value in row]
+        else:
+            placeholders = ", ".join("(" + ", ".join(["?"] * width) + ")" for _ in chunk)
+            assignments = ", ".join(f"{c} = v.{c}" for c in columns)
+            sql = f"WITH v({names}) AS (VALUES {placeholders}) UPDATE {table} SET {assignments} FROM v WHERE {table}.id = v.id"
+            params = [_sqlite_value(value) for row in chunk for value in row]
+        changed += database.execute_sql(sql, params).rowcount
+    return changed
