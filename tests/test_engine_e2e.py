@@ -68,10 +68,11 @@ def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
 
 
 def engine_env(db_url: str, broker_url: str, simulator: SimulatorProcess, **extra: str) -> dict[str, str]:
-    return base_env(DATABASE_URL=db_url, BROKER_URL=broker_url, RATE_SMS="unlimited", RATE_EMAIL="unlimited",
-                    DAILY_CAP="0", QUIET_HOURS="off", RETRY_MIN_BACKOFF_MS="200", RETRY_MAX_BACKOFF_MS="2000",
-                    MAX_RETRIES="20", CONCURRENCY_SMS="128", CONCURRENCY_EMAIL="128",
-                    PROVIDER_POSTMARK_BATCH_WAIT_MS="500", **simulator.provider_env(), **extra)
+    settings = {"DATABASE_URL": db_url, "BROKER_URL": broker_url, "RATE_SMS": "unlimited", "RATE_EMAIL": "unlimited",
+                "DAILY_CAP": "0", "QUIET_HOURS": "off", "RETRY_MIN_BACKOFF_MS": "200", "RETRY_MAX_BACKOFF_MS": "2000",
+                "MAX_RETRIES": "20", "CONCURRENCY_SMS": "128", "CONCURRENCY_EMAIL": "128",
+                "PROVIDER_POSTMARK_BATCH_WAIT_MS": "500", **simulator.provider_env(), **extra}
+    return base_env(**settings)
 
 
 def prepare(env: dict[str, str], tmp_path: Path, campaign: str, contacts: int, slug: str) -> None:
