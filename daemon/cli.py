@@ -193,7 +193,7 @@ def cmd_campaign_apply(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_campaign_enrol(settings: Settings, args: argparse.Namespace) -> int:
     from db.models import Campaign
     from engine.campaigns import enrol
-    from engine.history import find_contact_by_key
+    from engine.contacts import InvalidContact, find_contact
 
     failed = _ready_database(settings)
     if failed is not None:
@@ -209,7 +209,10 @@ def cmd_campaign_enrol(settings: Settings, args: argparse.Namespace) -> int:
         return RET_CONFIG
     ids, missing = [], []
     for key in keys:
-        contact = find_contact_by_key(key)
+        try:
+            contact = find_contact(key, settings.default_region)
+        except InvalidContact:
+            contact = None
         if contact is None:
             missing.append(next(iter(key.values())))
         else:
@@ -255,7 +258,8 @@ def cmd_contacts_import(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
-    from engine.history import contact_history, find_contact_by_key
+    from engine.contacts import InvalidContact, find_contact
+    from engine.history import contact_history
     from engine.stats import overview
 
     failed = _ready_database(settings)
@@ -263,7 +267,11 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
         return failed
     key = {k: v for k, v in (("external_id", args.external_id), ("email", args.email), ("phone", args.phone)) if v}
     if key:
-        contact = find_contact_by_key(key)
+        try:
+            contact = find_contact(key, settings.default_region)
+        except InvalidContact as exc:
+            print(f"retentiond: error: {exc}", file=sys.stderr)
+            return RET_CONFIG
         if contact is None:
             print("retentiond: error: no such contact", file=sys.stderr)
             return RET_CONFIG

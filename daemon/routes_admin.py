@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,7 +13,8 @@ from aiohttp import web
 
 from daemon.config import Settings
 from db.database import db_session
-from engine.history import contact_history, find_contact_by_key
+from engine.contacts import InvalidContact, find_contact
+from engine.history import contact_history
 from engine.stats import overview
 
 routes = web.RouteTableDef()
@@ -64,9 +66,9 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(await asyncio.to_thread(_stats))
 
 
-def _history(key: dict[str, str]) -> dict[str, Any] | None:
+def _history(key: dict[str, str], default_region: str) -> dict[str, Any] | None:
     with db_session():
-        contact = find_contact_by_key(key)
+        contact = find_contact(key, default_region)
         return contact_history(contact) if contact is not None else None
 
 
@@ -75,7 +77,10 @@ async def history(request: web.Request) -> web.Response:
     key = {k: v for k, v in request.query.items() if k in ("external_id", "email", "phone") and v}
     if not key:
         raise web.HTTPBadRequest(text='{"error": "give external_id, email or phone"}', content_type="application/json")
-    found = await asyncio.to_thread(_history, key)
+    try:
+        found = await asyncio.to_thread(_history, key, request.app[SETTINGS].default_region)
+    except InvalidContact as exc:
+        raise web.HTTPBadRequest(text=json.dumps({"error": str(exc)}), content_type="application/json") from None
     if found is None:
         raise web.HTTPNotFound(text='{"error": "no such contact"}', content_type="application/json")
     return web.json_response(found)

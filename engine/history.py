@@ -6,20 +6,9 @@ the admin API.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from db.models import Campaign, Contact, Decision, Send
-
-
-def find_contact_by_key(key: Mapping[str, str]) -> Contact | None:
-    """By external_id, email or phone (as stored: normalised)."""
-    for field in ("external_id", "email", "phone"):
-        value = key.get(field)
-        if value:
-            return Contact.get_or_none(getattr(Contact, field) == value.strip().lower() if field == "email"
-                                       else getattr(Contact, field) == value.strip())
-    return None
 
 
 def contact_history(contact: Contact, limit: int = 200) -> dict[str, Any]:

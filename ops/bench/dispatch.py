@@ -192,7 +192,7 @@ def retentiond(n: int, kind: str, processes: int, threads: int, latency_ms: floa
     daemon: DaemonProcess | None = None
     try:
         env = base_env(DATABASE_URL=db_url, BROKER_URL=amqp_url, RATE_SMS="unlimited", CONCURRENCY_SMS="512",
-                       DAILY_CAP="0", QUIET_HOURS="off", LOG_LEVEL="WARNING", DB_POOL_SIZE="4",
+                       DAILY_CAP="0", QUIET_HOURS="off", DB_POOL_SIZE="4",
                        **simulator.provider_env())
         assert cli("migrate", env=env).returncode == 0
         campaign_id = seed(db_url, n)
