@@ -30,9 +30,11 @@ class ScriptedProvider:
     name: str = "scripted"
     script: dict[str, list[Exception | None]] = field(default_factory=dict)
     calls: Counter = field(default_factory=Counter)
+    headers: dict = field(default_factory=dict)
 
     async def send(self, message: OutboundMessage) -> ProviderResult:
         self.calls[message.idempotency_key] += 1
+        self.headers[message.idempotency_key] = dict(message.headers)
         await asyncio.sleep(0)
         steps = self.script.get(message.recipient or "", [])
         outcome = steps.pop(0) if steps else None
@@ -260,3 +262,17 @@ def test_a_sent_step_moves_the_enrolment_to_the_next_one(pipeline) -> None:  # t
     moved = Enrolment.get_by_id(enrolment.id)
     assert (moved.status, moved.next_position) == ("active", 1)
     assert 3590 <= (moved.next_due_at - Send.get_by_id(send.id).finished_at).total_seconds() <= 3610
+
+
+def test_campaign_emails_carry_one_click_unsubscribe_headers(pipeline) -> None:  # type: ignore[no-untyped-def]
+    from db.models import UnsubscribeToken
+
+    email = ScriptedProvider(name="email-p")
+    p = pipeline({"email": email}, DAILY_CAP="0", PUBLIC_URL="https://go.example.com")
+    send, enrolment = enrolled_send("email")
+    p.relay_and_wait()
+    headers = email.headers[f"e{enrolment.id}.0"]
+    assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    token = headers["List-Unsubscribe"].removeprefix("<https://go.example.com/u/").removesuffix(">")
+    row = UnsubscribeToken.get_by_id(token)
+    assert (row.contact_id, row.channel) == (send.contact_id, "email")
