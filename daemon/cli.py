@@ -143,17 +143,11 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
         from daemon.logging_setup import setup_logging
         from daemon.supervisor import Daemon
-        from db.migrate import pending_migrations
 
         setup_logging(settings.log_level, settings.log_format)
-        failed = _connect(settings)
+        failed = _ready_database(settings)
         if failed is not None:
             return failed
-        pending = pending_migrations()
-        if pending:
-            print(f"retentiond: error: the database needs migrating ({', '.join(pending)} pending): "
-                  "run `retentiond migrate`", file=sys.stderr)
-            return RET_CONFIG
         return asyncio.run(Daemon(settings).run())
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

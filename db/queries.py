@@ -14,15 +14,6 @@ SETTLE_COLUMNS = ("status", "provider", "provider_message_id", "error", "reason"
                   "attempts", "deferrals", "claimed_at", "queued_at")
 _TIMESTAMPS = {"finished_at", "due_at", "claimed_at", "queued_at"}
 _INTEGERS = {"attempts", "deferrals"}
-_ROWS_PER_STATEMENT = 500
-
-
-def _pg_cast(column: str) -> str:
-    if column in _TIMESTAMPS:
-        return f"v.{column}::timestamp"
-    if column in _INTEGERS:
-        return f"v.{column}::integer"
-    return f"v.{column}::text"
 
 
 def _sqlite_value(value: Any) -> Any:
@@ -31,38 +22,23 @@ def _sqlite_value(value: Any) -> Any:
 
 
 def settle_sends(rows: Sequence[tuple[Any, ...]], expected_status: str = "sending") -> int:
-    """Write many sends' outcomes in one statement per 500 rows: each row is (id, *SETTLE_COLUMNS).
+    """Write many sends' outcomes: each row is (id, *SETTLE_COLUMNS).
 
     Only rows still in ``expected_status`` change, so a send settled twice (a redelivery racing
     a reconciler) keeps its first outcome. Returns the number of rows changed.
     """
-    changed = 0
-    width = 1 + len(SETTLE_COLUMNS)
-    names = ", ".join(("id", *SETTLE_COLUMNS))
-    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-        chunk = rows[start:start + _ROWS_PER_STATEMENT]
-        if is_postgres():
-            placeholders = ", ".join("(" + ", ".join(["%s"] * width) + ")" for _ in chunk)
-            assignments = ", ".join(f"{c} = {_pg_cast(c)}" for c in SETTLE_COLUMNS)
-            sql = (f"UPDATE send SET {assignments} FROM (VALUES {placeholders}) AS v({names}) "
-                   f"WHERE send.id = v.id::integer AND send.status = %s")
-            params = [value for row in chunk for value in row] + [expected_status]
-        else:
-            placeholders = ", ".join("(" + ", ".join(["?"] * width) + ")" for _ in chunk)
-            assignments = ", ".join(f"{c} = v.{c}" for c in SETTLE_COLUMNS)
-            sql = (f"WITH v({names}) AS (VALUES {placeholders}) "
-                   f"UPDATE send SET {assignments} FROM v WHERE send.id = v.id AND send.status = ?")
-            params = [_sqlite_value(value) for row in chunk for value in row] + [expected_status]
-        cursor = database.execute_sql(sql, params)
-        changed += cursor.rowcount
-    return changed
+    casts = {c: "timestamp" for c in _TIMESTAMPS} | {c: "integer" for c in _INTEGERS}
+    return bulk_update("send", SETTLE_COLUMNS, rows, casts=casts, guard=("status", expected_status),
+                       rows_per_statement=500)
 
 
 def bulk_update(table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]],
-                casts: dict[str, str] | None = None, rows_per_statement: int = 1000) -> int:
+                casts: dict[str, str] | None = None, guard: tuple[str, Any] | None = None,
+                rows_per_statement: int = 1000) -> int:
     """``UPDATE table SET col = v.col ... FROM (VALUES ...) WHERE table.id = v.id``: many rows with
     different values in one statement per ``rows_per_statement``. Each row is (id, *columns).
-    ``casts`` gives PostgreSQL types for columns that are not text (VALUES params arrive untyped)."""
+    ``casts`` gives PostgreSQL types for columns that are not text (VALUES params arrive untyped);
+    ``guard`` (column, value) changes only rows that still have that value."""
     casts = casts or {}
     changed = 0
     names = ", ".join(("id", *columns))
@@ -75,10 +51,16 @@ def bulk_update(table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ..
             sql = (f"UPDATE {table} SET {assignments} FROM (VALUES {placeholders}) AS v({names}) "
                    f"WHERE {table}.id = v.id::integer")
             params = [value for row in chunk for value in row]
+            if guard is not None:
+                sql += f" AND {table}.{guard[0]} = %s"
+                params.append(guard[1])
         else:
             placeholders = ", ".join("(" + ", ".join(["?"] * width) + ")" for _ in chunk)
             assignments = ", ".join(f"{c} = v.{c}" for c in columns)
             sql = f"WITH v({names}) AS (VALUES {placeholders}) UPDATE {table} SET {assignments} FROM v WHERE {table}.id = v.id"
             params = [_sqlite_value(value) for row in chunk for value in row]
+            if guard is not None:
+                sql += f" AND {table}.{guard[0]} = ?"
+                params.append(guard[1])
         changed += database.execute_sql(sql, params).rowcount
     return changed

@@ -6,6 +6,7 @@ parametrised over both engines.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -144,3 +145,37 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.postgres)
         if "amqp_url" in names or "rabbitmq_vhost" in names:
             item.add_marker(pytest.mark.rabbitmq)
+
+
+# -- statement counting and daemons ---------------------------------------------------------------
+
+
+class StatementCounter(logging.Handler):
+    """Counts the SQL statements Peewee runs (it logs each at DEBUG), as Peewee's own tests do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+@pytest.fixture
+def statements() -> Iterator[StatementCounter]:
+    handler, logger = StatementCounter(), logging.getLogger("peewee")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list]:
+    """Daemon processes a test starts; any still running at the end are killed."""
+    started: list = []
+    yield started
+    for daemon in started:
+        daemon.kill()

@@ -3,9 +3,7 @@ concurrent upserts, suppressions. Both engines."""
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
-from collections.abc import Iterator
 
 import pytest
 
@@ -89,27 +87,7 @@ def test_duplicates_within_a_batch_merge_even_through_a_chain(migrated_db: str) 
     assert Contact.select().count() == 2
 
 
-class _Count(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.count += 1
-
-
-@pytest.fixture
-def statements() -> Iterator[_Count]:
-    handler, logger = _Count(), logging.getLogger("peewee")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
-def test_a_batch_costs_the_same_statements_for_10_or_1000_contacts(migrated_db: str, statements: _Count) -> None:
+def test_a_batch_costs_the_same_statements_for_10_or_1000_contacts(migrated_db: str, statements) -> None:  # type: ignore[no-untyped-def]
     def batch(n: int, offset: int) -> list:
         # half already known (updated), half new
         return [parse(external_id=f"e{offset + i}", email=f"p{offset + i}@example.com", name=f"n{i}")

@@ -32,12 +32,6 @@ def database(pg_url: str) -> Iterator[str]:
     close_database()
 
 
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
 
 
 def plan_sends(count: int, channel: str = "sms", prefix: str = "s") -> list[int]:

@@ -52,12 +52,6 @@ def write_contacts(path: Path, count: int) -> Path:
     return path
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
 
 
 @pytest.fixture

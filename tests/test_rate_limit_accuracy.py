@@ -4,7 +4,6 @@ database. Measured from the time each provider call finished, as recorded in the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,12 +19,6 @@ SMS_COUNT = 221  # 220 intervals: 11 s at 20/s
 EMAIL_COUNT = 400
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
 
 
 def achieved_rate(channel: str) -> tuple[float, float]:
