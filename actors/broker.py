@@ -18,6 +18,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from actors.events import declare_event_actor
 from actors.middleware import DeadLetterSends, StopFlag
 from actors.providers import Provider
 from actors.registry import declare_channel_actors
@@ -50,5 +51,6 @@ def build_broker(settings: Settings, providers: Mapping[str, Provider] | None = 
         # re-declare a queue an operator deleted). Messages carry batches, so the cost is small.
         broker = RabbitmqBroker(url=settings.broker_url, middleware=middleware, confirm_delivery=True)
     declare_channel_actors(broker, settings, stopping, providers)
+    declare_event_actor(broker, settings)
     dramatiq.set_broker(broker)
     return broker

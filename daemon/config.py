@@ -102,7 +102,9 @@ class Settings:
     cooldown_s: float = 0.0  # minimum gap between two sends to one contact; 0 = off
     quiet_hours: str = "21:00-08:00"  # in the contact's timezone, for sms/call/push; "off"
     default_timezone: str = "UTC"  # for contacts without one
-    default_region: str = "US"  # phone numbers written without a country code are read as this country's
+    default_region: str = "US"
+    webhook_max_bytes: int = 256 * 1024  # a larger body gets 413
+    webhook_tolerance_s: int = 300  # signed timestamps further off than this get 401  # phone numbers written without a country code are read as this country's
     # outbox recovery (engine/reconciler.py)
     reconcile_after_s: float = 300.0  # queued/retrying this long without progress: offered again
     claim_timeout_s: float = 900.0  # sending this long (worker killed): offered again
@@ -172,6 +174,8 @@ _SCALARS: dict[str, tuple[str, type]] = {
     "QUIET_HOURS": ("quiet_hours", str),
     "DEFAULT_TIMEZONE": ("default_timezone", str),
     "DEFAULT_REGION": ("default_region", str),
+    "WEBHOOK_MAX_BYTES": ("webhook_max_bytes", int),
+    "WEBHOOK_TOLERANCE_S": ("webhook_tolerance_s", int),
     "RECONCILE_AFTER_S": ("reconcile_after_s", float),
     "CLAIM_TIMEOUT_S": ("claim_timeout_s", float),
     "FAILOVER_AFTER_ERRORS": ("failover_after_errors", int),
@@ -369,6 +373,10 @@ def _validate(s: Settings) -> None:
     for name in ("reconcile_after_s", "claim_timeout_s", "failover_cooloff_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{PREFIX}{name.upper()}", "must be positive")
+    if s.webhook_max_bytes < 1024:
+        raise ConfigError(f"{PREFIX}WEBHOOK_MAX_BYTES", "must be at least 1024")
+    if s.webhook_tolerance_s < 1:
+        raise ConfigError(f"{PREFIX}WEBHOOK_TOLERANCE_S", "must be positive")
     if s.failover_after_errors < 1:
         raise ConfigError(f"{PREFIX}FAILOVER_AFTER_ERRORS", "must be at least 1")
     if s.log_format not in ("json", "text"):

@@ -27,6 +27,10 @@ SEND_STATUSES = ("sent", "failed", "skipped", "retried", "deferred")
 SENDS = Counter("retentiond_sends", "Sends by channel and outcome.", ["channel", "status"])
 WEBHOOK_EVENTS = Counter("retentiond_webhook_events", "Webhook requests by source and outcome.",
                          ["source", "outcome"])
+WEBHOOK_LATENCY = Histogram("retentiond_webhook_latency_seconds",
+                            "Time from a webhook request's start to its answer (commit included).", ["source"],
+                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+EVENTS_PROCESSED = Counter("retentiond_events_processed", "Inbound events processed, by outcome.", ["outcome"])
 PROVIDER_LATENCY = Histogram("retentiond_provider_latency_seconds", "Duration of one provider call.",
                              ["channel", "provider"],
                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))

@@ -14,8 +14,10 @@ import secrets
 
 from aiohttp import web
 
+from daemon.ingest import IncomingEvent
+from daemon.routes_webhooks import COMMITTER
 from db.database import db_session
-from db.models import InboundEvent, Suppression, TrackedLink, UnsubscribeToken, utcnow
+from db.models import Suppression, TrackedLink, UnsubscribeToken, utcnow
 
 routes = web.RouteTableDef()
 
@@ -58,20 +60,21 @@ async def unsubscribe(request: web.Request) -> web.Response:
                              "<p>You are unsubscribed.</p>")
 
 
-def _click(token: str) -> str | None:
+def _link_url(token: str) -> str | None:
     with db_session():
-        link = TrackedLink.get_or_none(TrackedLink.token == token)
-        if link is None:
-            return None
-        InboundEvent.insert(source="tracked-link", event_id=secrets.token_hex(16), type="click",
-                            payload=json.dumps({"type": "click", "data": {"token": token}}),
-                            contact=link.contact_id, received_at=utcnow()).execute()
-        return str(link.url)
+        url = TrackedLink.select(TrackedLink.url).where(TrackedLink.token == token).scalar()
+        return str(url) if url is not None else None
 
 
 @routes.get("/t/{token}")
 async def tracked_link(request: web.Request) -> web.Response:
-    url = await asyncio.to_thread(_click, request.match_info["token"])
+    """Record the click durably (group commit, like a webhook), then redirect to the URL recorded
+    for the token — never one taken from the request."""
+    token = request.match_info["token"]
+    url = await asyncio.to_thread(_link_url, token)
     if url is None:
         raise web.HTTPNotFound(text="unknown link")
-    raise web.HTTPFound(url)  # the URL recorded for the token, never one from the request
+    click = IncomingEvent("tracked-link", secrets.token_hex(16), "click",
+                          json.dumps({"events": [{"type": "click", "data": {"token": token}}]}))
+    await request.app[COMMITTER].submit(click)
+    raise web.HTTPFound(url)

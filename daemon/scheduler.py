@@ -14,8 +14,10 @@ import dramatiq
 
 from daemon.config import Settings
 from daemon.outbox import relay_planned_sends
+from db.database import db_session
 from db.models import utcnow
 from engine.planner import plan_due_steps
+from engine.processing import pending_count
 from engine.reconciler import reconcile
 
 logger = logging.getLogger(__name__)
@@ -32,9 +34,13 @@ class TickReport:
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, actors: Mapping[str, dramatiq.Actor]) -> None:
+    """One tick at a time, from the daemon's main process."""
+
+    def __init__(self, settings: Settings, actors: Mapping[str, dramatiq.Actor],
+                 event_actor: dramatiq.Actor | None = None) -> None:
         self.settings = settings
         self.actors = actors
+        self.event_actor = event_actor
         self._last_reconcile = 0.0
         self.totals = TickReport()
 
@@ -43,6 +49,9 @@ class Scheduler:
         plan = plan_due_steps(self.settings, utcnow())
         report.planned = plan.planned
         report.relayed = relay_planned_sends(self.settings, self.actors)
+        if self.event_actor is not None and self._events_waiting():
+            # events committed while the broker was away (or whose wake-up was lost)
+            self.event_actor.send()
         if time.monotonic() - self._last_reconcile >= min(RECONCILE_EVERY_S, self.settings.reconcile_after_s):
             self._last_reconcile = time.monotonic()
             fixed = reconcile(self.settings, utcnow())
@@ -54,3 +63,8 @@ class Scheduler:
         for name in ("planned", "relayed", "requeued", "reclaimed"):
             setattr(self.totals, name, getattr(self.totals, name) + getattr(report, name))
         return report
+
+    @staticmethod
+    def _events_waiting() -> bool:
+        with db_session():
+            return pending_count() > 0

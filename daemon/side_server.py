@@ -1,11 +1,14 @@
-"""The aiohttp side server: health, metrics, tracked links and unsubscribe, the admin API."""
+"""The aiohttp side server: health, metrics, webhooks, tracked links and unsubscribe, the admin API."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+
 from aiohttp import web
 
-from daemon import health, metrics, routes_admin, routes_links
+from daemon import health, metrics, routes_admin, routes_links, routes_webhooks
 from daemon.config import Settings
+from daemon.ingest import GroupCommitter
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 
@@ -28,13 +31,25 @@ async def prometheus(request: web.Request) -> web.Response:
     return response
 
 
-def build_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=256 * 1024, middlewares=[routes_admin.require_token])
+def build_app(settings: Settings, wake: Callable[[int], None] | None = None) -> web.Application:
+    """The side server. ``wake`` is called after each group commit with the number of new events
+    (the daemon passes one that enqueues the event processor's message)."""
+    app = web.Application(client_max_size=settings.webhook_max_bytes, middlewares=[routes_admin.require_token])
     app[SETTINGS_KEY] = settings
     app[routes_admin.SETTINGS] = settings
+    app[routes_webhooks.SETTINGS] = settings
+
+    async def committer(app: web.Application) -> AsyncIterator[None]:
+        app[routes_webhooks.COMMITTER] = GroupCommitter(on_commit=wake)
+        app[routes_webhooks.COMMITTER].start()
+        yield
+        await app[routes_webhooks.COMMITTER].stop()
+
+    app.cleanup_ctx.append(committer)
     app.router.add_get("/health", live)
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", prometheus)
     app.router.add_routes(routes_links.routes)
     app.router.add_routes(routes_admin.routes)
+    app.router.add_routes(routes_webhooks.routes)
     return app

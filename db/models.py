@@ -99,10 +99,12 @@ class Send(BaseModel):
     status = peewee.CharField(max_length=16, default="planned")
     # planned -> queued -> sending -> sent | failed | skipped ; deferred rows wait for due_at
     contact = peewee.ForeignKeyField(Contact, null=True, backref="sends", on_delete="CASCADE")
+    contact_id: int | None
     enrolment = peewee.ForeignKeyField(Enrolment, null=True, backref="sends", on_delete="SET NULL")
     campaign = peewee.ForeignKeyField(Campaign, null=True, backref="sends", on_delete="SET NULL")
     step = peewee.ForeignKeyField(CampaignStep, null=True, backref="sends", on_delete="SET NULL")
     campaign_id: int | None
+    step_id: int | None
     provider = peewee.CharField(max_length=32, null=True)
     recipient = peewee.CharField(max_length=320, null=True)
     subject = peewee.TextField(null=True)
@@ -113,6 +115,7 @@ class Send(BaseModel):
     reason = peewee.CharField(max_length=255, null=True)  # why skipped / deferred / failed
     error = peewee.TextField(null=True)
     provider_message_id = peewee.CharField(max_length=128, null=True, index=True)
+    delivery_status = peewee.CharField(max_length=16, null=True)  # from the provider's receipt: delivered, bounced...
     due_at = peewee.DateTimeField(default=utcnow)
     created_at = peewee.DateTimeField(default=utcnow)
     queued_at = peewee.DateTimeField(null=True)
@@ -219,8 +222,11 @@ class TrackedLink(BaseModel):
     contact = peewee.ForeignKeyField(Contact, null=True, backref="links", on_delete="CASCADE")
     contact_id: int | None
     send = peewee.ForeignKeyField(Send, null=True, backref="links", on_delete="SET NULL")
+    send_id: int | None
     campaign = peewee.ForeignKeyField(Campaign, null=True, on_delete="SET NULL")
+    campaign_id: int | None
     step = peewee.ForeignKeyField(CampaignStep, null=True, on_delete="SET NULL")
+    step_id: int | None
     created_at = peewee.DateTimeField(default=utcnow)
 
 
@@ -256,7 +262,28 @@ class Decision(BaseModel):
         indexes = ((("contact", "created_at"), False), (("created_at",), False))
 
 
+class Attribution(BaseModel):
+    """A click or a conversion, tied to the send, step and campaign that caused it (when known)."""
+
+    id = peewee.AutoField()
+    event = peewee.ForeignKeyField(InboundEvent, backref="attributions", on_delete="CASCADE")
+    kind = peewee.CharField(max_length=16)  # click | conversion
+    contact = peewee.ForeignKeyField(Contact, null=True, on_delete="SET NULL")
+    send = peewee.ForeignKeyField(Send, null=True, on_delete="SET NULL")
+    send_id: int | None
+    campaign = peewee.ForeignKeyField(Campaign, null=True, on_delete="SET NULL")
+    campaign_id: int | None
+    step = peewee.ForeignKeyField(CampaignStep, null=True, on_delete="SET NULL")
+    step_id: int | None
+    name = peewee.CharField(max_length=100, null=True)
+    value = peewee.DoubleField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("campaign", "kind"), False), (("created_at",), False))
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     Contact, Campaign, CampaignStep, Enrolment, Send, InboundEvent, Suppression,
-    Lease, JobRun, OpsAlert, RateLimit, TrackedLink, UnsubscribeToken, Decision,
+    Lease, JobRun, OpsAlert, RateLimit, TrackedLink, UnsubscribeToken, Decision, Attribution,
 ]

@@ -1,0 +1,22 @@
+"""The event processor's actor (queue ``retentiond.events``): a message says "there are committed
+inbound events to process"; the actor processes whatever is pending (engine/processing.py). Many
+messages collapse into one pass; a lost message costs nothing, the scheduler wakes it again."""
+
+from __future__ import annotations
+
+import dramatiq
+
+from actors.channel import QUEUE_PREFIX
+from daemon.config import Settings
+from engine.processing import process_pending
+
+QUEUE = QUEUE_PREFIX + "events"
+ACTOR_NAME = "process_events"
+
+
+def declare_event_actor(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor:
+    def process_events() -> None:
+        process_pending(settings)
+
+    return dramatiq.Actor(process_events, broker=broker, actor_name=ACTOR_NAME, queue_name=QUEUE, priority=0,
+                          options={"max_retries": 3, "min_backoff": 1000, "max_backoff": 10_000})

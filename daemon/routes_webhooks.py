@@ -1,0 +1,75 @@
+"""``POST /webhooks/{source}`` (and GET for ``token`` postbacks): verify, interpret, commit, answer.
+
+Statuses (contract): 404 unknown source; 413 body over ``WEBHOOK_MAX_BYTES`` (aiohttp refuses it
+while reading); 401 bad or missing signature, token or timestamp; 400 a body that cannot be parsed
+or is not a valid event; 202 committed to the database; 200 a duplicate of an event already
+accepted (same event id), processed once; 503 the database could not take it (nothing accepted).
+A rejected request writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from daemon.config import Settings
+from daemon.errors import InvalidSignature
+from daemon.ingest import GroupCommitter, IncomingEvent
+from daemon.metrics import WEBHOOK_EVENTS, WEBHOOK_LATENCY
+from daemon.signatures import WebhookRequest, verify
+from engine.events import InvalidEvent, interpret
+
+logger = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+SETTINGS = web.AppKey("webhook_settings", Settings)
+COMMITTER = web.AppKey("committer", GroupCommitter)
+
+
+def _refuse(source: str, outcome: str, status: int, message: str) -> web.Response:
+    WEBHOOK_EVENTS.labels(source, outcome).inc()
+    return web.json_response({"error": message}, status=status)
+
+
+@routes.route("*", "/webhooks/{source}")
+async def receive(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    name = request.match_info["source"]
+    source = settings.sources.get(name)
+    if source is None:
+        return _refuse("unknown", "unknown_source", 404, "unknown source")
+    if request.method not in ("POST", "GET") or (request.method == "GET" and source.scheme != "token"):
+        return _refuse(name, "bad_method", 405, "POST only" if source.scheme != "token" else "GET or POST")
+    with WEBHOOK_LATENCY.labels(name).time():
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _refuse(name, "too_large", 413, f"body over {settings.webhook_max_bytes} bytes")
+        form = {}
+        if "application/x-www-form-urlencoded" in request.headers.get("Content-Type", ""):
+            form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        incoming = WebhookRequest(request.method, request.path_qs, request.headers, request.query, body, form)
+        try:
+            verify(source, incoming, settings.public_url, settings.webhook_tolerance_s)
+        except InvalidSignature:
+            return _refuse(name, "unauthorized", 401, "bad or missing signature")
+        try:
+            meaning = interpret(source.scheme, incoming, settings.default_region)
+        except InvalidEvent as exc:
+            return _refuse(name, "invalid", 400, str(exc))
+        if not meaning.event_id:
+            return _refuse(name, "invalid", 400, "no event id")
+        raw = body.decode("utf-8", "replace") if body else json.dumps(dict(request.query))
+        event = IncomingEvent(name, meaning.event_id, meaning.type, meaning.stored_payload(raw),
+                              status="unmappable" if meaning.unmappable else "pending", error=meaning.unmappable)
+        try:
+            new = await request.app[COMMITTER].submit(event)
+        except Exception:
+            return _refuse(name, "unavailable", 503, "could not store the event; retry later")
+    WEBHOOK_EVENTS.labels(name, "accepted" if new else "duplicate").inc()
+    if new:
+        return web.json_response({"status": "accepted", "event_id": meaning.event_id}, status=202)
+    return web.json_response({"status": "duplicate", "event_id": meaning.event_id}, status=200)

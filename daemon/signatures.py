@@ -1,0 +1,103 @@
+"""Verifying a webhook with its sender's own scheme, through the sender's own library where one
+exists. Every failure is one ``InvalidSignature`` (-> 401); comparisons are constant-time.
+
+* ``standard``: Standard Webhooks (``webhook-id``/``webhook-timestamp``/``webhook-signature``, 5 min
+  tolerance) — the ``standardwebhooks`` package.
+* ``stripe``: ``Stripe-Signature`` (``t=...,v1=...``), tolerance — the ``stripe`` package.
+* ``twilio``: ``X-Twilio-Signature`` over the URL as Twilio saw it (``PUBLIC_URL`` + path + query,
+  so it holds behind a proxy) and the form parameters — the ``twilio`` package's RequestValidator.
+* ``calcom``: ``X-Cal-Signature-256``, hex HMAC-SHA256 of the body.
+* ``token``: a shared secret in ``X-Webhook-Token`` or the ``token`` query parameter.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.config import Source
+from daemon.errors import InvalidSignature
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    method: str
+    path_qs: str  # path and query string, as received
+    headers: Mapping[str, str]  # case-insensitive (aiohttp's CIMultiDictProxy)
+    query: Mapping[str, str]
+    body: bytes
+    form: Mapping[str, str] = field(default_factory=dict)  # parsed form-encoded body (twilio)
+
+
+def verify(source: Source, request: WebhookRequest, public_url: str, tolerance_s: int = 300) -> None:
+    secret = str(source.secret or "")
+    if not secret:
+        raise InvalidSignature("no secret configured")
+    check = _SCHEMES[source.scheme]
+    check(secret, request, public_url, tolerance_s)
+
+
+def _standard(secret: str, request: WebhookRequest, public_url: str, tolerance_s: int) -> None:
+    from standardwebhooks.webhooks import WebhookVerificationError
+
+    headers = {name: request.headers.get(name, "") for name in ("webhook-id", "webhook-timestamp", "webhook-signature")}
+    if not all(headers.values()):
+        raise InvalidSignature("missing webhook-id, webhook-timestamp or webhook-signature")
+    try:
+        _standard_verifier(secret).verify(request.body, headers)
+    except WebhookVerificationError as exc:
+        raise InvalidSignature(str(exc)) from None
+    except Exception as exc:  # a malformed secret or header the library cannot read
+        raise InvalidSignature(type(exc).__name__) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _standard_verifier(secret: str) -> Any:
+    from standardwebhooks import Webhook
+
+    return Webhook(secret)
+
+
+def _stripe(secret: str, request: WebhookRequest, public_url: str, tolerance_s: int) -> None:
+    import stripe
+
+    header = request.headers.get("Stripe-Signature")
+    if not header:
+        raise InvalidSignature("missing Stripe-Signature")
+    try:
+        stripe.WebhookSignature.verify_header(request.body.decode("utf-8", "replace"), header, secret,
+                                              tolerance=tolerance_s)
+    except stripe.SignatureVerificationError as exc:
+        raise InvalidSignature(str(exc.user_message or "bad signature")) from None
+
+
+def _twilio(secret: str, request: WebhookRequest, public_url: str, tolerance_s: int) -> None:
+    from twilio.request_validator import RequestValidator
+
+    signature = request.headers.get("X-Twilio-Signature")
+    if not signature:
+        raise InvalidSignature("missing X-Twilio-Signature")
+    url = public_url.rstrip("/") + request.path_qs
+    params = dict(request.form) if request.method == "POST" else {}
+    if not RequestValidator(secret).validate(url, params, signature):
+        raise InvalidSignature("bad X-Twilio-Signature")
+
+
+def _calcom(secret: str, request: WebhookRequest, public_url: str, tolerance_s: int) -> None:
+    given = request.headers.get("X-Cal-Signature-256", "")
+    expected = hmac.new(secret.encode(), request.body, hashlib.sha256).hexdigest()
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise InvalidSignature("bad X-Cal-Signature-256")
+
+
+def _token(secret: str, request: WebhookRequest, public_url: str, tolerance_s: int) -> None:
+    given = request.headers.get("X-Webhook-Token") or request.query.get("token") or ""
+    if not given or not hmac.compare_digest(given.encode(), secret.encode()):
+        raise InvalidSignature("bad or missing token")
+
+
+_SCHEMES = {"standard": _standard, "stripe": _stripe, "twilio": _twilio, "calcom": _calcom, "token": _token}

@@ -1,0 +1,144 @@
+"""Processing committed inbound events: in arrival order, once each, one at a time across the
+whole deployment.
+
+``process_pending(settings)`` takes pending events by id (index ``inbound_event(status, id)``) in
+batches, one transaction each, under an exclusive lock (a PostgreSQL advisory transaction lock;
+SQLite's single writer) so that two processes never interleave — which keeps events of one contact
+in order. Each event runs in its own savepoint: a bad one is marked ``failed`` with its error and
+the rest go on. Re-running is harmless: only ``pending`` rows are taken, and they are marked in the
+same transaction as their effects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from typing import Any
+
+from daemon.config import Settings
+from daemon.metrics import EVENTS_PROCESSED
+from db.database import database, db_session, is_postgres
+from db.models import Attribution, Contact, InboundEvent, Send, TrackedLink, utcnow
+from engine.campaigns import CampaignError, campaigns_triggered_by, enrol, exit_enrolments
+from engine.contacts import ContactInput, find_contact, suppress, unsuppress, upsert_contacts
+
+logger = logging.getLogger(__name__)
+
+BATCH = 500
+_PG_LOCK_KEY = 0x7265_7476  # 'retv': the event processor
+
+
+def process_pending(settings: Settings, limit: int = 50_000) -> Counter:
+    """Process up to ``limit`` pending events; returns counts by outcome."""
+    outcomes: Counter = Counter()
+    with db_session():
+        while sum(outcomes.values()) < limit:
+            with database.atomic():
+                if is_postgres() and not database.execute_sql(
+                        "SELECT pg_try_advisory_xact_lock(%s)", (_PG_LOCK_KEY,)).fetchone()[0]:
+                    break  # another process is on it
+                events = list(InboundEvent.select().where(InboundEvent.status == "pending")
+                              .order_by(InboundEvent.id).limit(BATCH))
+                for event in events:
+                    outcomes[_process_one(settings, event)] += 1
+            if len(events) < BATCH:
+                break
+    for outcome, count in outcomes.items():
+        EVENTS_PROCESSED.labels(outcome).inc(count)
+    return outcomes
+
+
+def _process_one(settings: Settings, event: InboundEvent) -> str:
+    notes: list[str] = []
+    try:
+        with database.atomic():
+            contact_id = None
+            for canonical in json.loads(event.payload)["events"]:
+                contact_id = _apply(settings, event, canonical, notes) or contact_id
+            (InboundEvent.update(status="processed", processed_at=utcnow(), contact=contact_id,
+                                 error="; ".join(notes)[:2000] or None)
+             .where(InboundEvent.id == event.id).execute())
+        return "processed"
+    except Exception as exc:  # one bad event must not stop the others
+        logger.exception("inbound event %d from %s failed", event.id, event.source)
+        (InboundEvent.update(status="failed", processed_at=utcnow(), error=f"{type(exc).__name__}: {exc}"[:2000])
+         .where(InboundEvent.id == event.id).execute())
+        return "failed"
+
+
+def _contact(settings: Settings, data: dict[str, Any], notes: list[str]) -> Contact | None:
+    contact = find_contact(data, settings.default_region)
+    if contact is None:
+        notes.append("no such contact")
+    return contact
+
+
+def _apply(settings: Settings, event: InboundEvent, canonical: dict[str, Any], notes: list[str]) -> int | None:
+    kind, data = canonical["type"], dict(canonical["data"])
+    if kind == "contact.upsert":
+        campaign = data.pop("campaign", None)
+        (result,) = upsert_contacts([ContactInput(**data)])
+        targets = [c.slug for c in campaigns_triggered_by("contact.upsert")] + ([campaign] if campaign else [])
+        for slug in dict.fromkeys(targets):
+            try:
+                enrol([result.contact_id], slug)
+            except CampaignError as exc:
+                notes.append(str(exc))
+        return result.contact_id
+    if kind in ("contact.unsubscribe", "contact.resubscribe"):
+        contact = _contact(settings, data, notes)
+        if contact is None:
+            return None
+        channel = data.get("channel") or "*"
+        if kind == "contact.resubscribe":
+            unsuppress([contact.id], channel)
+        else:
+            suppress([contact.id], data.get("reason") or "unsubscribed", channel)
+            exit_enrolments([contact.id], "contact.unsubscribe", reason="unsubscribed")
+        return contact.id
+    if kind == "conversion":
+        contact = _contact(settings, data, notes)
+        if contact is None:
+            return None
+        exit_enrolments([contact.id], "conversion", reason=data.get("name") or "conversion")
+        cause = _last_touch(contact.id)
+        Attribution.create(event=event.id, kind="conversion", contact=contact.id, name=data.get("name"),
+                           value=data.get("value"), **cause)
+        return contact.id
+    if kind == "delivery":
+        send = Send.get_or_none(Send.provider_message_id == data["provider_message_id"])
+        if send is None:
+            notes.append("no send with that provider_message_id")
+            return None
+        Send.update(delivery_status=data["status"]).where(Send.id == send.id).execute()
+        if data["status"] in ("bounced", "complained") and send.contact_id is not None:
+            suppress([send.contact_id], data["status"], send.channel)
+        return send.contact_id
+    if kind == "click":
+        link = TrackedLink.get_or_none(TrackedLink.token == data["token"])
+        if link is None:
+            notes.append("unknown link")
+            return None
+        Attribution.create(event=event.id, kind="click", contact=link.contact_id, send=link.send_id,
+                           campaign=link.campaign_id, step=link.step_id)
+        return link.contact_id
+    raise ValueError(f"unknown event type {kind!r}")
+
+
+def _last_touch(contact_id: int) -> dict[str, Any]:
+    """What caused a conversion: the contact's last click, else the last message sent to them."""
+    click = (Attribution.select().where(Attribution.contact == contact_id, Attribution.kind == "click")
+             .order_by(Attribution.id.desc()).first())
+    if click is not None:
+        return {"send": click.send_id, "campaign": click.campaign_id, "step": click.step_id}
+    send = (Send.select(Send.id, Send.campaign, Send.step)
+            .where(Send.contact == contact_id, Send.status == "sent").order_by(Send.finished_at.desc()).first())
+    if send is not None:
+        return {"send": send.id, "campaign": send.campaign_id, "step": send.step_id}
+    return {}
+
+
+def pending_count() -> int:
+    return int(InboundEvent.select().where(InboundEvent.status == "pending").count())
+
