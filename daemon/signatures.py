@@ -48,7 +48,7 @@ def _standard(secret: str, request: WebhookRequest, public_url: str, tolerance_s
     if not all(headers.values()):
         raise InvalidSignature("missing webhook-id, webhook-timestamp or webhook-signature")
     try:
-        _standard_verifier(secret).verify(request.body, headers)
+        _standard_verifier(secret).verify(request.body, headers, json_parse=False)
     except WebhookVerificationError as exc:
         raise InvalidSignature(str(exc)) from None
     except Exception as exc:  # a malformed secret or header the library cannot read

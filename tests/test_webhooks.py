@@ -1,0 +1,245 @@
+"""Webhook ingress in process, both engines: each sender's real signature, the contract's statuses
+for bad input with nothing written, deduplication under concurrency, and what processing does."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import hmac
+import json
+import time
+from urllib.parse import urlencode
+
+import pytest
+from standardwebhooks import Webhook
+from twilio.request_validator import RequestValidator
+
+from daemon.side_server import build_app
+from db.models import Attribution, Campaign, CampaignStep, Contact, Enrolment, InboundEvent, Send, Suppression
+from engine.processing import process_pending
+from tests.conftest import make_settings
+
+STANDARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+STRIPE_SECRET = "whsec_stripe_test_secret"
+TWILIO_TOKEN = "twilio-auth-token"
+CAL_SECRET = "cal-secret"
+TOKEN = "tok-123"
+PUBLIC = "https://hooks.example.com"
+
+
+def settings_for(db_url: str, **extra: str):  # type: ignore[no-untyped-def]
+    return make_settings(
+        DATABASE_URL=db_url, PUBLIC_URL=PUBLIC, WEBHOOK_MAX_BYTES="4096",
+        SOURCE_APP_SECRET=STANDARD_SECRET, SOURCE_STRIPE_SCHEME="stripe", SOURCE_STRIPE_SECRET=STRIPE_SECRET,
+        SOURCE_TWILIO_SCHEME="twilio", SOURCE_TWILIO_SECRET=TWILIO_TOKEN, SOURCE_CAL_SCHEME="calcom",
+        SOURCE_CAL_SECRET=CAL_SECRET, SOURCE_ZAP_SCHEME="token", SOURCE_ZAP_SECRET=TOKEN, **extra)
+
+
+@pytest.fixture
+async def client(aiohttp_client, migrated_db: str):  # type: ignore[no-untyped-def]
+    settings = settings_for(migrated_db)
+    client = await aiohttp_client(build_app(settings))
+    client.settings = settings
+    return client
+
+
+def standard(body: dict | str, msg_id: str = "msg_1", secret: str = STANDARD_SECRET,
+             at: dt.datetime | None = None) -> tuple[bytes, dict[str, str]]:
+    raw = body if isinstance(body, str) else json.dumps(body)
+    at = at or dt.datetime.now(dt.UTC)
+    signature = Webhook(secret).sign(msg_id, at, raw)
+    return raw.encode(), {"webhook-id": msg_id, "webhook-timestamp": str(int(at.timestamp())),
+                          "webhook-signature": signature, "Content-Type": "application/json"}
+
+
+def stripe_signed(event: dict, secret: str = STRIPE_SECRET, at: int | None = None) -> tuple[bytes, dict[str, str]]:
+    raw = json.dumps(event)
+    t = at or int(time.time())
+    v1 = hmac.new(secret.encode(), f"{t}.{raw}".encode(), hashlib.sha256).hexdigest()  # Stripe's documented scheme
+    return raw.encode(), {"Stripe-Signature": f"t={t},v1={v1}", "Content-Type": "application/json"}
+
+
+def twilio_signed(path: str, params: dict[str, str], token: str = TWILIO_TOKEN) -> tuple[bytes, dict[str, str]]:
+    signature = RequestValidator(token).compute_signature(PUBLIC + path, params)
+    return urlencode(params).encode(), {"X-Twilio-Signature": signature,
+                                        "Content-Type": "application/x-www-form-urlencoded"}
+
+
+def cal_signed(payload: dict, secret: str = CAL_SECRET) -> tuple[bytes, dict[str, str]]:
+    raw = json.dumps(payload).encode()
+    return raw, {"X-Cal-Signature-256": hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest(),
+                 "Content-Type": "application/json"}
+
+
+UPSERT = {"type": "contact.upsert", "data": {"email": "Ada@Example.com", "name": "Ada", "phone": "+12015550100"}}
+
+
+async def post(client, path: str, signed: tuple[bytes, dict[str, str]]):  # type: ignore[no-untyped-def]
+    body, headers = signed
+    return await client.post(path, data=body, headers=headers)
+
+
+# -- accepted, per scheme ------------------------------------------------------------------------
+
+
+async def test_standard_webhook_is_committed_then_processed(client) -> None:  # type: ignore[no-untyped-def]
+    response = await post(client, "/webhooks/app", standard(UPSERT, "msg_upsert"))
+    assert response.status == 202 and (await response.json())["event_id"] == "msg_upsert"
+    stored = InboundEvent.get()
+    assert (stored.source, stored.event_id, stored.status, stored.type) == ("app", "msg_upsert", "pending",
+                                                                           "contact.upsert")
+    assert await asyncio.to_thread(process_pending, client.settings) == {"processed": 1}
+    ada = Contact.get()
+    assert (ada.email, ada.name, ada.phone) == ("ada@example.com", "Ada", "+12015550100")
+    assert InboundEvent.get().status == "processed" and InboundEvent.get().contact_id == ada.id
+
+
+async def test_stripe_checkout_is_a_conversion_that_exits_the_campaign(client) -> None:  # type: ignore[no-untyped-def]
+    campaign = Campaign.create(slug="trial", name="Trial", exit_on=["conversion"])
+    CampaignStep.create(campaign=campaign.id, position=0, channel="email", subject="s", body="b")
+    ada = Contact.create(email="ada@example.com")
+    Enrolment.create(contact=ada.id, campaign=campaign.id)
+    event = {"id": "evt_1", "type": "checkout.session.completed",
+             "data": {"object": {"customer_details": {"email": "ada@example.com"}, "amount_total": 4900}}}
+    assert (await post(client, "/webhooks/stripe", stripe_signed(event))).status == 202
+    await asyncio.to_thread(process_pending, client.settings)
+    assert Enrolment.get().status == "exited"
+    conversion = Attribution.get()
+    assert (conversion.kind, conversion.value, conversion.contact_id) == ("conversion", 49.0, ada.id)
+
+
+async def test_twilio_status_callback_and_stop_start(client) -> None:  # type: ignore[no-untyped-def]
+    ada = Contact.create(phone="+12015550100", email="ada@example.com")
+    send = Send.create(idempotency_key="k", channel="sms", contact=ada.id, status="sent", provider_message_id="SM123")
+    callback = twilio_signed("/webhooks/twilio", {"MessageSid": "SM123", "MessageStatus": "delivered"})
+    assert (await post(client, "/webhooks/twilio", callback)).status == 202
+    stop = twilio_signed("/webhooks/twilio", {"MessageSid": "SM900", "From": "+12015550100", "Body": " stop "})
+    assert (await post(client, "/webhooks/twilio", stop)).status == 202
+    await asyncio.to_thread(process_pending, client.settings)
+    assert Send.get_by_id(send.id).delivery_status == "delivered"
+    assert [(s.channel, s.reason) for s in Suppression.select()] == [("sms", "STOP")]
+    start = twilio_signed("/webhooks/twilio", {"MessageSid": "SM901", "From": "+12015550100", "Body": "START"})
+    assert (await post(client, "/webhooks/twilio", start)).status == 202
+    await asyncio.to_thread(process_pending, client.settings)
+    assert Suppression.select().count() == 0
+
+
+async def test_calcom_booking_creates_the_contact_and_a_conversion(client) -> None:  # type: ignore[no-untyped-def]
+    booking = {"triggerEvent": "BOOKING_CREATED", "payload": {
+        "uid": "bk_1", "attendees": [{"email": "grace@example.com", "name": "Grace", "timeZone": "Europe/London"}]}}
+    assert (await post(client, "/webhooks/cal", cal_signed(booking))).status == 202
+    assert (await post(client, "/webhooks/cal", cal_signed(booking))).status == 200  # uid+trigger dedupe
+    await asyncio.to_thread(process_pending, client.settings)
+    grace = Contact.get()
+    assert (grace.email, grace.timezone) == ("grace@example.com", "Europe/London")
+    assert Attribution.get().name == "booking"
+
+
+async def test_token_sources_take_canonical_json_postmark_bounces_and_get_postbacks(client) -> None:  # type: ignore[no-untyped-def]
+    ada = Contact.create(email="ada@example.com", external_id="u1")
+    Send.create(idempotency_key="k", channel="email", contact=ada.id, status="sent", provider_message_id="pm-1")
+    bounce = {"RecordType": "Bounce", "Type": "HardBounce", "MessageID": "pm-1", "ID": 42}
+    response = await client.post("/webhooks/zap", json=bounce, headers={"X-Webhook-Token": TOKEN})
+    assert response.status == 202
+    postback = await client.get("/webhooks/zap", params={"token": TOKEN, "click_id": "c-77", "external_id": "u1",
+                                                         "value": "12.5"})
+    assert postback.status == 202
+    canonical = {"event_id": "z-1", "type": "contact.unsubscribe", "data": {"email": "ada@example.com",
+                                                                           "channel": "push"}}
+    assert (await client.post(f"/webhooks/zap?token={TOKEN}", json=canonical)).status == 202
+    await asyncio.to_thread(process_pending, client.settings)
+    assert {(s.channel, s.reason) for s in Suppression.select()} == {("email", "bounced"), ("push", "unsubscribed")}
+    assert Attribution.get().value == 12.5
+
+
+async def test_a_verified_but_unmappable_payload_is_kept_with_its_reason(client) -> None:  # type: ignore[no-untyped-def]
+    event = {"id": "evt_9", "type": "customer.created", "data": {"object": {}}}
+    assert (await post(client, "/webhooks/stripe", stripe_signed(event))).status == 202
+    kept = InboundEvent.get()
+    assert kept.status == "unmappable" and "customer.created" in kept.error
+    assert await asyncio.to_thread(process_pending, client.settings) == {}
+
+
+async def test_a_click_is_attributed_to_its_send_step_and_campaign(client) -> None:  # type: ignore[no-untyped-def]
+    from db.models import TrackedLink
+
+    campaign = Campaign.create(slug="c", name="C")
+    step = CampaignStep.create(campaign=campaign.id, position=0, channel="sms", body="b")
+    ada = Contact.create(phone="+12015550100")
+    send = Send.create(idempotency_key="k", channel="sms", contact=ada.id, campaign=campaign.id, step=step.id)
+    TrackedLink.create(token="tok-click", url="https://example.com/x", contact=ada.id, send=send.id,
+                       campaign=campaign.id, step=step.id)
+    response = await client.get("/t/tok-click", allow_redirects=False)
+    assert response.status == 302
+    await asyncio.to_thread(process_pending, client.settings)
+    click = Attribution.get()
+    assert (click.kind, click.send_id, click.step_id, click.campaign_id) == ("click", send.id, step.id, campaign.id)
+
+
+# -- refused, with nothing written ----------------------------------------------------------------
+
+
+def _bad_cases() -> list[tuple[str, str, object, int]]:
+    now = dt.datetime.now(dt.UTC)
+    valid_body, valid_headers = standard(UPSERT, "m-ok")
+    return [
+        ("missing signature", "/webhooks/app", (valid_body, {"Content-Type": "application/json"}), 401),
+        ("wrong signature", "/webhooks/app", (valid_body, {**valid_headers, "webhook-signature": "v1,AAAA"}), 401),
+        ("stale timestamp", "/webhooks/app", standard(UPSERT, "m1", at=now - dt.timedelta(minutes=10)), 401),
+        ("future timestamp", "/webhooks/app", standard(UPSERT, "m2", at=now + dt.timedelta(minutes=10)), 401),
+        ("other secret", "/webhooks/app", standard(UPSERT, "m3", secret="whsec_" + "QUJD" * 8), 401),
+        ("malformed JSON", "/webhooks/app", standard('{"type": "contact.upsert", ', "m4"), 400),
+        ("non-object JSON", "/webhooks/app", standard("[1, 2, 3]", "m5"), 400),
+        ("unknown event type", "/webhooks/app", standard({"type": "contact.explode", "data": {}}, "m6"), 400),
+        ("invalid email", "/webhooks/app", standard({"type": "contact.upsert", "data": {"email": "nope"}}, "m7"), 400),
+        ("no contact key", "/webhooks/app", standard({"type": "conversion", "data": {"value": 3}}, "m8"), 400),
+        ("oversized body", "/webhooks/app", standard({"type": "click", "data": {"token": "x" * 5000}}, "m9"), 413),
+        ("unknown source", "/webhooks/nobody", standard(UPSERT, "m10"), 404),
+        ("empty body", "/webhooks/app", standard("", "m11"), 400),
+        ("stripe bad signature", "/webhooks/stripe", stripe_signed({"id": "e", "type": "x"}, secret="other"), 401),
+        ("stripe stale", "/webhooks/stripe", stripe_signed({"id": "e", "type": "x"}, at=int(time.time()) - 900), 401),
+        ("twilio other token", "/webhooks/twilio",
+         twilio_signed("/webhooks/twilio", {"MessageSid": "SM1", "MessageStatus": "sent"}, token="x"), 401),
+        ("cal other secret", "/webhooks/cal", cal_signed({"triggerEvent": "BOOKING_CREATED"}, secret="x"), 401),
+        ("token missing", "/webhooks/zap", (b'{"event_id": "1"}', {"Content-Type": "application/json"}), 401),
+    ]
+
+
+@pytest.mark.parametrize(("case", "path", "signed", "status"), _bad_cases(), ids=[c[0] for c in _bad_cases()])
+async def test_bad_input_gets_its_status_and_writes_nothing(client, case: str, path: str, signed, status: int) -> None:  # type: ignore[no-untyped-def]
+    response = await post(client, path, signed)
+    assert response.status == status, await response.text()
+    assert "error" in await response.json()
+    assert InboundEvent.select().count() == 0 and Contact.select().count() == 0
+
+
+# -- duplicates ------------------------------------------------------------------------------------
+
+
+async def test_twenty_identical_concurrent_deliveries_are_one_event(client) -> None:  # type: ignore[no-untyped-def]
+    signed = standard(UPSERT, "msg_dup")
+    responses = await asyncio.gather(*[post(client, "/webhooks/app", signed) for _ in range(20)])
+    statuses = sorted(r.status for r in responses)
+    assert statuses == [200] * 19 + [202]
+    assert InboundEvent.select().count() == 1
+    assert await asyncio.to_thread(process_pending, client.settings) == {"processed": 1}
+    assert await asyncio.to_thread(process_pending, client.settings) == {}
+    assert Contact.select().count() == 1
+
+
+async def test_a_retried_delivery_later_is_a_duplicate(client) -> None:  # type: ignore[no-untyped-def]
+    assert (await post(client, "/webhooks/app", standard(UPSERT, "msg_r"))).status == 202
+    await asyncio.to_thread(process_pending, client.settings)
+    assert (await post(client, "/webhooks/app", standard(UPSERT, "msg_r"))).status == 200
+    assert await asyncio.to_thread(process_pending, client.settings) == {}
+
+
+async def test_contact_upsert_enrols_in_triggered_and_named_campaigns(client) -> None:  # type: ignore[no-untyped-def]
+    for slug, trigger in (("welcome", "contact.upsert"), ("vip", None)):
+        campaign = Campaign.create(slug=slug, name=slug, trigger_event=trigger)
+        CampaignStep.create(campaign=campaign.id, position=0, channel="sms", body="hi")
+    event = {"type": "contact.upsert", "data": {**UPSERT["data"], "campaign": "vip"}}
+    assert (await post(client, "/webhooks/app", standard(event, "m-enrol"))).status == 202
+    await asyncio.to_thread(process_pending, client.settings)
+    assert sorted(e.campaign.slug for e in Enrolment.select()) == ["vip", "welcome"]
