@@ -51,6 +51,6 @@ def build_broker(settings: Settings, providers: Mapping[str, Provider] | None = 
         # re-declare a queue an operator deleted). Messages carry batches, so the cost is small.
         broker = RabbitmqBroker(url=settings.broker_url, middleware=middleware, confirm_delivery=True)
     declare_channel_actors(broker, settings, stopping, providers)
-    declare_event_actor(broker, settings)
+    declare_event_actor(broker, settings, stopping)
     dramatiq.set_broker(broker)
     return broker

@@ -4,6 +4,8 @@ messages collapse into one pass; a lost message costs nothing, the scheduler wak
 
 from __future__ import annotations
 
+import threading
+
 import dramatiq
 
 from actors.channel import QUEUE_PREFIX
@@ -14,9 +16,10 @@ QUEUE = QUEUE_PREFIX + "events"
 ACTOR_NAME = "process_events"
 
 
-def declare_event_actor(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor:
+def declare_event_actor(broker: dramatiq.Broker, settings: Settings, stopping: threading.Event) -> dramatiq.Actor:
     def process_events() -> None:
-        process_pending(settings)
+        # between batches, a stopping worker lets the rest wait for the next one
+        process_pending(settings, should_stop=stopping.is_set)
 
     return dramatiq.Actor(process_events, broker=broker, actor_name=ACTOR_NAME, queue_name=QUEUE, priority=0,
                           options={"max_retries": 3, "min_backoff": 1000, "max_backoff": 10_000})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from daemon.config import Settings
@@ -29,11 +30,11 @@ BATCH = 500
 _PG_LOCK_KEY = 0x7265_7476  # 'retv': the event processor
 
 
-def process_pending(settings: Settings, limit: int = 50_000) -> Counter:
-    """Process up to ``limit`` pending events; returns counts by outcome."""
+def process_pending(settings: Settings, limit: int = 50_000, should_stop: Callable[[], bool] = lambda: False) -> Counter:
+    """Process up to ``limit`` pending events, batch by batch until ``should_stop()``; returns counts by outcome."""
     outcomes: Counter = Counter()
     with db_session():
-        while sum(outcomes.values()) < limit:
+        while sum(outcomes.values()) < limit and not should_stop():
             with database.atomic():
                 if is_postgres() and not database.execute_sql(
                         "SELECT pg_try_advisory_xact_lock(%s)", (_PG_LOCK_KEY,)).fetchone()[0]:
