@@ -106,7 +106,7 @@ def main() -> int:
         vhost, amqp_url = rabbitmq_vhost()
         daemon = None
         try:
-            env = base_env(DATABASE_URL=db_url, SOURCE_BENCH_SECRET=SECRET, BROKER_URL=amqp_url)
+            env = base_env(DATABASE_URL=db_url, SOURCE_BENCH_SECRET=SECRET, BROKER_URL=amqp_url, DB_POOL_SIZE="5")
             assert cli("migrate", env=env).returncode == 0
             daemon = DaemonProcess(env, workdir, "--processes", "1", "--threads", "2", name="ingress").start()
             log(f"retentiond ({args.db}): {args.connections} connections for {args.seconds}s")
