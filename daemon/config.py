@@ -104,7 +104,8 @@ class Settings:
     default_timezone: str = "UTC"  # for contacts without one
     default_region: str = "US"
     webhook_max_bytes: int = 256 * 1024  # a larger body gets 413
-    webhook_tolerance_s: int = 300  # signed timestamps further off than this get 401  # phone numbers written without a country code are read as this country's
+    webhook_tolerance_s: int = 300  # signed timestamps further off than this get 401
+    event_id_retention_days: int = 30  # a sender's event id deduplicates for this long  # phone numbers written without a country code are read as this country's
     # outbox recovery (engine/reconciler.py)
     reconcile_after_s: float = 300.0  # queued/retrying this long without progress: offered again
     claim_timeout_s: float = 900.0  # sending this long (worker killed): offered again
@@ -176,6 +177,7 @@ _SCALARS: dict[str, tuple[str, type]] = {
     "DEFAULT_REGION": ("default_region", str),
     "WEBHOOK_MAX_BYTES": ("webhook_max_bytes", int),
     "WEBHOOK_TOLERANCE_S": ("webhook_tolerance_s", int),
+    "EVENT_ID_RETENTION_DAYS": ("event_id_retention_days", int),
     "RECONCILE_AFTER_S": ("reconcile_after_s", float),
     "CLAIM_TIMEOUT_S": ("claim_timeout_s", float),
     "FAILOVER_AFTER_ERRORS": ("failover_after_errors", int),
@@ -375,6 +377,8 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"{PREFIX}{name.upper()}", "must be positive")
     if s.webhook_max_bytes < 1024:
         raise ConfigError(f"{PREFIX}WEBHOOK_MAX_BYTES", "must be at least 1024")
+    if s.event_id_retention_days < 1:
+        raise ConfigError(f"{PREFIX}EVENT_ID_RETENTION_DAYS", "must be at least 1")
     if s.webhook_tolerance_s < 1:
         raise ConfigError(f"{PREFIX}WEBHOOK_TOLERANCE_S", "must be positive")
     if s.failover_after_errors < 1:

@@ -16,6 +16,7 @@ from daemon.config import Settings
 from daemon.outbox import relay_planned_sends
 from db.database import db_session
 from db.models import utcnow
+from engine.event_ids import expire_event_ids
 from engine.planner import plan_due_steps
 from engine.processing import pending_count
 from engine.reconciler import reconcile
@@ -23,6 +24,7 @@ from engine.reconciler import reconcile
 logger = logging.getLogger(__name__)
 
 RECONCILE_EVERY_S = 15.0
+EXPIRE_IDS_EVERY_S = 600.0
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Scheduler:
         self.actors = actors
         self.event_actor = event_actor
         self._last_reconcile = 0.0
+        self._last_expiry = 0.0
         self.totals = TickReport()
 
     def tick(self) -> TickReport:
@@ -60,6 +63,9 @@ class Scheduler:
                 logger.warning("reconciler: %d lost message(s) re-offered, %d send(s) of dead workers re-offered",
                                fixed.requeued, fixed.reclaimed)
                 report.relayed += relay_planned_sends(self.settings, self.actors)
+        if time.monotonic() - self._last_expiry >= EXPIRE_IDS_EVERY_S:
+            self._last_expiry = time.monotonic()
+            expire_event_ids(self.settings, utcnow())
         for name in ("planned", "relayed", "requeued", "reclaimed"):
             setattr(self.totals, name, getattr(self.totals, name) + getattr(report, name))
         return report

@@ -243,3 +243,16 @@ async def test_contact_upsert_enrols_in_triggered_and_named_campaigns(client) ->
     assert (await post(client, "/webhooks/app", standard(event, "m-enrol"))).status == 202
     await asyncio.to_thread(process_pending, client.settings)
     assert sorted(e.campaign.slug for e in Enrolment.select()) == ["vip", "welcome"]
+
+
+async def test_an_event_id_deduplicates_for_the_retention_window_only(client) -> None:  # type: ignore[no-untyped-def]
+    from db.models import utcnow
+    from engine.event_ids import expire_event_ids
+
+    assert (await post(client, "/webhooks/app", standard(UPSERT, "msg_old"))).status == 202
+    await asyncio.to_thread(process_pending, client.settings)
+    InboundEvent.update(received_at=utcnow() - dt.timedelta(days=31)).execute()
+    assert await asyncio.to_thread(expire_event_ids, client.settings, utcnow()) == 1
+    # the id is free again: a new delivery with it is a new event; the old row is still there
+    assert (await post(client, "/webhooks/app", standard(UPSERT, "msg_old"))).status == 202
+    assert InboundEvent.select().count() == 2
