@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint clean bench-dispatch
+.PHONY: install run test test-fast lint clean bench-dispatch bench-ingress
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,8 @@ clean:
 ## Dispatch benchmark: 50,000 sends through RabbitMQ at the simulator, next to bare Dramatiq.
 bench-dispatch: $(STAMP)
 	$(BIN)/python ops/bench/dispatch.py --sends $${SENDS:-50000} --db $${DB:-both}
+
+## Ingress benchmark: signed webhooks at 64 connections for 20 s (wrk), next to bare aiohttp.
+bench-ingress: $(STAMP)
+	command -v wrk >/dev/null || apt-get install -y wrk
+	$(BIN)/python ops/bench/ingress.py --db $${DB:-postgres}
