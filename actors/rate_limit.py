@@ -31,6 +31,8 @@ from db.models import RateLimit
 
 # How far ahead slots may be reserved, at least; a slow channel gets one interval.
 MIN_HORIZON_S = 0.5
+# The best clock-offset sample is replaced at least this often (clocks drift).
+OFFSET_REFRESH_S = 60.0
 # A sender reserves at most this share of the horizon at once, leaving room for other senders.
 RESERVATION_SHARE = 0.25
 
@@ -55,7 +57,7 @@ RETURNING tat
 
 @dataclass(frozen=True)
 class Reservation:
-    """``count`` slots, the first one ``first_in_s`` seconds from when it was granted."""
+    """``count`` slots ``interval_s`` apart, the first at ``first_at`` on the monotonic clock."""
 
     count: int
     first_at: float  # time.monotonic() of the first slot
@@ -74,6 +76,9 @@ class GlobalRateLimiter:
         self.interval_s = rate.interval_s
         self.horizon_s = max(MIN_HORIZON_S, self.interval_s)
         self.chunk = max(1, int(self.horizon_s * RESERVATION_SHARE / self.interval_s)) if self.interval_s else 0
+        self._offset = time.time() - time.monotonic()  # database epoch seconds minus local monotonic
+        self._offset_rtt: float | None = None
+        self._offset_at = 0.0
 
     @property
     def unlimited(self) -> bool:
@@ -87,18 +92,21 @@ class GlobalRateLimiter:
         count = max(1, min(wanted, self.chunk))
         span = count * self.interval_s
         if is_postgres():
+            sent = time.monotonic()
             row = database.execute_sql(
                 _PG_RESERVE, (span, self.channel, span, self.horizon_s)).fetchone()
             if row is not None:
                 new_tat, db_now = row
-                return self._reservation(count, new_tat - span - db_now)
+                self._learn_offset(db_now, sent, time.monotonic())
+                return self._reservation(count, new_tat - span)
             peek = database.execute_sql(_PG_PEEK, (self.channel,)).fetchone()
         else:
             now = time.time()
+            self._offset = now - time.monotonic()  # one host: the local clocks map exactly
             row = database.execute_sql(
                 _SQLITE_RESERVE, (now, span, self.channel, now, span, now, self.horizon_s)).fetchone()
             if row is not None:
-                return self._reservation(count, row[0] - span - now)
+                return self._reservation(count, row[0] - span)
             tat = RateLimit.select(RateLimit.tat).where(RateLimit.channel == self.channel).scalar()
             peek = None if tat is None else (tat, now)
         if peek is None:  # first use of this channel on this database
@@ -137,5 +145,18 @@ class GlobalRateLimiter:
             (RateLimit.update(tat=peewee.fn.MAX(RateLimit.tat, time.time() + seconds))
              .where(RateLimit.channel == self.channel).execute())
 
-    def _reservation(self, count: int, first_in_s: float) -> Reservation:
-        return Reservation(count, time.monotonic() + max(0.0, first_in_s), self.interval_s)
+    def _learn_offset(self, db_now: float, sent: float, received: float) -> None:
+        """Keep the database clock's offset from this process's monotonic clock, NTP-style: from
+        the round trip with the smallest delay seen lately (its error is at most half of it). One
+        offset for all of a process's reservations keeps their slots exactly spaced, whatever the
+        latency of each query."""
+        rtt = received - sent
+        fresh = received - self._offset_at > OFFSET_REFRESH_S
+        if self._offset_rtt is None or rtt <= self._offset_rtt or fresh:
+            self._offset = db_now - (sent + received) / 2
+            self._offset_rtt = rtt
+            self._offset_at = received
+
+    def _reservation(self, count: int, first_slot_epoch: float) -> Reservation:
+        first_at = first_slot_epoch - self._offset  # on this process's monotonic clock
+        return Reservation(count, max(time.monotonic(), first_at), self.interval_s)
