@@ -60,11 +60,15 @@ class Reservation:
     """``count`` slots ``interval_s`` apart, the first at ``first_at`` on the monotonic clock."""
 
     count: int
-    first_at: float  # time.monotonic() of the first slot
+    first_at: float  # time.monotonic() of the first slot, in this process
     interval_s: float
+    first_epoch: float = 0.0  # the same slot on the database's clock, as every process sees it
 
     def slot_at(self, index: int) -> float:
         return self.first_at + index * self.interval_s
+
+    def epoch_slot_at(self, index: int) -> float:
+        return self.first_epoch + index * self.interval_s
 
 
 class GlobalRateLimiter:
@@ -158,5 +162,6 @@ class GlobalRateLimiter:
             self._offset_at = received
 
     def _reservation(self, count: int, first_slot_epoch: float) -> Reservation:
-        first_at = first_slot_epoch - self._offset  # on this process's monotonic clock
-        return Reservation(count, max(time.monotonic(), first_at), self.interval_s)
+        # A slot already past (this thread was descheduled) is simply not waited for; it keeps its
+        # place, so the spacing of the slots themselves never shrinks.
+        return Reservation(count, first_slot_epoch - self._offset, self.interval_s, first_slot_epoch)

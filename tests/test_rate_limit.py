@@ -20,7 +20,7 @@ def _reserve_all(limiter: GlobalRateLimiter, wanted: int, out: list[float], lock
             got = limiter.reserve(remaining)
         assert got is not None
         with lock:
-            out.extend(got.slot_at(i) for i in range(got.count))
+            out.extend(got.epoch_slot_at(i) for i in range(got.count))
         remaining -= got.count
         # a sender waits for its slots before reserving more, as the channel actor does
         time.sleep(max(0.0, got.slot_at(got.count - 1) - time.monotonic()))
@@ -36,7 +36,7 @@ def test_concurrent_reservers_get_distinct_evenly_spaced_slots(migrated_db: str)
         t.start()
     for t in threads:
         t.join(30)
-    # Then the 100 slots are 20 ms apart, never closer, and span 99 intervals
+    # Then the 100 slots the database handed out are 20 ms apart, never closer, and span 99 intervals
     slots.sort()
     gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
     assert len(slots) == 100
