@@ -30,6 +30,7 @@ WEBHOOK_EVENTS = Counter("retentiond_webhook_events", "Webhook requests by sourc
 WEBHOOK_LATENCY = Histogram("retentiond_webhook_latency_seconds",
                             "Time from a webhook request's start to its answer (commit included).", ["source"],
                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+JOB_RUNS = Counter("retentiond_job_runs", "Periodic job runs by job and outcome.", ["job", "outcome"])
 EVENTS_PROCESSED = Counter("retentiond_events_processed", "Inbound events processed, by outcome.", ["outcome"])
 PROVIDER_LATENCY = Histogram("retentiond_provider_latency_seconds", "Duration of one provider call.",
                              ["channel", "provider"],

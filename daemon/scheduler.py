@@ -1,18 +1,24 @@
-"""The scheduler's tick: plan due campaign steps, relay planned sends to the broker, and now and
-then reconcile sends that stopped moving. Runs in the daemon's main process, in a thread (the
-database calls block), once per ``SCHEDULER_INTERVAL_S``.
+"""The daemon's periodic jobs, each under its lease (daemon/jobs.py), so that with any number of
+daemons each run happens once:
+
+* ``scheduling-tick`` (every ``SCHEDULER_INTERVAL_S``): plan due campaign steps, relay planned
+  sends to the broker, wake the event processor if events wait (committed while the broker was away);
+* ``reconciler`` (every 15 s): sends that stopped moving go back to the outbox;
+* ``event-id-expiry`` (every 10 min): senders' event ids older than their retention are released.
+
+Runs in the daemon's main process, in a thread (the database calls block).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import dramatiq
 
 from daemon.config import Settings
+from daemon.jobs import Job, JobRunner
 from daemon.outbox import relay_planned_sends
 from db.database import db_session
 from db.models import utcnow
@@ -28,49 +34,51 @@ EXPIRE_IDS_EVERY_S = 600.0
 
 
 @dataclass
-class TickReport:
+class Totals:
     planned: int = 0
     relayed: int = 0
-    requeued: int = 0
-    reclaimed: int = 0
+    reoffered: int = 0
 
 
 class Scheduler:
-    """One tick at a time, from the daemon's main process."""
-
     def __init__(self, settings: Settings, actors: Mapping[str, dramatiq.Actor],
-                 event_actor: dramatiq.Actor | None = None) -> None:
+                 event_actor: dramatiq.Actor | None = None, instance_id: str = "local") -> None:
         self.settings = settings
         self.actors = actors
         self.event_actor = event_actor
-        self._last_reconcile = 0.0
-        self._last_expiry = 0.0
-        self.totals = TickReport()
+        self.runner = JobRunner(instance_id)
+        self.totals = Totals()
+        self.jobs = [
+            Job("scheduling-tick", settings.scheduler_interval_s, self.schedule, ttl_s=60),
+            Job("reconciler", min(RECONCILE_EVERY_S, settings.reconcile_after_s), self.reconcile, ttl_s=120),
+            Job("event-id-expiry", EXPIRE_IDS_EVERY_S, self.expire_event_ids, ttl_s=600),
+        ]
 
-    def tick(self) -> TickReport:
-        report = TickReport()
-        plan = plan_due_steps(self.settings, utcnow())
-        report.planned = plan.planned
-        report.relayed = relay_planned_sends(self.settings, self.actors)
-        if self.event_actor is not None and self._events_waiting():
-            # events committed while the broker was away (or whose wake-up was lost)
-            self.event_actor.send()
-        if time.monotonic() - self._last_reconcile >= min(RECONCILE_EVERY_S, self.settings.reconcile_after_s):
-            self._last_reconcile = time.monotonic()
-            fixed = reconcile(self.settings, utcnow())
-            report.requeued, report.reclaimed = fixed.requeued, fixed.reclaimed
-            if fixed.requeued or fixed.reclaimed:
-                logger.warning("reconciler: %d lost message(s) re-offered, %d send(s) of dead workers re-offered",
-                               fixed.requeued, fixed.reclaimed)
-                report.relayed += relay_planned_sends(self.settings, self.actors)
-        if time.monotonic() - self._last_expiry >= EXPIRE_IDS_EVERY_S:
-            self._last_expiry = time.monotonic()
-            expire_event_ids(self.settings, utcnow())
-        for name in ("planned", "relayed", "requeued", "reclaimed"):
-            setattr(self.totals, name, getattr(self.totals, name) + getattr(report, name))
-        return report
+    def tick(self) -> None:
+        """Run every job that is due and whose lease this instance can take."""
+        for job in self.jobs:
+            self.runner.run_if_due(job)
 
-    @staticmethod
-    def _events_waiting() -> bool:
-        with db_session():
-            return pending_count() > 0
+    def schedule(self) -> int:
+        planned = plan_due_steps(self.settings, utcnow()).planned
+        relayed = relay_planned_sends(self.settings, self.actors)
+        self.totals.planned += planned
+        self.totals.relayed += relayed
+        if self.event_actor is not None:
+            with db_session():
+                waiting = pending_count() > 0
+            if waiting:
+                self.event_actor.send()
+        return planned + relayed
+
+    def reconcile(self) -> int:
+        fixed = reconcile(self.settings, utcnow())
+        if fixed.requeued or fixed.reclaimed:
+            logger.warning("reconciler: %d lost message(s) re-offered, %d send(s) of dead workers re-offered",
+                           fixed.requeued, fixed.reclaimed)
+            self.totals.reoffered += fixed.requeued + fixed.reclaimed
+            self.totals.relayed += relay_planned_sends(self.settings, self.actors)
+        return fixed.requeued + fixed.reclaimed
+
+    def expire_event_ids(self) -> int:
+        return expire_event_ids(self.settings, utcnow())

@@ -64,7 +64,7 @@ class Daemon:
         metrics.initialise_labels()
         self.broker = build_broker(self.settings)
         self.actors = {name: self.broker.get_actor(f"send_{name}") for name in self.settings.rates}
-        self.scheduler = Scheduler(self.settings, self.actors, self.broker.get_actor(EVENT_ACTOR))
+        self.scheduler = Scheduler(self.settings, self.actors, self.broker.get_actor(EVENT_ACTOR), self.instance_id)
         self._start_workers()
 
         self.event_actor = self.broker.get_actor(EVENT_ACTOR)
@@ -102,7 +102,7 @@ class Daemon:
         logger.info("retentiond %s stopped after %.1fs: %d step(s) planned, %d send(s) relayed, "
                     "%d re-offered, %d worker restart(s), %d worker(s) killed at the deadline, exit %d",
                     self.instance_id, time.monotonic() - started, self.scheduler.totals.planned,
-                    self.scheduler.totals.relayed, self.scheduler.totals.requeued + self.scheduler.totals.reclaimed,
+                    self.scheduler.totals.relayed, self.scheduler.totals.reoffered,
                     self._restarts, killed, code)
         return code
 
@@ -179,8 +179,9 @@ class Daemon:
     # -- scheduler --------------------------------------------------------------------------------
 
     async def _scheduler_loop(self) -> None:
-        """Every tick: plan due steps, relay planned sends, now and then reconcile (daemon/scheduler.py)."""
-        interval = self.settings.scheduler_interval_s
+        """Run the periodic jobs that are due (daemon/scheduler.py), several times per interval so a
+        job another instance gave up is taken over quickly."""
+        interval = min(self.settings.scheduler_interval_s / 4, 0.25)
         while True:
             started = time.monotonic()
             try:
