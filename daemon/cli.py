@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from daemon.config import Settings, load_settings
 from daemon.errors import ConfigError
-from daemon.exit_codes import RET_CONFIG, RET_CONNECT, RET_OK
+from daemon.exit_codes import RET_CONFIG, RET_CONNECT, RET_ERROR, RET_OK
 
 
 def _positive_int(text: str) -> int:
@@ -73,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--phone", metavar="PHONE")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(handler=cmd_stats)
+
+    cleanup = commands.add_parser("cleanup", help="delete rows past their retention, table by table")
+    cleanup.add_argument("--dry-run", action="store_true", help="print what would go, delete nothing")
+    cleanup.set_defaults(handler=cmd_cleanup)
+
+    backup = commands.add_parser("backup", help="back the database up (SQLite online backup + gzip; pg_dump)")
+    backup.add_argument("--keep", type=_positive_int, default=7, help="backups to keep (default 7)")
+    backup.set_defaults(handler=cmd_backup)
+
+    restore = commands.add_parser("restore", help="restore a backup made by `retentiond backup` (stop the daemon first)")
+    restore.add_argument("file", metavar="FILE")
+    restore.set_defaults(handler=cmd_restore)
 
     simulate = commands.add_parser("simulate-providers",
                                    help="serve the provider APIs (Twilio, Postmark, webhook, push) for tests and try-outs")
@@ -288,6 +300,44 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  {channel:8} " + ", ".join(f"{s} {n}" for s, n in sorted(statuses.items())))
     print("enrolments: " + ", ".join(f"{s} {n}" for s, n in sorted(data["enrolments"].items())))
     print("inbound events: " + ", ".join(f"{s} {n}" for s, n in sorted(data["inbound_events"].items())))
+    return RET_OK
+
+
+def cmd_cleanup(settings: Settings, args: argparse.Namespace) -> int:
+    from db.models import utcnow
+    from engine.retention import cleanup
+
+    failed = _ready_database(settings)
+    if failed is not None:
+        return failed
+    report = cleanup(settings, utcnow(), dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    for table, count in report:
+        print(f"{table:16} {verb} {count}")
+    return RET_OK
+
+
+def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
+    from db.backup import BackupError, backup
+
+    try:
+        path = backup(settings.database_url, settings.backup_dir, keep=args.keep)
+    except BackupError as exc:
+        print(f"retentiond: error: {exc}", file=sys.stderr)
+        return RET_ERROR
+    print(f"backup written: {path} ({path.stat().st_size} bytes)")
+    return RET_OK
+
+
+def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
+    from db.backup import BackupError, restore
+
+    try:
+        restore(settings.database_url, args.file)
+    except BackupError as exc:
+        print(f"retentiond: error: {exc}", file=sys.stderr)
+        return RET_ERROR
+    print(f"restored {args.file}")
     return RET_OK
 
 

@@ -105,7 +105,12 @@ class Settings:
     default_region: str = "US"
     webhook_max_bytes: int = 256 * 1024  # a larger body gets 413
     webhook_tolerance_s: int = 300  # signed timestamps further off than this get 401
-    event_id_retention_days: int = 30  # a sender's event id deduplicates for this long  # phone numbers written without a country code are read as this country's
+    event_id_retention_days: int = 30  # a sender's event id deduplicates for this long
+    # retention cleanup (engine/retention.py)
+    retention_sends_days: int = 30  # finished sends and their decision log
+    retention_events_days: int = 90  # processed inbound events
+    retention_job_runs_days: int = 30
+    backup_dir: str = "var/backups"  # phone numbers written without a country code are read as this country's
     # outbox recovery (engine/reconciler.py)
     reconcile_after_s: float = 300.0  # queued/retrying this long without progress: offered again
     claim_timeout_s: float = 900.0  # sending this long (worker killed): offered again
@@ -178,6 +183,10 @@ _SCALARS: dict[str, tuple[str, type]] = {
     "WEBHOOK_MAX_BYTES": ("webhook_max_bytes", int),
     "WEBHOOK_TOLERANCE_S": ("webhook_tolerance_s", int),
     "EVENT_ID_RETENTION_DAYS": ("event_id_retention_days", int),
+    "RETENTION_SENDS_DAYS": ("retention_sends_days", int),
+    "RETENTION_EVENTS_DAYS": ("retention_events_days", int),
+    "RETENTION_JOB_RUNS_DAYS": ("retention_job_runs_days", int),
+    "BACKUP_DIR": ("backup_dir", str),
     "RECONCILE_AFTER_S": ("reconcile_after_s", float),
     "CLAIM_TIMEOUT_S": ("claim_timeout_s", float),
     "FAILOVER_AFTER_ERRORS": ("failover_after_errors", int),
@@ -377,6 +386,9 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"{PREFIX}{name.upper()}", "must be positive")
     if s.webhook_max_bytes < 1024:
         raise ConfigError(f"{PREFIX}WEBHOOK_MAX_BYTES", "must be at least 1024")
+    for name in ("retention_sends_days", "retention_events_days", "retention_job_runs_days"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{PREFIX}{name.upper()}", "must be at least 1 (days)")
     if s.event_id_retention_days < 1:
         raise ConfigError(f"{PREFIX}EVENT_ID_RETENTION_DAYS", "must be at least 1")
     if s.webhook_tolerance_s < 1:

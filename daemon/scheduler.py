@@ -4,7 +4,8 @@ daemons each run happens once:
 * ``scheduling-tick`` (every ``SCHEDULER_INTERVAL_S``): plan due campaign steps, relay planned
   sends to the broker, wake the event processor if events wait (committed while the broker was away);
 * ``reconciler`` (every 15 s): sends that stopped moving go back to the outbox;
-* ``event-id-expiry`` (every 10 min): senders' event ids older than their retention are released.
+* ``event-id-expiry`` (every 10 min): senders' event ids older than their retention are released;
+* ``retention-cleanup`` (daily): rows past their retention deleted in bounded batches.
 
 Runs in the daemon's main process, in a thread (the database calls block).
 """
@@ -26,11 +27,13 @@ from engine.event_ids import expire_event_ids
 from engine.planner import plan_due_steps
 from engine.processing import pending_count
 from engine.reconciler import reconcile
+from engine.retention import cleanup
 
 logger = logging.getLogger(__name__)
 
 RECONCILE_EVERY_S = 15.0
 EXPIRE_IDS_EVERY_S = 600.0
+CLEANUP_EVERY_S = 24 * 3600.0
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Scheduler:
             Job("scheduling-tick", settings.scheduler_interval_s, self.schedule, ttl_s=60),
             Job("reconciler", min(RECONCILE_EVERY_S, settings.reconcile_after_s), self.reconcile, ttl_s=120),
             Job("event-id-expiry", EXPIRE_IDS_EVERY_S, self.expire_event_ids, ttl_s=600),
+            Job("retention-cleanup", CLEANUP_EVERY_S, self.cleanup, ttl_s=1800),
         ]
 
     def tick(self) -> None:
@@ -79,6 +83,9 @@ class Scheduler:
             self.totals.reoffered += fixed.requeued + fixed.reclaimed
             self.totals.relayed += relay_planned_sends(self.settings, self.actors)
         return fixed.requeued + fixed.reclaimed
+
+    def cleanup(self) -> int:
+        return sum(count for _, count in cleanup(self.settings, utcnow()))
 
     def expire_event_ids(self) -> int:
         return expire_event_ids(self.settings, utcnow())
