@@ -15,6 +15,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -30,6 +31,9 @@ WEBHOOK_EVENTS = Counter("retentiond_webhook_events", "Webhook requests by sourc
 WEBHOOK_LATENCY = Histogram("retentiond_webhook_latency_seconds",
                             "Time from a webhook request's start to its answer (commit included).", ["source"],
                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+HEALTH_STATUS = Gauge("retentiond_health_status", "Health per component: 0 healthy, 1 warning, 2 critical.",
+                      ["component"], multiprocess_mode="livemax")
+OPS_ALERTS = Counter("retentiond_ops_alerts", "Critical health findings recorded as ops alerts.", ["component"])
 JOB_RUNS = Counter("retentiond_job_runs", "Periodic job runs by job and outcome.", ["job", "outcome"])
 EVENTS_PROCESSED = Counter("retentiond_events_processed", "Inbound events processed, by outcome.", ["outcome"])
 PROVIDER_LATENCY = Histogram("retentiond_provider_latency_seconds", "Duration of one provider call.",

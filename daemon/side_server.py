@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from daemon import health, metrics, routes_admin, routes_links, routes_webhooks
+from daemon import health, health_details, metrics, routes_admin, routes_links, routes_webhooks
 from daemon.config import Settings
 from daemon.ingest import GroupCommitter
 
@@ -22,6 +23,10 @@ async def ready(request: web.Request) -> web.Response:
     ok = all(p.ok for p in probes.values())
     body = {"status": "ready" if ok else "unavailable", **{k: p.as_dict() for k, p in probes.items()}}
     return web.json_response(body, status=200 if ok else 503)
+
+
+async def ready_details(request: web.Request) -> web.Response:
+    return web.json_response(await asyncio.to_thread(health_details.details, request.app[SETTINGS_KEY]))
 
 
 async def prometheus(request: web.Request) -> web.Response:
@@ -50,6 +55,7 @@ def build_app(settings: Settings, wake: Callable[[int], None] | None = None) -> 
     app.cleanup_ctx.append(committer)
     app.router.add_get("/health", live)
     app.router.add_get("/health/ready", ready)
+    app.router.add_get("/health/details", ready_details)
     app.router.add_get("/metrics", prometheus)
     app.router.add_routes(routes_links.routes)
     app.router.add_routes(routes_admin.routes)

@@ -46,3 +46,12 @@ async def test_metrics_are_prometheus_text_with_the_send_counter(aiohttp_client)
     sends = families["retentiond_sends"]
     labels = {(s.labels["channel"], s.labels["status"]) for s in sends.samples if s.name == "retentiond_sends_total"}
     assert ("sms", "sent") in labels and ("webhook", "failed") in labels
+
+
+async def test_health_details_names_each_component(aiohttp_client, migrated_db: str) -> None:  # type: ignore[no-untyped-def]
+    client = await aiohttp_client(build_app(make_settings(DATABASE_URL=migrated_db)))
+    body = await (await client.get("/health/details")).json()
+    assert body["status"] in ("healthy", "warning", "critical")
+    assert set(body["components"]) == {"database", "broker", "queues", "dead_letters", "provider_errors",
+                                       "scheduling_tick", "leases"}
+    assert body["components"]["scheduling_tick"]["status"] == "warning"  # no tick has run in this test
