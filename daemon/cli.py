@@ -153,10 +153,11 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         import asyncio
 
-        from daemon.logging_setup import setup_logging
+        from daemon.logging_setup import setup_logging, setup_sentry
         from daemon.supervisor import Daemon
 
         setup_logging(settings.log_level, settings.log_format)
+        setup_sentry(settings.sentry_dsn)
         failed = _ready_database(settings)
         if failed is not None:
             return failed

@@ -110,7 +110,8 @@ class Settings:
     retention_sends_days: int = 30  # finished sends and their decision log
     retention_events_days: int = 90  # processed inbound events
     retention_job_runs_days: int = 30
-    backup_dir: str = "var/backups"  # phone numbers written without a country code are read as this country's
+    backup_dir: str = "var/backups"
+    sentry_dsn: Secret | None = None  # errors to Sentry when set  # phone numbers written without a country code are read as this country's
     # outbox recovery (engine/reconciler.py)
     reconcile_after_s: float = 300.0  # queued/retrying this long without progress: offered again
     claim_timeout_s: float = 900.0  # sending this long (worker killed): offered again
@@ -187,6 +188,7 @@ _SCALARS: dict[str, tuple[str, type]] = {
     "RETENTION_EVENTS_DAYS": ("retention_events_days", int),
     "RETENTION_JOB_RUNS_DAYS": ("retention_job_runs_days", int),
     "BACKUP_DIR": ("backup_dir", str),
+    "SENTRY_DSN": ("sentry_dsn", Secret),
     "RECONCILE_AFTER_S": ("reconcile_after_s", float),
     "CLAIM_TIMEOUT_S": ("claim_timeout_s", float),
     "FAILOVER_AFTER_ERRORS": ("failover_after_errors", int),

@@ -15,7 +15,7 @@ import threading
 
 from daemon.config import Settings
 from daemon.exit_codes import RET_OK
-from daemon.logging_setup import setup_logging
+from daemon.logging_setup import setup_logging, setup_sentry
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 def worker_main(settings: Settings, index: int) -> int:
     """Entry point of worker process ``index``; returns its exit code."""
     setup_logging(settings.log_level, settings.log_format)
+    setup_sentry(settings.sentry_dsn)
     stopping = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
