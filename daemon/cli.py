@@ -301,6 +301,10 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  {channel:8} " + ", ".join(f"{s} {n}" for s, n in sorted(statuses.items())))
     print("enrolments: " + ", ".join(f"{s} {n}" for s, n in sorted(data["enrolments"].items())))
     print("inbound events: " + ", ".join(f"{s} {n}" for s, n in sorted(data["inbound_events"].items())))
+    print("jobs:")
+    for job, last in sorted(data["jobs"].items()):
+        print(f"  {job:18} last {last['last_started']} on {last['instance']}: {last['outcome']}, {last['items']} item(s)"
+              + (f" ({last['error']})" if last["error"] else ""))
     return RET_OK
 
 

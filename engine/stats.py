@@ -7,7 +7,7 @@ from typing import Any
 import peewee
 
 from db.database import rows
-from db.models import Enrolment, InboundEvent, Send
+from db.models import Enrolment, InboundEvent, JobRun, Send
 
 
 def overview() -> dict[str, Any]:
@@ -19,4 +19,10 @@ def overview() -> dict[str, Any]:
                            .group_by(Enrolment.status)))
     events = dict(rows(InboundEvent.select(InboundEvent.status, peewee.fn.COUNT(InboundEvent.id))
                        .group_by(InboundEvent.status)))
-    return {"sends": sends, "enrolments": enrolments, "inbound_events": events}
+    jobs = {}
+    for job in rows(JobRun.select(JobRun.job).distinct()):
+        last = JobRun.select().where(JobRun.job == job[0]).order_by(JobRun.started_at.desc()).first()
+        if last is not None:
+            jobs[job[0]] = {"last_started": last.started_at.isoformat(), "instance": last.instance,
+                            "outcome": last.outcome, "items": last.items, "error": last.error}
+    return {"sends": sends, "enrolments": enrolments, "inbound_events": events, "jobs": jobs}

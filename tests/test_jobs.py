@@ -97,3 +97,18 @@ def test_another_instance_takes_over_within_the_ttl_after_a_kill_9(migrated_db: 
     wait_until(lambda: survivor.run_if_due(Job("long", 60, lambda: 1, ttl_s=2)) == 1, 10, "the take-over")
     assert time.monotonic() - killed_at <= 2 + 1
     assert JobRun.select().where(JobRun.instance == "survivor", JobRun.outcome == "ok").count() == 1
+
+
+def test_job_history_shows_in_stats(sqlite_url: str) -> None:
+    from tests.support.daemon import base_env, cli
+
+    env = base_env(DATABASE_URL=sqlite_url)
+    assert cli("migrate", env=env).returncode == 0
+    init_database(sqlite_url)
+    try:
+        JobRunner("host-a:42").run_if_due(Job("reconciler", 15, lambda: 7))
+    finally:
+        close_database()
+    result = cli("stats", env=env)
+    assert result.returncode == 0
+    assert "reconciler" in result.stdout and "host-a:42: ok, 7 item(s)" in result.stdout
