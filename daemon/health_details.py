@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import peewee
 import pika
@@ -28,7 +29,7 @@ import pika.exceptions
 from actors.channel import QUEUE_PREFIX
 from daemon.config import CHANNELS, Settings
 from daemon.health import probe_broker, probe_database
-from daemon.metrics import HEALTH_STATUS, OPS_ALERTS
+from daemon.metrics import HEALTH_STATUS, OPS_ALERTS, QUEUE_DEPTH
 from db.database import db_session, rows
 from db.models import Decision, JobRun, Lease, OpsAlert, utcnow
 
@@ -92,6 +93,8 @@ def queue_findings(settings: Settings) -> tuple[Finding, Finding]:
     except (pika.exceptions.AMQPError, OSError) as exc:
         unknown = Finding("critical", f"broker unreachable ({type(exc).__name__})")
         return unknown, unknown
+    for queue, depth in depths.items():
+        QUEUE_DEPTH.labels(queue).set(depth)
     ready = {k: v for k, v in depths.items() if not k.endswith(".XQ")}
     dead = {k: v for k, v in depths.items() if k.endswith(".XQ")}
     deepest = max(ready.values(), default=0)
@@ -127,7 +130,7 @@ def lease_finding(now: dt.datetime) -> Finding:
     return Finding("warning" if stale else "healthy", f"stale: {', '.join(stale)}" if stale else "all picked up")
 
 
-def details(settings: Settings, now: dt.datetime | None = None) -> dict[str, object]:
+def details(settings: Settings, now: dt.datetime | None = None) -> dict[str, Any]:
     now = now or utcnow()
     findings: dict[str, Finding] = {"database": database_finding(), "broker": broker_finding(settings)}
     findings["queues"], findings["dead_letters"] = queue_findings(settings)

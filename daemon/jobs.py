@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from daemon.metrics import JOB_RUNS
+from daemon.metrics import JOB_RUNS, LEASE_HOLDER
 from db.database import db_session
 from db.leases import hold_until, renew, try_acquire
 from db.models import JobRun, utcnow
@@ -60,6 +60,7 @@ class JobRunner:
                  .where(JobRun.id == run.id).execute())
                 hold_until(job.name, self.instance_id, started + dt.timedelta(seconds=job.interval_s))
             JOB_RUNS.labels(job.name, outcome).inc()
+            LEASE_HOLDER.labels(job.name, self.instance_id).set(1)
         return items
 
     def _renew(self, job: Job, done: threading.Event) -> None:

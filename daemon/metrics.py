@@ -33,6 +33,12 @@ WEBHOOK_LATENCY = Histogram("retentiond_webhook_latency_seconds",
                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 HEALTH_STATUS = Gauge("retentiond_health_status", "Health per component: 0 healthy, 1 warning, 2 critical.",
                       ["component"], multiprocess_mode="livemax")
+QUEUE_DEPTH = Gauge("retentiond_queue_depth", "Ready messages per RabbitMQ queue (channel queues and dead letters).",
+                    ["queue"], multiprocess_mode="livemax")
+LEASE_HOLDER = Gauge("retentiond_lease_holder", "1 while this instance holds a job's lease (last run).",
+                     ["job", "instance"], multiprocess_mode="livemax")
+DB_POOL_IN_USE = Gauge("retentiond_db_pool_in_use", "PostgreSQL connections checked out of the pool.",
+                       multiprocess_mode="livesum")
 OPS_ALERTS = Counter("retentiond_ops_alerts", "Critical health findings recorded as ops alerts.", ["component"])
 JOB_RUNS = Counter("retentiond_job_runs", "Periodic job runs by job and outcome.", ["job", "outcome"])
 EVENTS_PROCESSED = Counter("retentiond_events_processed", "Inbound events processed, by outcome.", ["outcome"])
@@ -55,6 +61,9 @@ def initialise_labels() -> None:
 
 def render() -> tuple[bytes, str]:
     """The whole daemon's metrics in the Prometheus text format, and its content type."""
+    from db.database import pool_in_use
+
+    DB_POOL_IN_USE.set(pool_in_use())
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

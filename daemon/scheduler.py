@@ -5,7 +5,8 @@ daemons each run happens once:
   sends to the broker, wake the event processor if events wait (committed while the broker was away);
 * ``reconciler`` (every 15 s): sends that stopped moving go back to the outbox;
 * ``event-id-expiry`` (every 10 min): senders' event ids older than their retention are released;
-* ``retention-cleanup`` (daily): rows past their retention deleted in bounded batches.
+* ``retention-cleanup`` (daily): rows past their retention deleted in bounded batches;
+* ``health-check`` (every 30 s): the health levels, critical findings recorded as ops alerts.
 
 Runs in the daemon's main process, in a thread (the database calls block).
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import dramatiq
 
+from daemon import health_details
 from daemon.config import Settings
 from daemon.jobs import Job, JobRunner
 from daemon.outbox import relay_planned_sends
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 RECONCILE_EVERY_S = 15.0
 EXPIRE_IDS_EVERY_S = 600.0
 CLEANUP_EVERY_S = 24 * 3600.0
+HEALTH_EVERY_S = 30.0
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Scheduler:
             Job("reconciler", min(RECONCILE_EVERY_S, settings.reconcile_after_s), self.reconcile, ttl_s=120),
             Job("event-id-expiry", EXPIRE_IDS_EVERY_S, self.expire_event_ids, ttl_s=600),
             Job("retention-cleanup", CLEANUP_EVERY_S, self.cleanup, ttl_s=1800),
+            Job("health-check", HEALTH_EVERY_S, self.health_check, ttl_s=60),
         ]
 
     def tick(self) -> None:
@@ -83,6 +87,11 @@ class Scheduler:
             self.totals.reoffered += fixed.requeued + fixed.reclaimed
             self.totals.relayed += relay_planned_sends(self.settings, self.actors)
         return fixed.requeued + fixed.reclaimed
+
+    def health_check(self) -> int:
+        """Record critical findings as ops alerts even when nobody polls /health/details."""
+        report = health_details.details(self.settings)
+        return sum(1 for c in report["components"].values() if c["status"] != "healthy")
 
     def cleanup(self) -> int:
         return sum(count for _, count in cleanup(self.settings, utcnow()))

@@ -113,3 +113,9 @@ class _NoClose:
 def rows(query: Any) -> list[tuple[Any, ...]]:
     """A query's rows as plain tuples (Peewee's ``.tuples()``, typed for mypy)."""
     return list(query.tuples())
+
+
+def pool_in_use() -> int:
+    """Connections this process has checked out of its PostgreSQL pool (0 on SQLite)."""
+    engine = database.obj
+    return len(getattr(engine, "_in_use", {})) if isinstance(engine, PooledPostgresqlDatabase) else 0

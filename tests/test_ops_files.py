@@ -24,6 +24,8 @@ def exported_series() -> set[str]:
     from daemon import metrics
 
     metrics.HEALTH_STATUS.labels("database").set(0)
+    metrics.QUEUE_DEPTH.labels("retentiond.sms").set(0)
+    metrics.LEASE_HOLDER.labels("scheduling-tick", "host:1").set(1)
     names: set[str] = set()
     for family in text_string_to_metric_families(render()[0].decode()):
         names.add(family.name)
