@@ -9,6 +9,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from daemon.jobs import Job, JobRunner
 from db.database import close_database, init_database
 from db.leases import hold_until, holder_of, renew, try_acquire
@@ -112,3 +114,39 @@ def test_job_history_shows_in_stats(sqlite_url: str) -> None:
     result = cli("stats", env=env)
     assert result.returncode == 0
     assert "reconciler" in result.stdout and "host-a:42: ok, 7 item(s)" in result.stdout
+
+
+@pytest.mark.slow
+def test_two_daemons_on_one_postgres_tick_once_and_survive_a_kill_9(pg_url: str, amqp_url: str, tmp_path,  # type: ignore[no-untyped-def]
+                                                                    daemons: list) -> None:
+    from db.migrate import migrate
+    from tests.support.daemon import DaemonProcess, base_env
+
+    init_database(pg_url)
+    migrate()
+    try:
+        env = base_env(DATABASE_URL=pg_url, BROKER_URL=amqp_url, SCHEDULER_INTERVAL_S="0.5")
+        a = DaemonProcess(env, tmp_path, "--processes", "2", name="a").start()
+        b = DaemonProcess(env, tmp_path, "--processes", "2", name="b").start()
+        daemons.extend([a, b])
+        wait_until(lambda: JobRun.select().where(JobRun.job == "scheduling-tick").count() >= 20, 60, "20 ticks")
+        # When the daemon that ran the last tick is killed outright
+        last = JobRun.select().where(JobRun.job == "scheduling-tick").order_by(JobRun.started_at.desc()).first()
+        victim, survivor = (a, b) if str(a.process.pid) in last.instance else (b, a)
+        victim.kill()
+        killed_at = utcnow()
+        # Then the other one goes on ticking within the lease's TTL (here: at its next tick)
+        wait_until(lambda: JobRun.select().where(JobRun.job == "scheduling-tick",
+                                                 JobRun.started_at > killed_at).count() >= 4, 30, "ticks after the kill")
+        runs = list(JobRun.select().where(JobRun.job == "scheduling-tick").order_by(JobRun.started_at))
+        gaps = [(y.started_at - x.started_at).total_seconds() for x, y in zip(runs, runs[1:], strict=False)]
+        instances = {r.instance for r in runs}
+        print(f"\n{len(runs)} ticks by {len(instances)} daemon(s); gaps {min(gaps):.3f}-{max(gaps):.3f}s")
+        assert min(gaps) >= 0.5 - 0.01  # never two runs of one tick
+        assert all(x.finished_at <= y.started_at for x, y in zip(runs, runs[1:], strict=False))
+        after = [r for r in runs if r.started_at > killed_at]
+        assert {r.instance for r in after} == {r for r in instances if str(survivor.process.pid) in r}
+        assert (after[0].started_at - killed_at).total_seconds() < 5
+        assert survivor.stop() == 0
+    finally:
+        close_database()
