@@ -64,7 +64,7 @@ def broker_finding(settings: Settings) -> Finding:
 
 
 def queue_depths(settings: Settings) -> dict[str, int]:
-    """Ready messages per channel queue and dead-letter queue (RabbitMQ only)."""
+    """Ready messages per channel queue, its retry queue (.DQ) and dead-letter queue (.XQ)."""
     params = pika.URLParameters(settings.broker_url)
     params.socket_timeout = params.blocked_connection_timeout = 2
     params.connection_attempts = 1
@@ -72,7 +72,7 @@ def queue_depths(settings: Settings) -> dict[str, int]:
     depths = {}
     try:
         for channel_name in CHANNELS:
-            for suffix in ("", ".XQ"):
+            for suffix in ("", ".DQ", ".XQ"):
                 name = f"{QUEUE_PREFIX}{channel_name}{suffix}"
                 channel = connection.channel()
                 try:

@@ -98,22 +98,10 @@ def amqp_url_for(vhost: str, host_port: str = f"{RABBITMQ[0]}:{RABBITMQ[1]}") ->
 
 
 def rabbitmq_queue_depths(vhost: str) -> dict[str, int]:
-    """Ready messages per retentiond queue (including .DQ and .XQ), through AMQP passive declares."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url_for(vhost)))
-    depths = {}
-    try:
-        for channel_name in CHANNELS:
-            for suffix in ("", ".DQ", ".XQ"):
-                name = f"{QUEUE_PREFIX}{channel_name}{suffix}"
-                channel = connection.channel()
-                try:
-                    depths[name] = channel.queue_declare(name, passive=True).method.message_count
-                    channel.close()
-                except pika.exceptions.ChannelClosedByBroker:
-                    depths[name] = 0
-    finally:
-        connection.close()
-    return depths
+    """Ready messages per retentiond queue (including .DQ and .XQ), as /health/details reads them."""
+    from daemon.health_details import queue_depths
+
+    return queue_depths(make_settings(BROKER_URL=amqp_url_for(vhost)))
 
 
 @pytest.fixture

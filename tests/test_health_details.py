@@ -12,6 +12,7 @@ from db.database import close_database, init_database
 from db.models import Decision, JobRun, Lease, OpsAlert, utcnow
 from tests.conftest import amqp_url_for, make_settings
 from tests.support.daemon import free_port
+from tests.test_daemon import wait_until
 
 
 def decisions(sent: int, failed: int, retried: int) -> None:
@@ -78,12 +79,12 @@ def test_queue_depth_and_dead_letters(migrated_db: str, amqp_url: str, rabbitmq_
     assert [f.status for f in hd.queue_findings(settings)] == ["healthy", "healthy"]
     publish("retentiond.sms.XQ", 1)
     publish("retentiond.sms", 10_001)
-    connection.process_data_events(time_limit=0)
-    queues, dead = hd.queue_findings(settings)
-    assert (queues.status, dead.status) == ("warning", "warning")
+    # the broker counts published messages a moment later: poll with a deadline
+    wait_until(lambda: [f.status for f in hd.queue_findings(settings)] == ["warning", "warning"], 15,
+               "queue depth and dead letters to turn warning")
     publish("retentiond.sms.XQ", 100)
     connection.close()
-    assert hd.queue_findings(settings)[1].status == "critical"
+    wait_until(lambda: hd.queue_findings(settings)[1].status == "critical", 15, "dead letters to turn critical")
 
 
 def test_a_critical_finding_is_an_ops_alert_once_until_it_recovers(migrated_db: str) -> None:
