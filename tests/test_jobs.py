@@ -72,8 +72,8 @@ def test_four_processes_racing_run_each_tick_exactly_once(migrated_db: str) -> N
     starts = [r.started_at for r in runs]
     gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
     print(f"\n{len(runs)} runs by {len({r.instance for r in runs})} processes; gaps {min(gaps):.3f}-{max(gaps):.3f}s")
-    # every tick ran: about one run per interval over the race...
-    assert 17 <= len(runs) <= 21
+    # every tick ran, promptly (the racers poll every 10 ms)...
+    assert len(runs) >= 15 and max(gaps) <= INTERVAL_S + 0.25
     # ...and exactly once: never two runs in one interval, never two at a time
     assert min(gaps) >= INTERVAL_S - 0.005
     assert all(a.finished_at <= b.started_at for a, b in zip(runs, runs[1:], strict=False))
