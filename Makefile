@@ -32,7 +32,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow'
 
 lint: $(STAMP)
-	$(BIN)/ruff check daemon actors db engine tests
+	$(BIN)/ruff check daemon actors db engine tests ops
 	$(BIN)/mypy
 
 clean:

@@ -14,75 +14,35 @@ simulator's received/duplicates checks. Prints a markdown table and writes a JSO
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from ops.bench.common import (  # noqa: E402
+    REPO,
+    RssSampler,
+    Section,
+    Target,
+    Ticker,
+    children_cpu_s,
+    create_database,
+    drop_database,
+    drop_vhost,
+    log,
+    machine,
+    percentile,
+    rabbitmq_vhost,
+)
 from tests.support.daemon import DaemonProcess, base_env, cli  # noqa: E402
 from tests.support.simulator import SimulatorProcess  # noqa: E402
 
-AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 NOOP_MODULE = REPO / "ops" / "bench" / "noop_actor.py"
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def rabbitmq_vhost() -> tuple[str, str]:
-    vhost = f"bench-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True,
-                   capture_output=True)
-    return vhost, f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-
-
-def drop_vhost(vhost: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True)
-
-
-def tree_rss_kib(pid: int) -> int:
-    """Resident memory of a process and all its descendants."""
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            with open(f"/proc/{current}/status") as fh:
-                total += next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as fh:
-                    todo.extend(int(p) for p in fh.read().split())
-        except (OSError, StopIteration):
-            continue
-    return total
-
-
-class RssSampler(threading.Thread):
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.peak_kib, self.running = pid, 0, True
-
-    def run(self) -> None:
-        while self.running:
-            self.peak_kib = max(self.peak_kib, tree_rss_kib(self.pid))
-            time.sleep(0.5)
-
-
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 # -- the anchor ------------------------------------------------------------------------------------
@@ -116,22 +76,6 @@ def bare_dramatiq(n: int, processes: int, threads: int) -> dict[str, float]:
 
 
 # -- ours ------------------------------------------------------------------------------------------
-
-
-def create_database(kind: str, workdir: Path) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{workdir / 'bench.db'}"
-    name = f"retentiond_bench_{uuid.uuid4().hex[:8]}"
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c", f'CREATE DATABASE "{name}"'],
-                   check=True, capture_output=True)
-    return f"postgresql://postgres@127.0.0.1:5432/{name}"
-
-
-def drop_database(url: str) -> None:
-    if url.startswith("postgresql"):
-        name = url.rsplit("/", 1)[1]
-        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c",
-                        f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'], check=False, capture_output=True)
 
 
 def seed(db_url: str, n: int) -> int:
@@ -182,7 +126,7 @@ def delivery_latencies(db_url: str) -> tuple[float, float]:
                            for s in Send.select(Send.created_at, Send.finished_at).where(Send.status == "sent"))
     finally:
         close_database()
-    return latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
+    return percentile(latencies, 0.50), percentile(latencies, 0.99)
 
 
 def retentiond(n: int, kind: str, processes: int, threads: int, latency_ms: float, workdir: Path) -> dict:
@@ -196,7 +140,7 @@ def retentiond(n: int, kind: str, processes: int, threads: int, latency_ms: floa
                        **simulator.provider_env())
         assert cli("migrate", env=env).returncode == 0
         campaign_id = seed(db_url, n)
-        log(f"{kind}: {n} contacts seeded; starting the daemon ({processes} x {threads})")
+        log(f"dispatch/{kind}: {n} contacts seeded; starting the daemon ({processes} x {threads})")
         cpu_before = children_cpu_s()
         daemon = DaemonProcess(env, workdir, "--processes", str(processes), "--threads", str(threads),
                                name=f"bench-{kind}").start()
@@ -205,25 +149,23 @@ def retentiond(n: int, kind: str, processes: int, threads: int, latency_ms: floa
         sampler.start()
         started = time.monotonic()
         enrol_all(db_url, campaign_id)
-        last_report = 0.0
+        progress = Ticker()
         while True:
             received = simulator.stats()["received"]
             if received >= n:
                 break
-            if time.monotonic() - last_report > 5:
-                last_report = time.monotonic()
-                log(f"{kind}: {received}/{n} delivered after {last_report - started:.0f}s")
+            progress(f"dispatch/{kind}: {received}/{n} delivered after {time.monotonic() - started:.0f}s")
             if time.monotonic() - started > 600:
                 raise RuntimeError(f"only {received} of {n} delivered in 10 minutes")
             time.sleep(0.1)
         elapsed = time.monotonic() - started
-        sampler.running = False
+        peak_rss_mib = sampler.stop()
         stats = simulator.stats()
         assert daemon.stop() == 0
         cpu = children_cpu_s() - cpu_before
         p50, p99 = delivery_latencies(db_url)
         return {"sends": n, "database": kind, "sends_per_s": n / elapsed, "elapsed_s": elapsed,
-                "p50_s": p50, "p99_s": p99, "cpu_s_per_1000": cpu / n * 1000, "peak_rss_mib": sampler.peak_kib / 1024,
+                "p50_s": p50, "p99_s": p99, "cpu_s_per_1000": cpu / n * 1000, "peak_rss_mib": peak_rss_mib,
                 "simulator_received": stats["received"], "duplicates": stats["duplicates"]}
     finally:
         if daemon is not None:
@@ -233,13 +175,40 @@ def retentiond(n: int, kind: str, processes: int, threads: int, latency_ms: floa
         drop_vhost(vhost)
 
 
-def machine() -> dict[str, object]:
-    import dramatiq
-    import peewee
+TARGET_SENDS_PER_S = 1000
 
-    return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "dramatiq": dramatiq.__version__, "peewee": peewee.__version__,
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+
+def run(sends: int = 50_000, databases: tuple[str, ...] = ("postgres", "sqlite"), processes: int = 2,
+        threads: int = 8, latency_ms: float = 200) -> Section:
+    log(f"dispatch: anchor, bare Dramatiq draining {sends} no-op messages")
+    anchor = bare_dramatiq(sends, processes, threads)
+    log(f"dispatch: anchor {anchor['drain_per_s']:.0f} messages/s")
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="retentiond-bench-") as tmp:
+        for kind in databases:
+            runs.append(retentiond(sends, kind, processes, threads, latency_ms, Path(tmp)))
+            log(f"dispatch/{kind}: {runs[-1]['sends_per_s']:.0f} sends/s")
+
+    table = ["| run | sends/s | vs bare Dramatiq drain | p50 planned->delivered | p99 | CPU s / 1k sends | "
+             "peak RSS | received | duplicates |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| bare Dramatiq no-op (anchor) | {anchor['drain_per_s']:.0f} msg/s | 1.00 | - | - | "
+             f"{anchor['cpu_s_per_1000']:.2f} | - | - | - |"]
+    for r in runs:
+        table.append(f"| retentiond, RabbitMQ + {r['database']} | {r['sends_per_s']:.0f} | "
+                     f"{r['sends_per_s'] / anchor['drain_per_s']:.2f} | {r['p50_s']:.2f} s | {r['p99_s']:.2f} s | "
+                     f"{r['cpu_s_per_1000']:.2f} | {r['peak_rss_mib']:.0f} MiB | {r['simulator_received']} | "
+                     f"{r['duplicates']} |")
+    section = Section(
+        name="dispatch",
+        title=f"Dispatch: {sends} sends, provider latency {latency_ms:g} ms, {processes} processes x {threads} threads",
+        table=table, figures={"anchor_bare_dramatiq": anchor, "runs": runs, "provider_latency_ms": latency_ms})
+    for r in runs:
+        section.checks[f"{r['database']}: simulator received == {sends}"] = r["simulator_received"] == sends
+        section.checks[f"{r['database']}: duplicates == 0"] = r["duplicates"] == 0
+        section.targets.append(Target(f"dispatch >= {TARGET_SENDS_PER_S:,} sends/s end to end ({r['database']})",
+                                      f"{r['sends_per_s']:,.0f} sends/s", r["sends_per_s"] >= TARGET_SENDS_PER_S))
+    return section
 
 
 def main() -> int:
@@ -251,36 +220,12 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=200)
     parser.add_argument("--out", default="var/bench-dispatch.json")
     args = parser.parse_args()
-
-    log(f"anchor: bare Dramatiq draining {args.sends} no-op messages")
-    anchor = bare_dramatiq(args.sends, args.processes, args.threads)
-    log(f"anchor: {anchor['drain_per_s']:.0f} messages/s")
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="retentiond-bench-") as tmp:
-        for kind in (["postgres", "sqlite"] if args.db == "both" else [args.db]):
-            runs.append(retentiond(args.sends, kind, args.processes, args.threads, args.latency_ms, Path(tmp)))
-            log(f"{kind}: {runs[-1]['sends_per_s']:.0f} sends/s")
-
-    result = {"machine": machine(), "anchor_bare_dramatiq": anchor, "runs": runs,
-              "provider_latency_ms": args.latency_ms}
+    section = run(args.sends, ("postgres", "sqlite") if args.db == "both" else (args.db,), args.processes,
+                  args.threads, args.latency_ms)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"\n### Dispatch: {args.sends} sends, provider latency {args.latency_ms:g} ms, "
-          f"{args.processes} processes x {args.threads} threads ({result['machine']['cores']} cores, "
-          f"{result['machine']['date']})\n")
-    print("| run | sends/s | vs bare Dramatiq drain | p50 planned->delivered | p99 | CPU s / 1k sends | "
-          "peak RSS | received | duplicates |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| bare Dramatiq no-op (anchor) | {anchor['drain_per_s']:.0f} msg/s | 1.00 | - | - | "
-          f"{anchor['cpu_s_per_1000']:.2f} | - | - | - |")
-    for r in runs:
-        print(f"| retentiond, RabbitMQ + {r['database']} | {r['sends_per_s']:.0f} | "
-              f"{r['sends_per_s'] / anchor['drain_per_s']:.2f} | {r['p50_s']:.2f} s | {r['p99_s']:.2f} s | "
-              f"{r['cpu_s_per_1000']:.2f} | {r['peak_rss_mib']:.0f} MiB | {r['simulator_received']} | "
-              f"{r['duplicates']} |")
-    print(f"\nTarget: >= 1,000 sends/s end to end. JSON: {args.out}")
-    ok = all(r["simulator_received"] == args.sends and r["duplicates"] == 0 for r in runs)
-    return 0 if ok else 1
+    Path(args.out).write_text(json.dumps({"machine": machine(), **section.as_dict()}, indent=2))
+    print(f"\n{section.markdown()}\n\nJSON: {args.out}")
+    return 0 if section.ok else 1
 
 
 if __name__ == "__main__":

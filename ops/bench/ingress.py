@@ -24,10 +24,19 @@ import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ops.bench.dispatch import create_database, drop_database, drop_vhost, log, machine, rabbitmq_vhost  # noqa: E402
+from ops.bench.common import (  # noqa: E402
+    REPO,
+    Section,
+    Target,
+    create_database,
+    drop_database,
+    drop_vhost,
+    log,
+    machine,
+    rabbitmq_vhost,
+)
 from tests.support.daemon import DaemonProcess, base_env, cli, free_port  # noqa: E402
 
 SECRET = "whsec_" + base64.b64encode(b"retentiond-ingress-benchmark-key").decode()
@@ -73,44 +82,39 @@ def wait_port(port: int, timeout_s: float = 30) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
-    parser.add_argument("--seconds", type=int, default=20)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--per-thread", type=int, default=250_000, help="pre-signed requests per wrk thread")
-    parser.add_argument("--out", default="var/bench-ingress.json")
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
-        return 2
+TARGET_PER_S = 10_000
+TARGET_P99_MS = 25.0
 
+
+def run(db: str = "postgres", seconds: int = 20, connections: int = 64, threads: int = 2,
+        per_thread: int = 250_000) -> Section:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed: apt-get install wrk")
     with tempfile.TemporaryDirectory(prefix="retentiond-ingress-") as tmp:
         workdir, prefix = Path(tmp), Path(tmp) / "requests"
-        log(f"signing {args.threads} x {args.per_thread} requests")
-        sign_requests(prefix, args.threads, args.per_thread)
+        log(f"ingress: signing {threads} x {per_thread} requests")
+        sign_requests(prefix, threads, per_thread)
 
-        log("anchor: bare aiohttp JSON endpoint")
+        log(f"ingress: anchor, bare aiohttp JSON endpoint, {connections} connections for {seconds}s")
         port = free_port()
         bare = subprocess.Popen([sys.executable, str(REPO / "ops" / "bench" / "bare_aiohttp.py"), str(port)])
         try:
             wait_port(port)
-            anchor = run_wrk(port, prefix, args.threads, args.connections, args.seconds)
+            anchor = run_wrk(port, prefix, threads, connections, seconds)
         finally:
             bare.terminate()
             bare.wait(10)
-        log(f"anchor: {anchor['per_s']:.0f} req/s, p99 {anchor['p99_us'] / 1000:.1f} ms")
+        log(f"ingress: anchor {anchor['per_s']:.0f} req/s, p99 {anchor['p99_us'] / 1000:.1f} ms")
 
-        db_url = create_database(args.db, workdir)
+        db_url = create_database(db, workdir)
         vhost, amqp_url = rabbitmq_vhost()
         daemon = None
         try:
             env = base_env(DATABASE_URL=db_url, SOURCE_BENCH_SECRET=SECRET, BROKER_URL=amqp_url, DB_POOL_SIZE="5")
             assert cli("migrate", env=env).returncode == 0
             daemon = DaemonProcess(env, workdir, "--processes", "1", "--threads", "2", name="ingress").start()
-            log(f"retentiond ({args.db}): {args.connections} connections for {args.seconds}s")
-            ours = run_wrk(daemon.port, prefix, args.threads, args.connections, args.seconds)
+            log(f"ingress: retentiond ({db}), {connections} connections for {seconds}s")
+            ours = run_wrk(daemon.port, prefix, threads, connections, seconds)
             from db.database import close_database, init_database
             from db.models import InboundEvent
 
@@ -126,27 +130,45 @@ def main() -> int:
             drop_database(db_url)
             drop_vhost(vhost)
     ours["stored"] = stored
-    log(f"retentiond: {ours['per_s']:.0f} accepted/s, p99 {ours['p99_us'] / 1000:.1f} ms, stored {stored}")
+    log(f"ingress: retentiond {ours['per_s']:.0f} accepted/s, p99 {ours['p99_us'] / 1000:.1f} ms, stored {stored}")
 
-    result = {"machine": machine(), "connections": args.connections, "seconds": args.seconds,
-              "anchor_bare_aiohttp": anchor, "retentiond": ours, "database": args.db}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"\n### Ingress: signed webhooks, {args.connections} connections, {args.seconds} s "
-          f"({result['machine']['cores']} cores, {result['machine']['date']})\n")
-    print("| run | accepted/s | vs bare aiohttp | p50 | p99 | 202s | stored | other answers | socket errors |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| bare aiohttp JSON endpoint (anchor, not durable) | {anchor['per_s']:.0f} | 1.00 | "
-          f"{anchor['p50_us'] / 1000:.2f} ms | {anchor['p99_us'] / 1000:.2f} ms | {anchor['accepted']} | - | "
-          f"{anchor['other']} | {anchor['errors']} |")
-    print(f"| retentiond + {args.db}, durable | {ours['per_s']:.0f} | {ours['per_s'] / anchor['per_s']:.2f} | "
-          f"{ours['p50_us'] / 1000:.2f} ms | {ours['p99_us'] / 1000:.2f} ms | {ours['accepted']} | {stored} | "
-          f"{ours['other'] + ours['duplicates']} | {ours['errors']} |")
-    print(f"\nTarget: >= 10,000 durable events/s with p99 <= 25 ms. Stored counts the requests in flight when "
-          f"wrk stopped counting (at most {args.connections} more than the 202s). JSON: {args.out}")
+    table = ["| run | accepted/s | vs bare aiohttp | p50 | p99 | 202s | stored | other answers | socket errors |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| bare aiohttp JSON endpoint (anchor, not durable) | {anchor['per_s']:.0f} | 1.00 | "
+             f"{anchor['p50_us'] / 1000:.2f} ms | {anchor['p99_us'] / 1000:.2f} ms | {anchor['accepted']} | - | "
+             f"{anchor['other']} | {anchor['errors']} |",
+             f"| retentiond + {db}, durable | {ours['per_s']:.0f} | {ours['per_s'] / anchor['per_s']:.2f} | "
+             f"{ours['p50_us'] / 1000:.2f} ms | {ours['p99_us'] / 1000:.2f} ms | {ours['accepted']} | {stored} | "
+             f"{ours['other'] + ours['duplicates']} | {ours['errors']} |"]
+    section = Section(name="ingress", title=f"Ingress: signed webhooks, {connections} connections, {seconds} s",
+                      table=table, figures={"anchor_bare_aiohttp": anchor, "retentiond": ours, "database": db,
+                                            "connections": connections, "seconds": seconds})
     # wrk stops counting at the deadline: requests still in flight then were stored and answered
     # after it, so stored may exceed the counted 202s by at most the number of connections.
-    return 0 if 0 <= stored - ours["accepted"] <= args.connections else 1
+    section.checks[f"stored == 202s (+ at most {connections} in flight at the deadline)"] = \
+        0 <= stored - ours["accepted"] <= connections
+    section.checks["no answers other than 202"] = ours["other"] + ours["duplicates"] == 0
+    p99_ms = ours["p99_us"] / 1000
+    section.targets.append(Target(f"ingress >= {TARGET_PER_S:,} durable events/s with p99 <= {TARGET_P99_MS:g} ms",
+                                  f"{ours['per_s']:,.0f}/s, p99 {p99_ms:.1f} ms",
+                                  ours["per_s"] >= TARGET_PER_S and p99_ms <= TARGET_P99_MS))
+    return section
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--per-thread", type=int, default=250_000, help="pre-signed requests per wrk thread")
+    parser.add_argument("--out", default="var/bench-ingress.json")
+    args = parser.parse_args()
+    section = run(args.db, args.seconds, args.connections, args.threads, args.per_thread)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"machine": machine(), **section.as_dict()}, indent=2))
+    print(f"\n{section.markdown()}\n\nJSON: {args.out}")
+    return 0 if section.ok else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,194 @@
+"""What every benchmark shares: progress lines, throwaway RabbitMQ vhosts and databases, memory and
+CPU readings of a process tree, the machine's facts, and the shape of a result (a ``Section``).
+
+Each benchmark module has ``run(...) -> Section`` (used by ``ops/bench/suite.py``, ``make bench``) and
+a ``main()`` to run it alone. A Section carries its figures (for the JSON file), its markdown table
+(anchor row first) and its targets, each with the measured figure and whether it was met.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import resource
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+AMQP_BASE = "amqp://guest:guest@127.0.0.1:5672/"
+PG_ADMIN = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-v", "ON_ERROR_STOP=1"]
+
+
+def log(message: str) -> None:
+    """A progress line on stderr: a benchmark of minutes shows it is alive."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Ticker:
+    """Calls ``log`` at most every ``every_s`` seconds from inside a polling loop."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.every_s, self.last = every_s, time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        if time.monotonic() - self.last >= self.every_s:
+            self.last = time.monotonic()
+            log(message)
+
+
+@dataclass
+class Target:
+    name: str  # e.g. "dispatch >= 1,000 sends/s (postgres)"
+    measured: str  # the figure, formatted
+    met: bool
+
+
+@dataclass
+class Section:
+    name: str
+    title: str
+    table: list[str]  # markdown lines: header, rule, anchor row, our rows
+    figures: dict[str, Any]
+    targets: list[Target] = field(default_factory=list)
+    checks: dict[str, bool] = field(default_factory=dict)  # correctness checks (received == N, ...)
+    notes: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(self.checks.values())
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", "", *self.table, ""]
+        lines += [f"- check: {name}: {'ok' if passed else 'FAILED'}" for name, passed in self.checks.items()]
+        lines += [f"- target: {t.name}: {t.measured} — {'met' if t.met else 'MISSED'}" for t in self.targets]
+        lines += [f"- {note}" for note in self.notes]
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def rabbitmq_vhost() -> tuple[str, str]:
+    vhost = f"bench-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True,
+                   capture_output=True)
+    return vhost, f"{AMQP_BASE}{vhost}"
+
+
+def drop_vhost(vhost: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True)
+
+
+def create_database(kind: str, workdir: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:8]}.db'}"
+    name = f"retentiond_bench_{uuid.uuid4().hex[:8]}"
+    subprocess.run([*PG_ADMIN, "-c", f'CREATE DATABASE "{name}"'], check=True, capture_output=True)
+    return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+def drop_database(url: str) -> None:
+    if url.startswith("postgresql"):
+        name = url.rsplit("/", 1)[1]
+        subprocess.run([*PG_ADMIN, "-c", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'], check=False,
+                       capture_output=True)
+    else:
+        Path(url.removeprefix("sqlite:///")).unlink(missing_ok=True)
+
+
+def tree_pids(pid: int) -> list[int]:
+    """A process and all its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as fh:
+                    todo.extend(int(p) for p in fh.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident memory of a process and all its descendants."""
+    total = 0
+    for current in tree_pids(pid):
+        try:
+            with open(f"/proc/{current}/status") as fh:
+                total += next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+class RssSampler(threading.Thread):
+    """Peak resident memory of a process tree, sampled twice a second."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak_kib, self.running = pid, 0, True
+
+    def run(self) -> None:
+        while self.running:
+            self.peak_kib = max(self.peak_kib, tree_rss_kib(self.pid))
+            time.sleep(0.5)
+
+    def stop(self) -> float:
+        """Stops sampling; returns the peak in MiB."""
+        self.running = False
+        self.peak_kib = max(self.peak_kib, tree_rss_kib(self.pid))
+        return self.peak_kib / 1024
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of the children this process has waited for (daemons are waited for on stop)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine() -> dict[str, Any]:
+    import aiohttp
+    import dramatiq
+    import peewee
+
+    facts: dict[str, Any] = {
+        "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+        "dramatiq": dramatiq.__version__, "peewee": peewee.__version__, "aiohttp": aiohttp.__version__,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    for name, command in (("postgresql", ["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc", "SHOW server_version"]),
+                          ("rabbitmq", ["rabbitmqctl", "-q", "version"])):
+        try:
+            facts[name] = subprocess.run(command, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            facts[name] = None
+    try:
+        with open("/proc/meminfo") as fh:
+            facts["memory_gib"] = round(int(fh.readline().split()[1]) / 1024 ** 2, 1)
+        with open("/proc/cpuinfo") as fh:
+            facts["cpu"] = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), None)
+    except OSError:
+        pass
+    return facts
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), int(round(fraction * len(sorted_values)))))
+    return sorted_values[rank - 1]
