@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint clean bench-dispatch bench-ingress
+.PHONY: install tools run test test-fast lint clean bench bench-dispatch bench-ingress
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,12 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) tools
+
+## Programs the tests and benchmarks drive from outside: wrk (load generator), promtool (alert rules).
+tools:
+	@command -v wrk >/dev/null && command -v promtool >/dev/null || \
+	  (apt-get install -y wrk prometheus || (apt-get update && apt-get install -y wrk prometheus))
 
 ## Start the daemon on its embedded defaults (SQLite under ./var, in-process broker, console provider).
 run: $(STAMP)
@@ -24,7 +29,7 @@ run: $(STAMP)
 	$(BIN)/retentiond run
 
 ## The whole suite, against the real RabbitMQ and PostgreSQL (started if installed but stopped).
-test: $(STAMP)
+test: $(STAMP) tools
 	$(BIN)/python -m pytest
 
 ## Everything but the slow tests.
@@ -38,11 +43,15 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) var build *.egg-info
 
+## Every benchmark next to its anchor (dispatch, ingress, rate limit, scale, burst): about 8 minutes.
+## Prints a markdown report; JSON results under var/bench/. QUICK=1 for small sizes.
+bench: $(STAMP) tools
+	$(BIN)/python ops/bench/suite.py $${QUICK:+--quick} $${ONLY:+--only $$ONLY}
+
 ## Dispatch benchmark: 50,000 sends through RabbitMQ at the simulator, next to bare Dramatiq.
 bench-dispatch: $(STAMP)
 	$(BIN)/python ops/bench/dispatch.py --sends $${SENDS:-50000} --db $${DB:-both}
 
 ## Ingress benchmark: signed webhooks at 64 connections for 20 s (wrk), next to bare aiohttp.
-bench-ingress: $(STAMP)
-	command -v wrk >/dev/null || apt-get install -y wrk
+bench-ingress: $(STAMP) tools
 	$(BIN)/python ops/bench/ingress.py --db $${DB:-postgres}

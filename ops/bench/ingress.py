@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
-import hmac
+import datetime as dt
 import json
 import re
 import shutil
@@ -23,6 +22,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from standardwebhooks.webhooks import Webhook
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -43,18 +44,21 @@ SECRET = "whsec_" + base64.b64encode(b"retentiond-ingress-benchmark-key").decode
 LUA = REPO / "ops" / "bench" / "wrk_signed.lua"
 
 
+def signed_click(webhook: Webhook, event_id: str, timestamp: dt.datetime, token: str) -> tuple[str, str]:
+    """(body, webhook-signature) of a canonical click event, signed as Standard Webhooks documents."""
+    body = json.dumps({"type": "click", "data": {"token": token}}, separators=(",", ":"))
+    return body, webhook.sign(event_id, timestamp, body)
+
+
 def sign_requests(prefix: Path, threads: int, per_thread: int) -> None:
-    """Standard Webhooks' documented signature: base64 HMAC-SHA256 of "{id}.{timestamp}.{body}"."""
-    key = base64.b64decode(SECRET.removeprefix("whsec_"))
-    timestamp = str(int(time.time()))
-    run = uuid.uuid4().hex[:8]
+    """One file of pre-signed requests per wrk thread (id, timestamp, signature, body per line)."""
+    webhook, now, run_id = Webhook(SECRET), dt.datetime.now(dt.UTC), uuid.uuid4().hex[:8]
     for thread in range(1, threads + 1):
         with open(f"{prefix}.{thread}", "w") as fh:
             for i in range(per_thread):
-                event_id = f"msg_{run}_{thread}_{i}"
-                body = json.dumps({"type": "click", "data": {"token": f"tok-{thread}-{i}"}}, separators=(",", ":"))
-                digest = hmac.new(key, f"{event_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
-                fh.write(f"{event_id}\t{timestamp}\tv1,{base64.b64encode(digest).decode()}\t{body}\n")
+                event_id = f"msg_{run_id}_{thread}_{i}"
+                body, signature = signed_click(webhook, event_id, now, f"tok-{thread}-{i}")
+                fh.write(f"{event_id}\t{int(now.timestamp())}\t{signature}\t{body}\n")
 
 
 def run_wrk(port: int, prefix: Path, threads: int, connections: int, seconds: int) -> dict:

@@ -1,0 +1,228 @@
+"""Webhook burst: 10,000 signed click events (Standard Webhooks) for 10,000 tracked links of sent
+messages, posted as fast as 64 connections allow; then the time until every one is processed and
+attributed to its send, step and campaign (an ``attribution`` row each). PostgreSQL.
+
+    python ops/bench/burst.py [--clicks 10000] [--connections 64]
+
+The anchor is the same client posting the same 10,000 requests to a bare aiohttp JSON endpoint in
+the same run: the posting rate the client and the machine allow when nothing is verified or stored.
+Reported: posting time and rate (both), p50/p99 per request, then for retentiond the time from the
+first post to the last attribution, and checks that 202s == clicks == attributions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from standardwebhooks.webhooks import Webhook
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from ops.bench.common import (  # noqa: E402
+    REPO,
+    Section,
+    Ticker,
+    create_database,
+    drop_database,
+    drop_vhost,
+    log,
+    machine,
+    percentile,
+    rabbitmq_vhost,
+)
+from ops.bench.ingress import SECRET, signed_click, wait_port  # noqa: E402
+from tests.support.daemon import DaemonProcess, base_env, cli, free_port  # noqa: E402
+
+Request = tuple[dict[str, str], str]  # headers, body
+
+_SEED_SQL = [
+    """INSERT INTO contact (external_id, phone, name, attributes, consent, created_at, updated_at)
+       SELECT 'b' || g, '+1203' || lpad(g::text, 7, '0'), 'Person ' || g, '{{}}', '{{}}', %(now)s, %(now)s
+       FROM generate_series(1, {n}) AS g""",
+    """INSERT INTO send (idempotency_key, channel, status, contact_id, campaign_id, step_id, recipient, body,
+                         attempts, deferrals, due_at, created_at, finished_at)
+       SELECT 'b' || id, 'sms', 'sent', id, {campaign}, {step}, phone, 'see the offer', 1, 0, %(now)s, %(now)s,
+              %(now)s
+       FROM contact""",
+    """INSERT INTO tracked_link (token, url, contact_id, send_id, campaign_id, step_id, created_at)
+       SELECT 'tok' || contact_id, 'https://example.com/offer', contact_id, id, campaign_id, step_id, %(now)s
+       FROM send""",
+]
+
+
+def seed(db_url: str, n: int) -> None:
+    """N contacts, each sent one message with one tracked link (token ``tok<contact id>``)."""
+    from db.database import close_database, database, init_database
+    from db.models import Campaign, CampaignStep, utcnow
+
+    init_database(db_url)
+    try:
+        with database.atomic():
+            campaign = Campaign.create(slug="burst", name="Burst")
+            step = CampaignStep.create(campaign=campaign.id, position=0, channel="sms", delay_s=0, body="x")
+            for sql in _SEED_SQL:
+                database.execute_sql(sql.format(n=n, campaign=campaign.id, step=step.id), {"now": utcnow()})
+        database.execute_sql("ANALYZE")
+    finally:
+        close_database()
+
+
+def signed_clicks(n: int) -> list[Request]:
+    webhook, now, run_id = Webhook(SECRET), dt.datetime.now(dt.UTC), uuid.uuid4().hex[:8]
+    requests = []
+    for i in range(1, n + 1):
+        event_id = f"click_{run_id}_{i}"
+        body, signature = signed_click(webhook, event_id, now, f"tok{i}")
+        requests.append(({"webhook-id": event_id, "webhook-timestamp": str(int(now.timestamp())),
+                          "webhook-signature": signature, "content-type": "application/json"}, body))
+    return requests
+
+
+async def _post_all(url: str, requests: list[Request], connections: int) -> dict[str, Any]:
+    statuses: Counter = Counter()
+    latencies: list[float] = []
+    queue = iter(requests)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        for headers, body in queue:  # one shared iterator: each request is posted once
+            started = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                statuses[response.status] += 1
+            latencies.append(time.perf_counter() - started)
+
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(connections)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {"posted": len(requests), "post_s": elapsed, "posts_per_s": len(requests) / elapsed,
+            "p50_ms": percentile(latencies, 0.50) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
+            "statuses": {str(k): v for k, v in statuses.items()}}
+
+
+def post_all(url: str, requests: list[Request], connections: int) -> dict[str, Any]:
+    return asyncio.run(_post_all(url, requests, connections))
+
+
+def processing_state(db_url: str) -> tuple[int, int]:
+    """(click attributions, events not yet processed)."""
+    from db.database import close_database, init_database
+    from db.models import Attribution, InboundEvent
+
+    init_database(db_url)
+    try:
+        return (Attribution.select().where(Attribution.kind == "click").count(),
+                InboundEvent.select().where(InboundEvent.status == "pending").count())
+    finally:
+        close_database()
+
+
+def attributed_to_their_sends(db_url: str) -> int:
+    """Attributions whose send is the one that carried the clicked link."""
+    from db.database import close_database, init_database
+    from db.models import Attribution, TrackedLink
+
+    init_database(db_url)
+    try:
+        return (Attribution.select().join(TrackedLink, on=(TrackedLink.send == Attribution.send))
+                .where(Attribution.kind == "click", TrackedLink.contact == Attribution.contact).count())
+    finally:
+        close_database()
+
+
+def run(clicks: int = 10_000, connections: int = 64) -> Section:
+    log(f"burst: signing {clicks} click events")
+    requests = signed_clicks(clicks)
+
+    log(f"burst: anchor, the same {clicks} posts to a bare aiohttp endpoint")
+    port = free_port()
+    bare = subprocess.Popen([sys.executable, str(REPO / "ops" / "bench" / "bare_aiohttp.py"), str(port)])
+    try:
+        wait_port(port)
+        anchor = post_all(f"http://127.0.0.1:{port}/webhooks/bench", requests, connections)
+    finally:
+        bare.terminate()
+        bare.wait(10)
+    log(f"burst: anchor posted in {anchor['post_s']:.2f}s ({anchor['posts_per_s']:.0f}/s)")
+
+    with tempfile.TemporaryDirectory(prefix="retentiond-burst-") as tmp:
+        workdir = Path(tmp)
+        db_url = create_database("postgres", workdir)
+        vhost, amqp_url = rabbitmq_vhost()
+        daemon = None
+        try:
+            env = base_env(DATABASE_URL=db_url, SOURCE_BENCH_SECRET=SECRET, BROKER_URL=amqp_url)
+            assert cli("migrate", env=env).returncode == 0
+            seed(db_url, clicks)
+            daemon = DaemonProcess(env, workdir, "--processes", "2", name="burst").start()
+            log(f"burst: {clicks} tracked links seeded; posting the clicks")
+            started = time.monotonic()
+            ours = post_all(f"http://127.0.0.1:{daemon.port}/webhooks/bench", requests, connections)
+            log(f"burst: posted in {ours['post_s']:.2f}s ({ours['posts_per_s']:.0f}/s); waiting for processing")
+            progress = Ticker()
+            while True:
+                attributed, pending = processing_state(db_url)
+                if attributed >= clicks and pending == 0:
+                    break
+                progress(f"burst: {attributed}/{clicks} attributed, {pending} pending")
+                if time.monotonic() - started > 300:
+                    raise RuntimeError(f"only {attributed} of {clicks} clicks attributed in 5 minutes")
+                time.sleep(0.05)
+            ours["all_attributed_s"] = time.monotonic() - started
+            ours["attributed"] = attributed
+            ours["attributed_to_their_send"] = attributed_to_their_sends(db_url)
+            assert daemon.stop() == 0
+        finally:
+            if daemon is not None:
+                daemon.kill()
+            drop_database(db_url)
+            drop_vhost(vhost)
+    log(f"burst: all {clicks} attributed {ours['all_attributed_s']:.2f}s after the first post")
+
+    table = ["| run | posting time | posts/s | vs anchor | p50 | p99 | first post -> all attributed | "
+             "processed/s overall | answers |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| bare aiohttp JSON endpoint (anchor, nothing stored) | {anchor['post_s']:.2f} s | "
+             f"{anchor['posts_per_s']:.0f} | 1.00 | {anchor['p50_ms']:.1f} ms | {anchor['p99_ms']:.1f} ms | - | - | "
+             f"{anchor['statuses']} |",
+             f"| retentiond + postgres | {ours['post_s']:.2f} s | {ours['posts_per_s']:.0f} | "
+             f"{ours['posts_per_s'] / anchor['posts_per_s']:.2f} | {ours['p50_ms']:.1f} ms | {ours['p99_ms']:.1f} ms "
+             f"| {ours['all_attributed_s']:.2f} s | {clicks / ours['all_attributed_s']:.0f} | {ours['statuses']} |"]
+    section = Section(name="burst", title=f"Webhook burst: {clicks:,} click events, {connections} connections",
+                      table=table, figures={"anchor_bare_aiohttp": anchor, "retentiond": ours, "clicks": clicks,
+                                            "connections": connections})
+    section.checks[f"202s == {clicks}"] = ours["statuses"] == {"202": clicks}
+    section.checks[f"attributions == {clicks}"] = ours["attributed"] == clicks
+    section.checks["each attributed to the send that carried its link"] = ours["attributed_to_their_send"] == clicks
+    return section
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clicks", type=int, default=10_000)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--out", default="var/bench-burst.json")
+    args = parser.parse_args()
+    section = run(args.clicks, args.connections)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"machine": machine(), **section.as_dict()}, indent=2))
+    print(f"\n{section.markdown()}\n\nJSON: {args.out}")
+    return 0 if section.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
