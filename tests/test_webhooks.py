@@ -177,6 +177,66 @@ async def test_a_click_is_attributed_to_its_send_step_and_campaign(client) -> No
     assert (click.kind, click.send_id, click.step_id, click.campaign_id) == ("click", send.id, step.id, campaign.id)
 
 
+def _links_for(count: int):  # type: ignore[no-untyped-def]
+    """``count`` contacts, each sent one message carrying one tracked link ``tok-<i>``."""
+    from db.models import TrackedLink
+
+    campaign = Campaign.create(slug="c", name="C")
+    step = CampaignStep.create(campaign=campaign.id, position=0, channel="sms", body="b")
+    sends = []
+    for i in range(count):
+        contact = Contact.create(phone=f"+1201555{i:04d}", external_id=f"u{i}")
+        send = Send.create(idempotency_key=f"k{i}", channel="sms", contact=contact.id, campaign=campaign.id,
+                           step=step.id, status="sent", finished_at=dt.datetime(2026, 1, 1))
+        TrackedLink.create(token=f"tok-{i}", url="https://example.com/x", contact=contact.id, send=send.id,
+                           campaign=campaign.id, step=step.id)
+        sends.append(send)
+    return campaign, step, sends
+
+
+async def test_a_burst_of_clicks_and_a_conversion_are_applied_in_arrival_order(client) -> None:  # type: ignore[no-untyped-def]
+    campaign, step, sends = _links_for(3)
+    # Given clicks on every link, one on an unknown link, then a conversion by the contact who
+    # clicked tok-1 (no send after the click), then more clicks: all pending in one batch
+    posts = [standard({"type": "click", "data": {"token": f"tok-{i % 3}"}}, f"click-{i}") for i in range(7)]
+    posts.insert(3, standard({"type": "click", "data": {"token": "tok-nope"}}, "click-unknown"))
+    posts.insert(4, standard({"type": "conversion", "data": {"external_id": "u1", "name": "paid"}}, "conv"))
+    for signed in posts:
+        assert (await post(client, "/webhooks/app", signed)).status == 202
+
+    assert await asyncio.to_thread(process_pending, client.settings) == {"processed": 9}
+
+    clicks = list(Attribution.select().where(Attribution.kind == "click").order_by(Attribution.id))
+    # Then every known click is attributed to the send that carried its link, in arrival order
+    assert [c.send_id for c in clicks] == [sends[i % 3].id for i in range(7)]
+    assert {(c.campaign_id, c.step_id) for c in clicks} == {(campaign.id, step.id)}
+    # and the conversion is credited to the contact's last click before it
+    conversion = Attribution.get(Attribution.kind == "conversion")
+    assert (conversion.contact_id, conversion.send_id, conversion.name) == (sends[1].contact_id, sends[1].id, "paid")
+    events = {e.event_id: e for e in InboundEvent.select()}
+    assert {e.status for e in events.values()} == {"processed"}
+    assert events["click-unknown"].error == "unknown link" and events["click-unknown"].contact_id is None
+    assert events["click-4"].contact_id == sends[1].contact_id and events["click-4"].error is None
+    assert await asyncio.to_thread(process_pending, client.settings) == {}  # once each
+
+
+async def test_clicks_fall_back_to_one_at_a_time_when_the_set_based_step_fails(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import engine.processing
+
+    _, _, sends = _links_for(2)
+    for i in range(4):
+        assert (await post(client, "/webhooks/app", standard({"type": "click", "data": {"token": f"tok-{i % 2}"}},
+                                                             f"c{i}"))).status == 202
+
+    def broken(*args: object, **kwargs: object) -> int:
+        raise RuntimeError("lost the connection mid-statement")
+
+    monkeypatch.setattr(engine.processing, "bulk_update", broken)
+    assert await asyncio.to_thread(process_pending, client.settings) == {"processed": 4}
+    # Nothing of the failed attempt is left behind: one attribution per click, not two
+    assert [a.send_id for a in Attribution.select().order_by(Attribution.id)] == [sends[i % 2].id for i in range(4)]
+
+
 # -- refused, with nothing written ----------------------------------------------------------------
 
 
