@@ -50,6 +50,9 @@ def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.setLevel(level.upper())
     # pika is chatty about every reconnect attempt; its errors still come through.
     logging.getLogger("pika").setLevel(logging.WARNING)
+    # Peewee logs every statement with its parameters at DEBUG: names, addresses, message bodies
+    # and attributes that no mask can recognise. LOG_LEVEL=DEBUG must not turn them into logs.
+    logging.getLogger("peewee").setLevel(logging.INFO)
 
 
 def setup_sentry(dsn: str | None, transport: Any = None) -> bool:

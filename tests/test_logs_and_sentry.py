@@ -41,6 +41,27 @@ def test_a_log_line_never_carries_an_address() -> None:
     assert "g***@example.com" in text and "b***@example.com" in text
 
 
+def test_debug_logging_does_not_log_sql_parameters(tmp_path, capfd) -> None:  # type: ignore[no-untyped-def]
+    from daemon.logging_setup import setup_logging
+    from db.database import close_database, database, init_database
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("peewee").level)
+    setup_logging("DEBUG", "text")
+    init_database(f"sqlite:///{tmp_path / 'debug.db'}")
+    try:
+        database.execute_sql("SELECT ?", ("Ada Lovelace, birthday 10 Dec, body: your code is 4711",))
+        logging.getLogger("daemon.test").debug("debug lines still come through")
+    finally:
+        close_database()
+        root.handlers[:], _, _ = saved
+        root.setLevel(saved[1])
+        logging.getLogger("peewee").setLevel(saved[2])
+    err = capfd.readouterr().err
+    assert "debug lines still come through" in err
+    assert "Ada Lovelace" not in err and "4711" not in err
+
+
 class Captured(Transport):
     def __init__(self, options=None) -> None:  # type: ignore[no-untyped-def]
         super().__init__(options)
