@@ -9,7 +9,8 @@ Exactly once, as far as a crash allows: a send is claimed (``queued``/``retrying
 in one UPDATE before any provider call, so a redelivered message finds nothing to claim for sends
 already being sent or finished, and never calls the provider for them again. The one window left
 is a crash (kill -9, power loss) after a provider accepted a call and before its result was
-written: the send stays ``sending`` until ``CLAIM_TIMEOUT_S``, then the reconciler offers it again
+written (results are written as calls finish, at least every ``SETTLE_EVERY_S``, not when the whole
+batch is done, so the window is the calls on the wire plus the last fraction of a second): the send stays ``sending`` until ``CLAIM_TIMEOUT_S``, then the reconciler offers it again
 and it is sent a second time, with the same idempotency key, which providers that honour one
 (Twilio's I-Twilio-Idempotency-Token, the simulator) use to drop the repeat.
 
@@ -48,6 +49,7 @@ from engine.outcomes import ClaimedSend, Result, settle
 logger = logging.getLogger(__name__)
 
 CLAIMABLE = ("queued", "retrying")
+SETTLE_EVERY_S = 0.1  # while a batch's calls run, the finished ones are recorded at least this often
 _METRIC_STATUS = {"sent": "sent", "failed": "failed", "retrying": "retried", "deferred": "deferred",
                   "skipped": "skipped", "fell_back": "skipped"}
 
@@ -98,16 +100,9 @@ class ChannelSender:
             settle(held, now)
         self._count(held)
 
-        calls = self._deliver([self._message(s, headers.get(s.id, {})) for s in to_send]) if to_send else []
         by_id = {s.id: s for s in to_send}
-        results = [self._result(by_id[c.send_id], c) for c in calls]
-        with db_session():
-            results = self._with_fallbacks(results, fallbacks)
-            settle(results, utcnow())
-            waits = [c.retry_after_s for c in calls if c.status == "rate_limited" and c.retry_after_s]
-            if waits:
-                self.limiter.penalize(max(waits))
-        self._count(results)
+        calls = self._deliver([self._message(s, headers.get(s.id, {})) for s in to_send],
+                              lambda finished: self._settle_calls(finished, by_id, fallbacks)) if to_send else []
 
         released = [c.send_id for c in calls if c.status == "released"]
         if released:
@@ -179,18 +174,57 @@ class ChannelSender:
 
     # -- deliver ----------------------------------------------------------------------------------
 
-    def _deliver(self, messages: list[OutboundMessage]) -> list[CallOutcome]:
+    def _deliver(self, messages: list[OutboundMessage],
+                 settle_slice: Callable[[list[CallOutcome]], None]) -> list[CallOutcome]:
+        """Start each call at its rate-limit slot; while calls run, write the results of the finished
+        ones at least every SETTLE_EVERY_S. A crash then repeats only the calls of its last moments,
+        not every call of the batch. Returns every outcome, in the order they finished."""
         loop = self._event_loop()
-        futures: list[concurrent.futures.Future[CallOutcome]] = []
+        running: list[concurrent.futures.Future[CallOutcome]] = []
+        finished: list[CallOutcome] = []
+
+        first_finished_at: float | None = None  # when the oldest finished, unwritten call was seen
+
+        def settle_finished(wait_s: float) -> None:
+            """Wait up to ``wait_s`` for calls; write the finished ones once every call is done or
+            the oldest of them has waited SETTLE_EVERY_S (calls that finish together: one write)."""
+            nonlocal running, first_finished_at
+            pending = [f for f in running if not f.done()]
+            if pending:
+                concurrent.futures.wait(pending, timeout=wait_s, return_when=(
+                    concurrent.futures.FIRST_COMPLETED if first_finished_at is None
+                    else concurrent.futures.ALL_COMPLETED))
+            elif not running and wait_s > 0:
+                self.stopping.wait(wait_s)
+            done = [f for f in running if f.done()]
+            if not done:
+                return
+            now = time.monotonic()
+            first_finished_at = first_finished_at or now
+            if len(done) < len(running) and now - first_finished_at < SETTLE_EVERY_S:
+                return
+            done_set = set(done)
+            running = [f for f in running if f not in done_set]
+            outcomes = [f.result() for f in done]
+            settle_slice(outcomes)
+            finished.extend(outcomes)
+            first_finished_at = None
+
+        def pause(seconds: float) -> None:
+            """Wait, settling meanwhile; returns within SETTLE_EVERY_S of the worker stopping."""
+            until = time.monotonic() + seconds
+            while not self.stopping.is_set() and (left := until - time.monotonic()) > 0:
+                settle_finished(min(SETTLE_EVERY_S, left))
+
         position = 0
         if self.limiter.unlimited:
             with db_session():
                 hold = self.limiter.hold_s()
             if hold:
-                self.stopping.wait(hold)  # a 429 holds the channel, limited or not
+                pause(hold)  # a 429 holds the channel, limited or not
         while position < len(messages):
             if self.stopping.is_set():
-                futures.extend(_done(CallOutcome(m.send_id, "released")) for m in messages[position:])
+                running.extend(_done(CallOutcome(m.send_id, "released")) for m in messages[position:])
                 break
             if self.limiter.unlimited:
                 slots = [time.monotonic()] * (len(messages) - position)
@@ -198,14 +232,16 @@ class ChannelSender:
                 with db_session():
                     reservation = self.limiter.try_reserve(len(messages) - position)
                 if isinstance(reservation, float):
-                    self.stopping.wait(reservation)  # wakes at once when the worker stops
+                    pause(reservation)
                     continue
                 slots = [reservation.slot_at(i) for i in range(reservation.count)]
             for slot_at in slots:
                 coroutine = self._send_one(messages[position], slot_at)
-                futures.append(asyncio.run_coroutine_threadsafe(coroutine, loop))
+                running.append(asyncio.run_coroutine_threadsafe(coroutine, loop))
                 position += 1
-        return [future.result() for future in futures]
+        while running:
+            settle_finished(SETTLE_EVERY_S)
+        return finished
 
     async def _send_one(self, message: OutboundMessage, slot_at: float) -> CallOutcome:
         waited = max(0.0, slot_at - time.monotonic())
@@ -235,6 +271,16 @@ class ChannelSender:
                            provider_message_id=result.provider_message_id, provider=result.provider)
 
     # -- settle -----------------------------------------------------------------------------------
+
+    def _settle_calls(self, calls: list[CallOutcome], by_id: dict[int, ClaimedSend], fallbacks: dict[int, str]) -> None:
+        results = [self._result(by_id[c.send_id], c) for c in calls]
+        with db_session():
+            results = self._with_fallbacks(results, fallbacks)
+            settle(results, utcnow())
+            waits = [c.retry_after_s for c in calls if c.status == "rate_limited" and c.retry_after_s]
+            if waits:
+                self.limiter.penalize(max(waits))
+        self._count(results)
 
     def _result(self, s: ClaimedSend, call: CallOutcome) -> Result:
         provider = self.provider.name

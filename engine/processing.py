@@ -89,7 +89,8 @@ def _process_clicks(settings: Settings, clicks: list[tuple[InboundEvent, str]]) 
                 TrackedLink.token, TrackedLink.contact, TrackedLink.send, TrackedLink.campaign, TrackedLink.step)
                 .where(TrackedLink.token.in_(sorted({token for _, token in clicks})))}
             now = utcnow()
-            attributions, updates = [], []
+            attributions: list[dict[str, Any]] = []
+            updates: list[tuple[Any, ...]] = []
             for event, token in clicks:
                 link = links.get(token)
                 if link is None:

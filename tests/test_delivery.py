@@ -276,3 +276,22 @@ def test_campaign_emails_carry_one_click_unsubscribe_headers(pipeline) -> None: 
     token = headers["List-Unsubscribe"].removeprefix("<https://go.example.com/u/").removesuffix(">")
     row = UnsubscribeToken.get_by_id(token)
     assert (row.contact_id, row.channel) == (send.contact_id, "email")
+
+
+def test_results_are_written_as_calls_finish_not_when_the_whole_batch_ends(pipeline) -> None:  # type: ignore[no-untyped-def]
+    # Given one message carrying 15 sends on a channel limited to 10/s: its calls span ~1.4 s
+    p = pipeline({"sms": ScriptedProvider()}, RATE_SMS="10/s")
+    ids = [Send.create(idempotency_key=f"r{i}", channel="sms", recipient="+15550001111", body="hi",
+                       status="queued").id for i in range(15)]
+    p.actors["sms"].send(ids)
+    # When it runs, then the calls already made are on the record while the rest still wait their
+    # slots (a kill -9 then repeats only what was on the wire, not the whole batch)
+    seen: list[Counter] = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        seen.append(Counter(s.status for s in Send.select(Send.status)))
+        if seen[-1]["sent"] == 15:
+            break
+        time.sleep(0.02)
+    assert seen[-1]["sent"] == 15
+    assert any(0 < c["sent"] < 15 and c["sending"] for c in seen), seen[::10]
