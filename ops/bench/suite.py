@@ -11,7 +11,7 @@ Sections, in order (each module's docstring says exactly what it measures):
 4. scale      - 1,000 due steps among 10k, 100k and 1M enrolled contacts; the 10k run is the anchor
 5. burst      - 10,000 signed click webhooks as fast as possible, then until all are attributed, vs bare aiohttp
 
-``--quick`` runs every section at a small size (about two minutes): the test suite uses it to keep
+``--quick`` runs every section at a small size (about a minute): the test suite uses it to keep
 the benchmarks working; its figures mean little. Writes ``<out>/results-<UTC time>.json``,
 ``<out>/latest.json`` and ``<out>/latest.md``. Exits 1 when a correctness check failed or a section
 could not run; a missed performance target is reported, not an error.
