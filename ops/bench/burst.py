@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import subprocess
 import sys
 import tempfile
@@ -38,9 +37,9 @@ from ops.bench.common import (  # noqa: E402
     drop_database,
     drop_vhost,
     log,
-    machine,
     percentile,
     rabbitmq_vhost,
+    report_alone,
 )
 from ops.bench.ingress import SECRET, signed_click, wait_port  # noqa: E402
 from tests.support.daemon import DaemonProcess, base_env, cli, free_port  # noqa: E402
@@ -218,10 +217,7 @@ def main() -> int:
     parser.add_argument("--out", default="var/bench-burst.json")
     args = parser.parse_args()
     section = run(args.clicks, args.connections)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine(), **section.as_dict()}, indent=2))
-    print(f"\n{section.markdown()}\n\nJSON: {args.out}")
-    return 0 if section.ok else 1
+    return report_alone(section, args.out)
 
 
 if __name__ == "__main__":

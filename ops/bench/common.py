@@ -9,6 +9,7 @@ a ``main()`` to run it alone. A Section carries its figures (for the JSON file),
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import resource
@@ -192,3 +193,12 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
         return float("nan")
     rank = max(1, min(len(sorted_values), int(round(fraction * len(sorted_values)))))
     return sorted_values[rank - 1]
+
+
+def report_alone(section: Section, out: str) -> int:
+    """A benchmark run on its own: its JSON (with the machine's facts) to ``out``, its report to
+    stdout; exit status 1 when a correctness check failed."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"machine": machine(), **section.as_dict()}, indent=2, default=str))
+    print(f"\n{section.markdown()}\n\nJSON: {out}")
+    return 0 if section.ok else 1

@@ -14,7 +14,6 @@ simulator's received/duplicates checks. Prints a markdown table and writes a JSO
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -35,9 +34,9 @@ from ops.bench.common import (  # noqa: E402
     drop_database,
     drop_vhost,
     log,
-    machine,
     percentile,
     rabbitmq_vhost,
+    report_alone,
 )
 from tests.support.daemon import DaemonProcess, base_env, cli  # noqa: E402
 from tests.support.simulator import SimulatorProcess  # noqa: E402
@@ -222,10 +221,7 @@ def main() -> int:
     args = parser.parse_args()
     section = run(args.sends, ("postgres", "sqlite") if args.db == "both" else (args.db,), args.processes,
                   args.threads, args.latency_ms)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine(), **section.as_dict()}, indent=2))
-    print(f"\n{section.markdown()}\n\nJSON: {args.out}")
-    return 0 if section.ok else 1
+    return report_alone(section, args.out)
 
 
 if __name__ == "__main__":

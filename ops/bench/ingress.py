@@ -35,8 +35,8 @@ from ops.bench.common import (  # noqa: E402
     drop_database,
     drop_vhost,
     log,
-    machine,
     rabbitmq_vhost,
+    report_alone,
 )
 from tests.support.daemon import DaemonProcess, base_env, cli, free_port  # noqa: E402
 
@@ -169,10 +169,7 @@ def main() -> int:
     parser.add_argument("--out", default="var/bench-ingress.json")
     args = parser.parse_args()
     section = run(args.db, args.seconds, args.connections, args.threads, args.per_thread)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine(), **section.as_dict()}, indent=2))
-    print(f"\n{section.markdown()}\n\nJSON: {args.out}")
-    return 0 if section.ok else 1
+    return report_alone(section, args.out)
 
 
 if __name__ == "__main__":

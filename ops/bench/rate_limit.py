@@ -13,7 +13,6 @@ are the achieved rate of each half and of the whole run, and the error against t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -30,8 +29,8 @@ from ops.bench.common import (  # noqa: E402
     drop_database,
     drop_vhost,
     log,
-    machine,
     rabbitmq_vhost,
+    report_alone,
 )
 from ops.bench.dispatch import enrol_all, seed  # noqa: E402
 from tests.support.daemon import DaemonProcess, base_env, cli  # noqa: E402
@@ -141,10 +140,7 @@ def main() -> int:
     parser.add_argument("--out", default="var/bench-rate-limit.json")
     args = parser.parse_args()
     section = run(args.rate, args.seconds, args.processes, db=args.db)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine(), **section.as_dict()}, indent=2, default=str))
-    print(f"\n{section.markdown()}\n\nJSON: {args.out}")
-    return 0 if section.ok else 1
+    return report_alone(section, args.out)
 
 
 if __name__ == "__main__":

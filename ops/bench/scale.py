@@ -20,7 +20,6 @@ the cost per tick follows the due work (flat) or the number of contacts (it woul
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -40,8 +39,8 @@ from ops.bench.common import (  # noqa: E402
     drop_database,
     drop_vhost,
     log,
-    machine,
     rabbitmq_vhost,
+    report_alone,
 )
 from tests.support.daemon import DaemonProcess, base_env, cli  # noqa: E402
 from tests.support.simulator import SimulatorProcess  # noqa: E402
@@ -243,10 +242,7 @@ def main() -> int:
     parser.add_argument("--out", default="var/bench-scale.json")
     args = parser.parse_args()
     section = run(tuple(int(s) for s in args.sizes.split(",")), args.due)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine(), **section.as_dict()}, indent=2))
-    print(f"\n{section.markdown()}\n\nJSON: {args.out}")
-    return 0 if section.ok else 1
+    return report_alone(section, args.out)
 
 
 if __name__ == "__main__":
