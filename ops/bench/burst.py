@@ -33,13 +33,12 @@ from ops.bench.common import (  # noqa: E402
     REPO,
     Section,
     Ticker,
-    create_database,
-    drop_database,
-    drop_vhost,
+    clean_up_on_sigterm,
+    connected,
     log,
     percentile,
-    rabbitmq_vhost,
     report_alone,
+    scratch_services,
 )
 from ops.bench.ingress import SECRET, signed_click, wait_port  # noqa: E402
 from tests.support.daemon import DaemonProcess, base_env, cli, free_port  # noqa: E402
@@ -63,19 +62,16 @@ _SEED_SQL = [
 
 def seed(db_url: str, n: int) -> None:
     """N contacts, each sent one message with one tracked link (token ``tok<contact id>``)."""
-    from db.database import close_database, database, init_database
+    from db.database import database
     from db.models import Campaign, CampaignStep, utcnow
 
-    init_database(db_url)
-    try:
+    with connected(db_url):
         with database.atomic():
             campaign = Campaign.create(slug="burst", name="Burst")
             step = CampaignStep.create(campaign=campaign.id, position=0, channel="sms", delay_s=0, body="x")
             for sql in _SEED_SQL:
                 database.execute_sql(sql.format(n=n, campaign=campaign.id, step=step.id), {"now": utcnow()})
         database.execute_sql("ANALYZE")
-    finally:
-        close_database()
 
 
 def signed_clicks(n: int) -> list[Request]:
@@ -119,28 +115,20 @@ def post_all(url: str, requests: list[Request], connections: int) -> dict[str, A
 
 def processing_state(db_url: str) -> tuple[int, int]:
     """(click attributions, events not yet processed)."""
-    from db.database import close_database, init_database
     from db.models import Attribution, InboundEvent
 
-    init_database(db_url)
-    try:
+    with connected(db_url):
         return (Attribution.select().where(Attribution.kind == "click").count(),
                 InboundEvent.select().where(InboundEvent.status == "pending").count())
-    finally:
-        close_database()
 
 
 def attributed_to_their_sends(db_url: str) -> int:
     """Attributions whose send is the one that carried the clicked link."""
-    from db.database import close_database, init_database
     from db.models import Attribution, TrackedLink
 
-    init_database(db_url)
-    try:
+    with connected(db_url):
         return (Attribution.select().join(TrackedLink, on=(TrackedLink.send == Attribution.send))
                 .where(Attribution.kind == "click", TrackedLink.contact == Attribution.contact).count())
-    finally:
-        close_database()
 
 
 def run(clicks: int = 10_000, connections: int = 64) -> Section:
@@ -160,36 +148,33 @@ def run(clicks: int = 10_000, connections: int = 64) -> Section:
 
     with tempfile.TemporaryDirectory(prefix="retentiond-burst-") as tmp:
         workdir = Path(tmp)
-        db_url = create_database("postgres", workdir)
-        vhost, amqp_url = rabbitmq_vhost()
-        daemon = None
-        try:
-            env = base_env(DATABASE_URL=db_url, SOURCE_BENCH_SECRET=SECRET, BROKER_URL=amqp_url)
-            assert cli("migrate", env=env).returncode == 0
-            seed(db_url, clicks)
-            daemon = DaemonProcess(env, workdir, "--processes", "2", name="burst").start()
-            log(f"burst: {clicks} tracked links seeded; posting the clicks")
-            started = time.monotonic()
-            ours = post_all(f"http://127.0.0.1:{daemon.port}/webhooks/bench", requests, connections)
-            log(f"burst: posted in {ours['post_s']:.2f}s ({ours['posts_per_s']:.0f}/s); waiting for processing")
-            progress = Ticker()
-            while True:
-                attributed, pending = processing_state(db_url)
-                if attributed >= clicks and pending == 0:
-                    break
-                progress(f"burst: {attributed}/{clicks} attributed, {pending} pending")
-                if time.monotonic() - started > 300:
-                    raise RuntimeError(f"only {attributed} of {clicks} clicks attributed in 5 minutes")
-                time.sleep(0.05)
-            ours["all_attributed_s"] = time.monotonic() - started
-            ours["attributed"] = attributed
-            ours["attributed_to_their_send"] = attributed_to_their_sends(db_url)
-            assert daemon.stop() == 0
-        finally:
-            if daemon is not None:
-                daemon.kill()
-            drop_database(db_url)
-            drop_vhost(vhost)
+        with scratch_services("postgres", workdir) as (db_url, amqp_url):
+            daemon = None
+            try:
+                env = base_env(DATABASE_URL=db_url, SOURCE_BENCH_SECRET=SECRET, BROKER_URL=amqp_url)
+                assert cli("migrate", env=env).returncode == 0
+                seed(db_url, clicks)
+                daemon = DaemonProcess(env, workdir, "--processes", "2", name="burst").start()
+                log(f"burst: {clicks} tracked links seeded; posting the clicks")
+                started = time.monotonic()
+                ours = post_all(f"http://127.0.0.1:{daemon.port}/webhooks/bench", requests, connections)
+                log(f"burst: posted in {ours['post_s']:.2f}s ({ours['posts_per_s']:.0f}/s); waiting for processing")
+                progress = Ticker()
+                while True:
+                    attributed, pending = processing_state(db_url)
+                    if attributed >= clicks and pending == 0:
+                        break
+                    progress(f"burst: {attributed}/{clicks} attributed, {pending} pending")
+                    if time.monotonic() - started > 300:
+                        raise RuntimeError(f"only {attributed} of {clicks} clicks attributed in 5 minutes")
+                    time.sleep(0.05)
+                ours["all_attributed_s"] = time.monotonic() - started
+                ours["attributed"] = attributed
+                ours["attributed_to_their_send"] = attributed_to_their_sends(db_url)
+                assert daemon.stop() == 0
+            finally:
+                if daemon is not None:
+                    daemon.kill()
     log(f"burst: all {clicks} attributed {ours['all_attributed_s']:.2f}s after the first post")
 
     table = ["| run | posting time | posts/s | vs anchor | p50 | p99 | first post -> all attributed | "
@@ -211,6 +196,7 @@ def run(clicks: int = 10_000, connections: int = 64) -> Section:
 
 
 def main() -> int:
+    clean_up_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clicks", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=64)

@@ -8,16 +8,19 @@ a ``main()`` to run it alone. A Section carries its figures (for the JSON file),
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,12 @@ if str(REPO) not in sys.path:
 
 AMQP_BASE = "amqp://guest:guest@127.0.0.1:5672/"
 PG_ADMIN = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-v", "ON_ERROR_STOP=1"]
+
+
+def clean_up_on_sigterm() -> None:
+    """SIGTERM (a timeout, ``kill``) unwinds like Ctrl-C, so every scratch database, vhost and
+    daemon of the run is still removed."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def log(message: str) -> None:
@@ -107,6 +116,31 @@ def drop_database(url: str) -> None:
                        capture_output=True)
     else:
         Path(url.removeprefix("sqlite:///")).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def scratch_services(kind: str, workdir: Path) -> Iterator[tuple[str, str]]:
+    """A new database (``postgres`` or ``sqlite``) and RabbitMQ vhost for one run, dropped afterwards
+    whatever happens. Yields (database URL, AMQP URL)."""
+    vhost, amqp_url = rabbitmq_vhost()
+    db_url = create_database(kind, workdir)
+    try:
+        yield db_url, amqp_url
+    finally:
+        drop_database(db_url)
+        drop_vhost(vhost)
+
+
+@contextlib.contextmanager
+def connected(db_url: str) -> Iterator[None]:
+    """This process connected to ``db_url`` (to seed or to read results), closed afterwards."""
+    from db.database import close_database, init_database
+
+    init_database(db_url)
+    try:
+        yield
+    finally:
+        close_database()
 
 
 def tree_pids(pid: int) -> list[int]:

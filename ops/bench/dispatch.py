@@ -30,13 +30,14 @@ from ops.bench.common import (  # noqa: E402
     Target,
     Ticker,
     children_cpu_s,
-    create_database,
-    drop_database,
+    clean_up_on_sigterm,
+    connected,
     drop_vhost,
     log,
     percentile,
     rabbitmq_vhost,
     report_alone,
+    scratch_services,
 )
 from tests.support.daemon import DaemonProcess, base_env, cli  # noqa: E402
 from tests.support.simulator import SimulatorProcess  # noqa: E402
@@ -79,11 +80,9 @@ def bare_dramatiq(n: int, processes: int, threads: int) -> dict[str, float]:
 
 def seed(db_url: str, n: int) -> int:
     """N contacts and a one-step SMS campaign; returns the campaign id. Not timed."""
-    from db.database import close_database, init_database
     from db.models import Campaign, CampaignStep, Contact, database
 
-    init_database(db_url)
-    try:
+    with connected(db_url):
         with database.atomic():
             campaign = Campaign.create(slug="bench", name="Bench")
             CampaignStep.create(campaign=campaign.id, position=0, channel="sms", delay_s=0,
@@ -93,85 +92,72 @@ def seed(db_url: str, n: int) -> int:
             for start in range(0, n, 2000):
                 Contact.insert_many(rows[start:start + 2000]).execute()
         return int(campaign.id)
-    finally:
-        close_database()
 
 
 def enrol_all(db_url: str, campaign_id: int) -> None:
     from peewee import Value
 
-    from db.database import close_database, init_database
     from db.models import Contact, Enrolment, database, utcnow
 
-    init_database(db_url)
-    try:
+    with connected(db_url):
         now = utcnow()
         with database.atomic():
             query = Contact.select(Contact.id, Value(campaign_id), Value("active"), Value(0), Value(now), Value(now))
             Enrolment.insert_from(query, [Enrolment.contact, Enrolment.campaign, Enrolment.status,
                                           Enrolment.next_position, Enrolment.next_due_at,
                                           Enrolment.enrolled_at]).execute()
-    finally:
-        close_database()
 
 
 def delivery_latencies(db_url: str) -> tuple[float, float]:
-    from db.database import close_database, init_database
     from db.models import Send
 
-    init_database(db_url)
-    try:
+    with connected(db_url):
         latencies = sorted((s.finished_at - s.created_at).total_seconds()
                            for s in Send.select(Send.created_at, Send.finished_at).where(Send.status == "sent"))
-    finally:
-        close_database()
     return percentile(latencies, 0.50), percentile(latencies, 0.99)
 
 
 def retentiond(n: int, kind: str, processes: int, threads: int, latency_ms: float, workdir: Path) -> dict:
-    vhost, amqp_url = rabbitmq_vhost()
-    db_url = create_database(kind, workdir)
-    simulator = SimulatorProcess(workdir, latency_ms=latency_ms).start()
-    daemon: DaemonProcess | None = None
-    try:
-        env = base_env(DATABASE_URL=db_url, BROKER_URL=amqp_url, RATE_SMS="unlimited", CONCURRENCY_SMS="512",
-                       DAILY_CAP="0", QUIET_HOURS="off", DB_POOL_SIZE="4",
-                       **simulator.provider_env())
-        assert cli("migrate", env=env).returncode == 0
-        campaign_id = seed(db_url, n)
-        log(f"dispatch/{kind}: {n} contacts seeded; starting the daemon ({processes} x {threads})")
-        cpu_before = children_cpu_s()
-        daemon = DaemonProcess(env, workdir, "--processes", str(processes), "--threads", str(threads),
-                               name=f"bench-{kind}").start()
-        assert daemon.process is not None
-        sampler = RssSampler(daemon.process.pid)
-        sampler.start()
-        started = time.monotonic()
-        enrol_all(db_url, campaign_id)
-        progress = Ticker()
-        while True:
-            received = simulator.stats()["received"]
-            if received >= n:
-                break
-            progress(f"dispatch/{kind}: {received}/{n} delivered after {time.monotonic() - started:.0f}s")
-            if time.monotonic() - started > 600:
-                raise RuntimeError(f"only {received} of {n} delivered in 10 minutes")
-            time.sleep(0.1)
-        elapsed = time.monotonic() - started
-        peak_rss_mib = sampler.stop()
-        stats = simulator.stats()
-        assert daemon.stop() == 0
-        cpu = children_cpu_s() - cpu_before
-        p50, p99 = delivery_latencies(db_url)
-        return {"sends": n, "database": kind, "sends_per_s": n / elapsed, "elapsed_s": elapsed,
-                "p50_s": p50, "p99_s": p99, "cpu_s_per_1000": cpu / n * 1000, "peak_rss_mib": peak_rss_mib,
-                "simulator_received": stats["received"], "duplicates": stats["duplicates"]}
-    finally:
-        if daemon is not None:
-            daemon.kill()
-        simulator.stop()
-        drop_database(db_url)
-        drop_vhost(vhost)
+    with scratch_services(kind, workdir) as (db_url, amqp_url):
+        simulator = SimulatorProcess(workdir, latency_ms=latency_ms).start()
+        daemon: DaemonProcess | None = None
+        try:
+            env = base_env(DATABASE_URL=db_url, BROKER_URL=amqp_url, RATE_SMS="unlimited", CONCURRENCY_SMS="512",
+                           DAILY_CAP="0", QUIET_HOURS="off", DB_POOL_SIZE="4",
+                           **simulator.provider_env())
+            assert cli("migrate", env=env).returncode == 0
+            campaign_id = seed(db_url, n)
+            log(f"dispatch/{kind}: {n} contacts seeded; starting the daemon ({processes} x {threads})")
+            cpu_before = children_cpu_s()
+            daemon = DaemonProcess(env, workdir, "--processes", str(processes), "--threads", str(threads),
+                                   name=f"bench-{kind}").start()
+            assert daemon.process is not None
+            sampler = RssSampler(daemon.process.pid)
+            sampler.start()
+            started = time.monotonic()
+            enrol_all(db_url, campaign_id)
+            progress = Ticker()
+            while True:
+                received = simulator.stats()["received"]
+                if received >= n:
+                    break
+                progress(f"dispatch/{kind}: {received}/{n} delivered after {time.monotonic() - started:.0f}s")
+                if time.monotonic() - started > 600:
+                    raise RuntimeError(f"only {received} of {n} delivered in 10 minutes")
+                time.sleep(0.1)
+            elapsed = time.monotonic() - started
+            peak_rss_mib = sampler.stop()
+            stats = simulator.stats()
+            assert daemon.stop() == 0
+            cpu = children_cpu_s() - cpu_before
+            p50, p99 = delivery_latencies(db_url)
+            return {"sends": n, "database": kind, "sends_per_s": n / elapsed, "elapsed_s": elapsed,
+                    "p50_s": p50, "p99_s": p99, "cpu_s_per_1000": cpu / n * 1000, "peak_rss_mib": peak_rss_mib,
+                    "simulator_received": stats["received"], "duplicates": stats["duplicates"]}
+        finally:
+            if daemon is not None:
+                daemon.kill()
+            simulator.stop()
 
 
 TARGET_SENDS_PER_S = 1000
@@ -211,6 +197,7 @@ def run(sends: int = 50_000, databases: tuple[str, ...] = ("postgres", "sqlite")
 
 
 def main() -> int:
+    clean_up_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sends", type=int, default=50_000)
     parser.add_argument("--db", choices=["postgres", "sqlite", "both"], default="both")

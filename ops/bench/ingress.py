@@ -31,12 +31,11 @@ from ops.bench.common import (  # noqa: E402
     REPO,
     Section,
     Target,
-    create_database,
-    drop_database,
-    drop_vhost,
+    clean_up_on_sigterm,
+    connected,
     log,
-    rabbitmq_vhost,
     report_alone,
+    scratch_services,
 )
 from tests.support.daemon import DaemonProcess, base_env, cli, free_port  # noqa: E402
 
@@ -110,29 +109,22 @@ def run(db: str = "postgres", seconds: int = 20, connections: int = 64, threads:
             bare.wait(10)
         log(f"ingress: anchor {anchor['per_s']:.0f} req/s, p99 {anchor['p99_us'] / 1000:.1f} ms")
 
-        db_url = create_database(db, workdir)
-        vhost, amqp_url = rabbitmq_vhost()
-        daemon = None
-        try:
-            env = base_env(DATABASE_URL=db_url, SOURCE_BENCH_SECRET=SECRET, BROKER_URL=amqp_url, DB_POOL_SIZE="5")
-            assert cli("migrate", env=env).returncode == 0
-            daemon = DaemonProcess(env, workdir, "--processes", "1", "--threads", "2", name="ingress").start()
-            log(f"ingress: retentiond ({db}), {connections} connections for {seconds}s")
-            ours = run_wrk(daemon.port, prefix, threads, connections, seconds)
-            from db.database import close_database, init_database
-            from db.models import InboundEvent
-
-            init_database(db_url)
+        with scratch_services(db, workdir) as (db_url, amqp_url):
+            daemon = None
             try:
-                stored = InboundEvent.select().where(InboundEvent.source == "bench").count()
+                env = base_env(DATABASE_URL=db_url, SOURCE_BENCH_SECRET=SECRET, BROKER_URL=amqp_url, DB_POOL_SIZE="5")
+                assert cli("migrate", env=env).returncode == 0
+                daemon = DaemonProcess(env, workdir, "--processes", "1", "--threads", "2", name="ingress").start()
+                log(f"ingress: retentiond ({db}), {connections} connections for {seconds}s")
+                ours = run_wrk(daemon.port, prefix, threads, connections, seconds)
+                from db.models import InboundEvent
+
+                with connected(db_url):
+                    stored = InboundEvent.select().where(InboundEvent.source == "bench").count()
+                assert daemon.stop() == 0
             finally:
-                close_database()
-            assert daemon.stop() == 0
-        finally:
-            if daemon is not None:
-                daemon.kill()
-            drop_database(db_url)
-            drop_vhost(vhost)
+                if daemon is not None:
+                    daemon.kill()
     ours["stored"] = stored
     log(f"ingress: retentiond {ours['per_s']:.0f} accepted/s, p99 {ours['p99_us'] / 1000:.1f} ms, stored {stored}")
 
@@ -160,6 +152,7 @@ def run(db: str = "postgres", seconds: int = 20, connections: int = 64, threads:
 
 
 def main() -> int:
+    clean_up_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--seconds", type=int, default=20)

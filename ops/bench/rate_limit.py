@@ -25,12 +25,11 @@ from ops.bench.common import (  # noqa: E402
     Section,
     Target,
     Ticker,
-    create_database,
-    drop_database,
-    drop_vhost,
+    clean_up_on_sigterm,
+    connected,
     log,
-    rabbitmq_vhost,
     report_alone,
+    scratch_services,
 )
 from ops.bench.dispatch import enrol_all, seed  # noqa: E402
 from tests.support.daemon import DaemonProcess, base_env, cli  # noqa: E402
@@ -40,15 +39,11 @@ TOLERANCE = 0.05
 
 
 def finished_times(db_url: str) -> list:
-    from db.database import close_database, init_database
     from db.models import Send
 
-    init_database(db_url)
-    try:
+    with connected(db_url):
         return sorted(s.finished_at for s in Send.select(Send.finished_at)
                       .where(Send.status == "sent", Send.finished_at.is_null(False)))
-    finally:
-        close_database()
 
 
 def run(rate: int = 200, seconds: float = 30, processes: int = 2, threads: int = 8, latency_ms: float = 20,
@@ -59,39 +54,36 @@ def run(rate: int = 200, seconds: float = 30, processes: int = 2, threads: int =
     daemons: list[DaemonProcess] = []
     with tempfile.TemporaryDirectory(prefix="retentiond-ratelimit-") as tmp:
         workdir = Path(tmp)
-        vhost, amqp_url = rabbitmq_vhost()
-        db_url = create_database(db, workdir)
-        simulator = SimulatorProcess(workdir, latency_ms=latency_ms).start()
-        try:
-            env = base_env(DATABASE_URL=db_url, BROKER_URL=amqp_url, RATE_SMS=f"{rate}/s", DAILY_CAP="0",
-                           QUIET_HOURS="off", **simulator.provider_env())
-            assert cli("migrate", env=env).returncode == 0
-            campaign_id = seed(db_url, backlog)
-            log(f"rate-limit: {backlog} sends due, sms limited to {rate}/s, daemon A with {processes} processes")
-            daemons.append(DaemonProcess(env, workdir, "--processes", str(processes), "--threads", str(threads),
-                                         name="daemon-a").start())
-            enrol_all(db_url, campaign_id)
-            started = time.monotonic()
-            progress = Ticker()
-            second_daemon_at = None
-            while time.monotonic() - started < seconds + 2:  # + the first send's planning and relay
-                if second_daemon_at is None and time.monotonic() - started >= seconds / 2:
-                    log(f"rate-limit: halfway; daemon B joins with {processes} more processes")
-                    daemons.append(DaemonProcess(env, workdir, "--processes", str(processes), "--threads",
-                                                 str(threads), name="daemon-b").start())
-                    second_daemon_at = utcnow()
-                    log("rate-limit: daemon B is up")
-                progress(f"rate-limit: {simulator.stats()['received']} sent after {time.monotonic() - started:.0f}s")
-                time.sleep(0.2)
-            for daemon in daemons:
-                daemon.stop()
-            times = finished_times(db_url)
-        finally:
-            for daemon in daemons:
-                daemon.kill()
-            simulator.stop()
-            drop_database(db_url)
-            drop_vhost(vhost)
+        with scratch_services(db, workdir) as (db_url, amqp_url):
+            simulator = SimulatorProcess(workdir, latency_ms=latency_ms).start()
+            try:
+                env = base_env(DATABASE_URL=db_url, BROKER_URL=amqp_url, RATE_SMS=f"{rate}/s", DAILY_CAP="0",
+                               QUIET_HOURS="off", **simulator.provider_env())
+                assert cli("migrate", env=env).returncode == 0
+                campaign_id = seed(db_url, backlog)
+                log(f"rate-limit: {backlog} sends due, sms limited to {rate}/s, daemon A with {processes} processes")
+                daemons.append(DaemonProcess(env, workdir, "--processes", str(processes), "--threads", str(threads),
+                                             name="daemon-a").start())
+                enrol_all(db_url, campaign_id)
+                started = time.monotonic()
+                progress = Ticker()
+                second_daemon_at = None
+                while time.monotonic() - started < seconds + 2:  # + the first send's planning and relay
+                    if second_daemon_at is None and time.monotonic() - started >= seconds / 2:
+                        log(f"rate-limit: halfway; daemon B joins with {processes} more processes")
+                        daemons.append(DaemonProcess(env, workdir, "--processes", str(processes), "--threads",
+                                                     str(threads), name="daemon-b").start())
+                        second_daemon_at = utcnow()
+                        log("rate-limit: daemon B is up")
+                    progress(f"rate-limit: {simulator.stats()['received']} sent after {time.monotonic() - started:.0f}s")
+                    time.sleep(0.2)
+                for daemon in daemons:
+                    daemon.stop()
+                times = finished_times(db_url)
+            finally:
+                for daemon in daemons:
+                    daemon.kill()
+                simulator.stop()
 
     assert second_daemon_at is not None
     t0 = times[0]
@@ -132,6 +124,7 @@ def run(rate: int = 200, seconds: float = 30, processes: int = 2, threads: int =
 
 
 def main() -> int:
+    clean_up_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=30)

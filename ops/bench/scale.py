@@ -35,12 +35,11 @@ from ops.bench.common import (  # noqa: E402
     Section,
     Target,
     Ticker,
-    create_database,
-    drop_database,
-    drop_vhost,
+    clean_up_on_sigterm,
+    connected,
     log,
-    rabbitmq_vhost,
     report_alone,
+    scratch_services,
 )
 from tests.support.daemon import DaemonProcess, base_env, cli  # noqa: E402
 from tests.support.simulator import SimulatorProcess  # noqa: E402
@@ -72,11 +71,10 @@ _SEED_SQL = [
 
 def seed(db_url: str, n: int, due: int) -> tuple[int, int]:
     """N contacts, each enrolled and with one earlier send; ``due`` of the enrolments due now."""
-    from db.database import close_database, database, init_database
+    from db.database import database
     from db.models import Campaign, CampaignStep, utcnow
 
-    init_database(db_url)
-    try:
+    with connected(db_url):
         now = utcnow()
         with database.atomic():
             campaign = Campaign.create(slug="scale", name="Scale", limits={"weekly_cap": 5})
@@ -87,14 +85,12 @@ def seed(db_url: str, n: int, due: int) -> tuple[int, int]:
                                      {"now": now})
         database.execute_sql("VACUUM ANALYZE")
         return int(campaign.id), int(step.id)
-    finally:
-        close_database()
 
 
 def cap_checks_per_s(db_url: str, n: int, campaign_id: int) -> float:
     """The send-time checks for CHECK_BATCHES batches of CHECK_BATCH sends to random contacts."""
     from daemon.config import load_settings
-    from db.database import close_database, db_session, init_database
+    from db.database import db_session
     from db.models import utcnow
     from engine.checks import Candidate, SendChecks
 
@@ -106,8 +102,7 @@ def cap_checks_per_s(db_url: str, n: int, campaign_id: int) -> float:
                           recipient=f"+1202{contact_id:07d}")
                 for i, contact_id in enumerate(picker.sample(range(1, n + 1), CHECK_BATCH))]
                for _ in range(CHECK_BATCHES + 1)]
-    init_database(db_url)
-    try:
+    with connected(db_url):
         with db_session():
             checks.evaluate(batches[0], utcnow())  # warm: connection, statement plans
             started = time.perf_counter()
@@ -115,17 +110,13 @@ def cap_checks_per_s(db_url: str, n: int, campaign_id: int) -> float:
                 verdicts = checks.evaluate(batch, utcnow())
                 assert len(verdicts) == CHECK_BATCH
             return CHECK_BATCH * CHECK_BATCHES / (time.perf_counter() - started)
-    finally:
-        close_database()
 
 
 def job_history(db_url: str) -> tuple[list[float], list[tuple[float, int]]]:
     """(durations of idle scheduling ticks, (duration, items) of busy ones), in seconds."""
-    from db.database import close_database, init_database
     from db.models import JobRun
 
-    init_database(db_url)
-    try:
+    with connected(db_url):
         idle, busy = [], []
         for run in JobRun.select().where(JobRun.job == "scheduling-tick", JobRun.outcome == "ok"):
             seconds = (run.finished_at - run.started_at).total_seconds()
@@ -134,63 +125,55 @@ def job_history(db_url: str) -> tuple[list[float], list[tuple[float, int]]]:
             else:
                 idle.append(seconds)
         return idle, busy
-    finally:
-        close_database()
 
 
 def database_mib(db_url: str) -> float:
-    from db.database import close_database, database, init_database
+    from db.database import database
 
-    init_database(db_url)
-    try:
+    with connected(db_url):
         return float(database.execute_sql("SELECT pg_database_size(current_database())").fetchone()[0]) / 2 ** 20
-    finally:
-        close_database()
 
 
 def one_size(n: int, due: int, idle_ticks: int, workdir: Path) -> dict[str, Any]:
-    vhost, amqp_url = rabbitmq_vhost()
-    db_url = create_database("postgres", workdir)
-    simulator = SimulatorProcess(workdir, latency_ms=20).start()
-    daemon: DaemonProcess | None = None
-    try:
-        env = base_env(DATABASE_URL=db_url, BROKER_URL=amqp_url, RATE_SMS="unlimited", DAILY_CAP="0",
-                       QUIET_HOURS="off", **simulator.provider_env())
-        assert cli("migrate", env=env).returncode == 0
-        started = time.monotonic()
-        campaign_id, _ = seed(db_url, n, due)
-        seed_s = time.monotonic() - started
-        log(f"scale/{n:,}: seeded in {seed_s:.1f}s; cap checks")
-        checks_per_s = cap_checks_per_s(db_url, n, campaign_id)
-        log(f"scale/{n:,}: {checks_per_s:,.0f} cap checks/s; daemon on it")
-        daemon = DaemonProcess(env, workdir, "--processes", "2", name=f"scale-{n}").start()
-        assert daemon.process is not None
-        sampler = RssSampler(daemon.process.pid)
-        sampler.start()
-        progress = Ticker()
-        deadline = time.monotonic() + 120
-        while (received := simulator.stats()["received"]) < due:
-            progress(f"scale/{n:,}: {received}/{due} due steps sent")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {received} of {due} due steps sent in 2 minutes")
-            time.sleep(0.1)
-        while len(job_history(db_url)[0]) < idle_ticks and time.monotonic() < deadline:
-            time.sleep(0.5)
-        rss_mib = sampler.stop()
-        assert daemon.stop() == 0
-        idle, busy = job_history(db_url)
-        busy_s = sum(seconds for seconds, _ in busy)
-        return {"contacts": n, "due": due, "seed_s": seed_s, "idle_tick_ms": statistics.median(idle) * 1000,
-                "idle_ticks": len(idle), "busy_tick_ms": busy_s * 1000, "busy_ticks": len(busy),
-                "busy_ms_per_due_step": busy_s * 1000 / due, "cap_checks_per_s": checks_per_s,
-                "database_mib": database_mib(db_url), "daemon_peak_rss_mib": rss_mib,
-                "delivered": simulator.stats()["received"], "duplicates": simulator.stats()["duplicates"]}
-    finally:
-        if daemon is not None:
-            daemon.kill()
-        simulator.stop()
-        drop_database(db_url)
-        drop_vhost(vhost)
+    with scratch_services("postgres", workdir) as (db_url, amqp_url):
+        simulator = SimulatorProcess(workdir, latency_ms=20).start()
+        daemon: DaemonProcess | None = None
+        try:
+            env = base_env(DATABASE_URL=db_url, BROKER_URL=amqp_url, RATE_SMS="unlimited", DAILY_CAP="0",
+                           QUIET_HOURS="off", **simulator.provider_env())
+            assert cli("migrate", env=env).returncode == 0
+            started = time.monotonic()
+            campaign_id, _ = seed(db_url, n, due)
+            seed_s = time.monotonic() - started
+            log(f"scale/{n:,}: seeded in {seed_s:.1f}s; cap checks")
+            checks_per_s = cap_checks_per_s(db_url, n, campaign_id)
+            log(f"scale/{n:,}: {checks_per_s:,.0f} cap checks/s; daemon on it")
+            daemon = DaemonProcess(env, workdir, "--processes", "2", name=f"scale-{n}").start()
+            assert daemon.process is not None
+            sampler = RssSampler(daemon.process.pid)
+            sampler.start()
+            progress = Ticker()
+            deadline = time.monotonic() + 120
+            while (received := simulator.stats()["received"]) < due:
+                progress(f"scale/{n:,}: {received}/{due} due steps sent")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {received} of {due} due steps sent in 2 minutes")
+                time.sleep(0.1)
+            while len(job_history(db_url)[0]) < idle_ticks and time.monotonic() < deadline:
+                time.sleep(0.5)
+            rss_mib = sampler.stop()
+            assert daemon.stop() == 0
+            idle, busy = job_history(db_url)
+            busy_s = sum(seconds for seconds, _ in busy)
+            return {"contacts": n, "due": due, "seed_s": seed_s, "idle_tick_ms": statistics.median(idle) * 1000,
+                    "idle_ticks": len(idle), "busy_tick_ms": busy_s * 1000, "busy_ticks": len(busy),
+                    "busy_ms_per_due_step": busy_s * 1000 / due, "cap_checks_per_s": checks_per_s,
+                    "database_mib": database_mib(db_url), "daemon_peak_rss_mib": rss_mib,
+                    "delivered": simulator.stats()["received"], "duplicates": simulator.stats()["duplicates"]}
+        finally:
+            if daemon is not None:
+                daemon.kill()
+            simulator.stop()
 
 
 def run(sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000), due: int = 1000, idle_ticks: int = 5) -> Section:
@@ -236,6 +219,7 @@ def run(sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000), due: int = 1000, 
 
 
 def main() -> int:
+    clean_up_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--due", type=int, default=1000)

@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ops.bench import burst, dispatch, ingress, rate_limit, scale  # noqa: E402
-from ops.bench.common import Section, log, machine  # noqa: E402
+from ops.bench.common import Section, clean_up_on_sigterm, log, machine  # noqa: E402
 
 FULL: dict[str, Callable[[], Section]] = {
     "dispatch": lambda: dispatch.run(sends=50_000, databases=("postgres", "sqlite")),
@@ -66,6 +66,7 @@ def summary(sections: list[Section]) -> list[str]:
 
 
 def main() -> int:
+    clean_up_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: checks the benchmarks still work")
     parser.add_argument("--only", default="", help="comma-separated sections (default: all)")
