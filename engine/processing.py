@@ -102,6 +102,10 @@ def _process_clicks(settings: Settings, clicks: list[tuple[InboundEvent, str]]) 
                 updates.append((event.id, "processed", now, link.contact_id, None))
             if attributions:
                 Attribution.insert_many(attributions).execute()
+            notes: list[str] = []
+            _follow_campaigns("click", sorted({a["contact"] for a in attributions if a["contact"] is not None}), notes)
+            if notes:  # campaign notes concern every click of the run
+                updates = [(*u[:4], "; ".join(([u[4]] if u[4] else []) + notes)[:2000]) for u in updates]
             bulk_update("inbound_event", ("status", "processed_at", "contact_id", "error"), updates,
                         casts={"processed_at": "timestamp", "contact_id": "integer"}, guard=("status", "pending"))
         return Counter(processed=len(clicks))
@@ -141,10 +145,10 @@ def _apply(settings: Settings, event: InboundEvent, canonical: dict[str, Any], n
     if kind == "contact.upsert":
         campaign = data.pop("campaign", None)
         (result,) = upsert_contacts([ContactInput(**data)])
-        targets = [c.slug for c in campaigns_triggered_by("contact.upsert")] + ([campaign] if campaign else [])
-        for slug in dict.fromkeys(targets):
+        _follow_campaigns("contact.upsert", [result.contact_id], notes)
+        if campaign:
             try:
-                enrol([result.contact_id], slug)
+                enrol([result.contact_id], campaign)
             except CampaignError as exc:
                 notes.append(str(exc))
         return result.contact_id
@@ -157,16 +161,16 @@ def _apply(settings: Settings, event: InboundEvent, canonical: dict[str, Any], n
             unsuppress([contact.id], channel)
         else:
             suppress([contact.id], data.get("reason") or "unsubscribed", channel)
-            exit_enrolments([contact.id], "contact.unsubscribe", reason="unsubscribed")
+            _follow_campaigns("contact.unsubscribe", [contact.id], notes, reason="unsubscribed")
         return contact.id
     if kind == "conversion":
         contact = _contact(settings, data, notes)
         if contact is None:
             return None
-        exit_enrolments([contact.id], "conversion", reason=data.get("name") or "conversion")
         cause = _last_touch(contact.id)
         Attribution.create(event=event.id, kind="conversion", contact=contact.id, name=data.get("name"),
                            value=data.get("value"), **cause)
+        _follow_campaigns("conversion", [contact.id], notes, reason=data.get("name") or "conversion")
         return contact.id
     if kind == "delivery":
         send = Send.get_or_none(Send.provider_message_id == data["provider_message_id"])
@@ -176,6 +180,8 @@ def _apply(settings: Settings, event: InboundEvent, canonical: dict[str, Any], n
         Send.update(delivery_status=data["status"]).where(Send.id == send.id).execute()
         if data["status"] in ("bounced", "complained") and send.contact_id is not None:
             suppress([send.contact_id], data["status"], send.channel)
+        if send.contact_id is not None:
+            _follow_campaigns("delivery", [send.contact_id], notes, reason=f"delivery {data['status']}")
         return send.contact_id
     if kind == "click":
         link = TrackedLink.get_or_none(TrackedLink.token == data["token"])
@@ -184,8 +190,25 @@ def _apply(settings: Settings, event: InboundEvent, canonical: dict[str, Any], n
             return None
         Attribution.create(event=event.id, kind="click", contact=link.contact_id, send=link.send_id,
                            campaign=link.campaign_id, step=link.step_id)
+        if link.contact_id is not None:
+            _follow_campaigns("click", [link.contact_id], notes)
         return link.contact_id
     raise ValueError(f"unknown event type {kind!r}")
+
+
+def _follow_campaigns(kind: str, contact_ids: list[int], notes: list[str], reason: str | None = None) -> None:
+    """What an event means for campaigns (contract: ``exit_on`` and ``trigger`` take any event
+    type): the contacts leave every campaign listing ``kind`` in ``exit_on``, then enter every
+    active campaign triggered by ``kind`` (a contact already enrolled there, even finished, is left
+    alone). A campaign that cannot take them (no steps) is noted on the event, not an error."""
+    if not contact_ids:
+        return
+    exit_enrolments(contact_ids, kind, reason=reason or kind)
+    for campaign in campaigns_triggered_by(kind):
+        try:
+            enrol(contact_ids, campaign)
+        except CampaignError as exc:
+            notes.append(str(exc))
 
 
 def _last_touch(contact_id: int) -> dict[str, Any]:

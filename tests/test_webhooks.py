@@ -220,6 +220,37 @@ async def test_a_burst_of_clicks_and_a_conversion_are_applied_in_arrival_order(c
     assert await asyncio.to_thread(process_pending, client.settings) == {}  # once each
 
 
+async def test_clicks_and_conversions_exit_and_trigger_the_campaigns_that_name_them(client) -> None:  # type: ignore[no-untyped-def]
+    _, _, sends = _links_for(3)
+    nurture = Campaign.create(slug="nurture", name="Nurture", exit_on=["click"])
+    CampaignStep.create(campaign=nurture.id, position=0, channel="sms", body="b")
+    clicked = Campaign.create(slug="clicked", name="Clicked", trigger_event="click")
+    CampaignStep.create(campaign=clicked.id, position=0, channel="sms", body="b", delay_s=3600)
+    paid = Campaign.create(slug="paid", name="Paid", trigger_event="conversion")
+    CampaignStep.create(campaign=paid.id, position=0, channel="sms", body="b")
+    contacts = [s.contact_id for s in sends]
+    for contact_id in contacts:
+        Enrolment.create(contact=contact_id, campaign=nurture.id)
+    # Given clicks by the first two contacts (one run, set-based) and a conversion by the third
+    for i, signed in enumerate([standard({"type": "click", "data": {"token": "tok-0"}}, "k0"),
+                                standard({"type": "click", "data": {"token": "tok-1"}}, "k1"),
+                                standard({"type": "click", "data": {"token": "tok-1"}}, "k2"),
+                                standard({"type": "conversion", "data": {"external_id": "u2"}}, "k3")]):
+        assert (await post(client, "/webhooks/app", signed)).status == 202, i
+    assert await asyncio.to_thread(process_pending, client.settings) == {"processed": 4}
+
+    def status(contact_id: int, campaign: Campaign) -> str | None:
+        found = Enrolment.get_or_none(Enrolment.contact == contact_id, Enrolment.campaign == campaign.id)
+        return None if found is None else f"{found.status}:{found.exit_reason or ''}"
+
+    # Then the clickers left the campaign that exits on a click, and entered the one a click triggers
+    assert [status(c, nurture) for c in contacts] == ["exited:click", "exited:click", "active:"]
+    assert [status(c, clicked) for c in contacts] == ["active:", "active:", None]
+    # and the converter entered the campaign a conversion triggers, once
+    assert [status(c, paid) for c in contacts] == [None, None, "active:"]
+    assert Enrolment.select().where(Enrolment.campaign == clicked.id).count() == 2
+
+
 async def test_clicks_fall_back_to_one_at_a_time_when_the_set_based_step_fails(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import engine.processing
 
