@@ -8,10 +8,11 @@ in order. Each event runs in its own savepoint: a bad one is marked ``failed`` w
 the rest go on. Re-running is harmless: only ``pending`` rows are taken, and they are marked in the
 same transaction as their effects.
 
-Runs of consecutive click events (the bulk of a burst) are applied set-based: one query for their
-links, one insert of their attributions, one update of their rows. A conversion after them in the
-same batch still sees them (same transaction, arrival order kept); if the set-based step fails,
-the run is retried one event at a time so that only the bad event is marked ``failed``.
+Runs of consecutive click events, and of consecutive delivery receipts (the bulk of a burst, and
+of the callbacks after a campaign), are applied set-based: one query for their links or sends, one
+write of their effects, one update of their rows. An event after them in the same batch still sees
+them (same transaction, arrival order kept); if the set-based step fails, the run is retried one
+event at a time so that only the bad event is marked ``failed``.
 """
 
 from __future__ import annotations
@@ -56,63 +57,107 @@ def process_pending(settings: Settings, limit: int = 50_000, should_stop: Callab
 
 
 def _process_batch(settings: Settings, events: list[InboundEvent]) -> Counter:
-    """In arrival order: runs of clicks set-based, anything else one at a time."""
+    """In arrival order: runs of consecutive clicks, or of consecutive delivery receipts, set-based;
+    anything else one at a time."""
     outcomes: Counter = Counter()
-    clicks: list[tuple[InboundEvent, str]] = []
+    run: list[tuple[InboundEvent, dict[str, Any]]] = []
+    run_kind: str | None = None
     for event in events:
-        token = _click_token(event)
-        if token is not None:
-            clicks.append((event, token))
+        kind, data = _lone_event(event)
+        if kind is not None and kind == run_kind:
+            run.append((event, data))
             continue
-        if clicks:
-            outcomes.update(_process_clicks(settings, clicks))
-            clicks = []
-        outcomes[_process_one(settings, event)] += 1
-    if clicks:
-        outcomes.update(_process_clicks(settings, clicks))
+        if run:
+            outcomes.update(_process_run(settings, run_kind, run))
+            run, run_kind = [], None
+        if kind is not None:
+            run, run_kind = [(event, data)], kind
+        else:
+            outcomes[_process_one(settings, event)] += 1
+    if run:
+        outcomes.update(_process_run(settings, run_kind, run))
     return outcomes
 
 
-def _click_token(event: InboundEvent) -> str | None:
-    """The link token when the event is a single click, else None."""
+def _lone_event(event: InboundEvent) -> tuple[str | None, dict[str, Any]]:
+    """(kind, data) when the event is a single click or delivery receipt, else (None, {})."""
     try:
         (canonical,) = json.loads(event.payload)["events"]
-        return str(canonical["data"]["token"]) if canonical["type"] == "click" else None
+        data = canonical["data"]
+        if canonical["type"] == "click" and isinstance(data["token"], str):
+            return "click", data
+        if canonical["type"] == "delivery" and isinstance(data["provider_message_id"], str):
+            return "delivery", data
     except (ValueError, KeyError, TypeError):
-        return None  # not a lone click: the one-at-a-time path deals with it, and with its errors
+        pass  # the one-at-a-time path deals with it, and with its errors
+    return None, {}
 
 
-def _process_clicks(settings: Settings, clicks: list[tuple[InboundEvent, str]]) -> Counter:
+# An event row's outcome: (id, status, processed_at, contact_id, error), written in one bulk update.
+EventUpdate = tuple[int, str, Any, int | None, str | None]
+
+
+def _process_run(settings: Settings, kind: str | None, run: list[tuple[InboundEvent, dict[str, Any]]]) -> Counter:
+    apply = _apply_clicks if kind == "click" else _apply_deliveries
     try:
         with database.atomic():
-            links = {link.token: link for link in TrackedLink.select(
-                TrackedLink.token, TrackedLink.contact, TrackedLink.send, TrackedLink.campaign, TrackedLink.step)
-                .where(TrackedLink.token.in_(sorted({token for _, token in clicks})))}
             now = utcnow()
-            attributions: list[dict[str, Any]] = []
-            updates: list[tuple[Any, ...]] = []
-            for event, token in clicks:
-                link = links.get(token)
-                if link is None:
-                    updates.append((event.id, "processed", now, None, "unknown link"))
-                    continue
-                attributions.append({"event": event.id, "kind": "click", "contact": link.contact_id,
-                                     "send": link.send_id, "campaign": link.campaign_id, "step": link.step_id,
-                                     "created_at": now})
-                updates.append((event.id, "processed", now, link.contact_id, None))
-            if attributions:
-                Attribution.insert_many(attributions).execute()
+            updates = apply(run, now)
             notes: list[str] = []
-            _follow_campaigns("click", sorted({a["contact"] for a in attributions if a["contact"] is not None}), notes)
-            if notes:  # campaign notes concern every click of the run
+            _follow_campaigns(str(kind), sorted({u[3] for u in updates if u[3] is not None}), notes)
+            if notes:  # campaign notes concern every event of the run
                 updates = [(*u[:4], "; ".join(([u[4]] if u[4] else []) + notes)[:2000]) for u in updates]
             bulk_update("inbound_event", ("status", "processed_at", "contact_id", "error"), updates,
                         casts={"processed_at": "timestamp", "contact_id": "integer"}, guard=("status", "pending"))
-        return Counter(processed=len(clicks))
+        return Counter(processed=len(run))
     except Exception:
-        logger.warning("a run of %d click events failed set-based; applying them one at a time", len(clicks),
+        logger.warning("a run of %d %s events failed set-based; applying them one at a time", len(run), kind,
                        exc_info=True)
-        return Counter(_process_one(settings, event) for event, _ in clicks)
+        return Counter(_process_one(settings, event) for event, _ in run)
+
+
+def _apply_clicks(run: list[tuple[InboundEvent, dict[str, Any]]], now: Any) -> list[EventUpdate]:
+    """Each click attributed to its link's send, step and campaign: one query, one insert."""
+    links = {link.token: link for link in TrackedLink.select(
+        TrackedLink.token, TrackedLink.contact, TrackedLink.send, TrackedLink.campaign, TrackedLink.step)
+        .where(TrackedLink.token.in_(sorted({data["token"] for _, data in run})))}
+    attributions: list[dict[str, Any]] = []
+    updates: list[EventUpdate] = []
+    for event, data in run:
+        link = links.get(data["token"])
+        if link is None:
+            updates.append((event.id, "processed", now, None, "unknown link"))
+            continue
+        attributions.append({"event": event.id, "kind": "click", "contact": link.contact_id, "send": link.send_id,
+                             "campaign": link.campaign_id, "step": link.step_id, "created_at": now})
+        updates.append((event.id, "processed", now, link.contact_id, None))
+    if attributions:
+        Attribution.insert_many(attributions).execute()
+    return updates
+
+
+def _apply_deliveries(run: list[tuple[InboundEvent, dict[str, Any]]], now: Any) -> list[EventUpdate]:
+    """Each receipt's status on its send (the last receipt of a send wins, as one at a time would),
+    bounces and complaints suppressed on the send's channel: one query, two writes."""
+    sends = {send.provider_message_id: send for send in Send.select(
+        Send.id, Send.provider_message_id, Send.contact, Send.channel)
+        .where(Send.provider_message_id.in_(sorted({data["provider_message_id"] for _, data in run})))}
+    statuses: dict[int, str] = {}
+    suppressions: dict[tuple[str, str], set[int]] = {}
+    updates: list[EventUpdate] = []
+    for event, data in run:
+        send = sends.get(data["provider_message_id"])
+        if send is None:
+            updates.append((event.id, "processed", now, None, "no send with that provider_message_id"))
+            continue
+        statuses[send.id] = data["status"]
+        if data["status"] in ("bounced", "complained") and send.contact_id is not None:
+            suppressions.setdefault((data["status"], send.channel), set()).add(send.contact_id)
+        updates.append((event.id, "processed", now, send.contact_id, None))
+    bulk_update("send", ("delivery_status",), list(statuses.items()))
+    for (reason, channel), contact_ids in suppressions.items():
+        suppress(contact_ids, reason, channel)
+    return updates
 
 
 def _process_one(settings: Settings, event: InboundEvent) -> str:
@@ -181,7 +226,7 @@ def _apply(settings: Settings, event: InboundEvent, canonical: dict[str, Any], n
         if data["status"] in ("bounced", "complained") and send.contact_id is not None:
             suppress([send.contact_id], data["status"], send.channel)
         if send.contact_id is not None:
-            _follow_campaigns("delivery", [send.contact_id], notes, reason=f"delivery {data['status']}")
+            _follow_campaigns("delivery", [send.contact_id], notes)
         return send.contact_id
     if kind == "click":
         link = TrackedLink.get_or_none(TrackedLink.token == data["token"])

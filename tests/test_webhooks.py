@@ -251,6 +251,28 @@ async def test_clicks_and_conversions_exit_and_trigger_the_campaigns_that_name_t
     assert Enrolment.select().where(Enrolment.campaign == clicked.id).count() == 2
 
 
+async def test_a_run_of_delivery_receipts_updates_sends_and_suppresses_bounces(client) -> None:  # type: ignore[no-untyped-def]
+    ada = Contact.create(email="ada@example.com", phone="+12015550100")
+    bob = Contact.create(email="bob@example.com")
+    sms = Send.create(idempotency_key="s1", channel="sms", contact=ada.id, status="sent", provider_message_id="SM1")
+    mail = Send.create(idempotency_key="e1", channel="email", contact=bob.id, status="sent", provider_message_id="pm-2")
+    receipts = [("SM1", "failed"), ("pm-2", "delivered"), ("nope", "delivered"), ("SM1", "delivered"),
+                ("pm-2", "bounced")]
+    # Given five receipts in a row (one run): two for each send, one for a send we never made
+    for i, (provider_id, status) in enumerate(receipts):
+        signed = standard({"type": "delivery", "data": {"provider_message_id": provider_id, "status": status}},
+                          f"r{i}")
+        assert (await post(client, "/webhooks/app", signed)).status == 202
+    assert await asyncio.to_thread(process_pending, client.settings) == {"processed": 5}
+    # Then each send has its last receipt's status, the bounce suppressed the address's channel only
+    assert (Send.get_by_id(sms.id).delivery_status, Send.get_by_id(mail.id).delivery_status) == ("delivered",
+                                                                                                 "bounced")
+    assert [(s.contact_id, s.channel, s.reason) for s in Suppression.select()] == [(bob.id, "email", "bounced")]
+    events = {e.event_id: e for e in InboundEvent.select()}
+    assert events["r2"].error == "no send with that provider_message_id" and events["r2"].contact_id is None
+    assert (events["r0"].contact_id, events["r4"].contact_id) == (ada.id, bob.id)
+
+
 async def test_clicks_fall_back_to_one_at_a_time_when_the_set_based_step_fails(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import engine.processing
 
@@ -349,3 +371,24 @@ async def test_an_event_id_deduplicates_for_the_retention_window_only(client) ->
     # the id is free again: a new delivery with it is a new event; the old row is still there
     assert (await post(client, "/webhooks/app", standard(UPSERT, "msg_old"))).status == 202
     assert InboundEvent.select().count() == 2
+
+
+@pytest.mark.parametrize("kind", ["click", "delivery"])
+def test_a_run_of_clicks_or_receipts_takes_the_same_statements_for_10_or_300(migrated_db: str, statements,  # type: ignore[no-untyped-def]
+                                                                               kind: str) -> None:
+    settings = settings_for(migrated_db)
+    _, _, sends = _links_for(3)
+    for i, send in enumerate(sends):
+        Send.update(provider_message_id=f"PM{i}").where(Send.id == send.id).execute()
+
+    def process(count: int) -> int:
+        for i in range(count):
+            data = {"token": f"tok-{i % 3}"} if kind == "click" else {"provider_message_id": f"PM{i % 3}",
+                                                                        "status": "delivered"}
+            InboundEvent.create(source="app", event_id=f"{kind}-{count}-{i}", type=kind,
+                                payload=json.dumps({"events": [{"type": kind, "data": data}], "raw": ""}))
+        statements.count = 0
+        assert process_pending(settings) == {"processed": count}
+        return statements.count
+
+    assert process(10) == process(300)  # one run each: no statement per event
