@@ -9,10 +9,11 @@ Exactly once, as far as a crash allows: a send is claimed (``queued``/``retrying
 in one UPDATE before any provider call, so a redelivered message finds nothing to claim for sends
 already being sent or finished, and never calls the provider for them again. The one window left
 is a crash (kill -9, power loss) after a provider accepted a call and before its result was
-written (results are written as calls finish, at least every ``SETTLE_EVERY_S``, not when the whole
-batch is done, so the window is the calls on the wire plus the last fraction of a second): the send stays ``sending`` until ``CLAIM_TIMEOUT_S``, then the reconciler offers it again
-and it is sent a second time, with the same idempotency key, which providers that honour one
-(Twilio's I-Twilio-Idempotency-Token, the simulator) use to drop the repeat.
+written. Results are written as calls finish (at most ``SETTLE_EVERY_S`` late), not when the whole
+batch is done, so that window is the calls on the wire plus a fraction of a second. Such a send
+stays ``sending`` until ``CLAIM_TIMEOUT_S``, then the reconciler offers it again and it is sent
+a second time, with the same idempotency key, which providers that honour one (Twilio's
+I-Twilio-Idempotency-Token, the simulator) use to drop the repeat.
 
 Per send, what happens is one of: sent; failed (permanent: recorded, never retried, the step's
 fallback channel tried when there is one); retried (transient: Dramatiq retries the message with

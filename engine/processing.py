@@ -60,21 +60,21 @@ def _process_batch(settings: Settings, events: list[InboundEvent]) -> Counter:
     """In arrival order: runs of consecutive clicks, or of consecutive delivery receipts, set-based;
     anything else one at a time."""
     outcomes: Counter = Counter()
-    run: list[tuple[InboundEvent, dict[str, Any]]] = []
+    run: Run = []
     run_kind: str | None = None
     for event in events:
         kind, data = _lone_event(event)
         if kind is not None and kind == run_kind:
             run.append((event, data))
             continue
-        if run:
+        if run and run_kind is not None:
             outcomes.update(_process_run(settings, run_kind, run))
             run, run_kind = [], None
         if kind is not None:
             run, run_kind = [(event, data)], kind
         else:
             outcomes[_process_one(settings, event)] += 1
-    if run:
+    if run and run_kind is not None:
         outcomes.update(_process_run(settings, run_kind, run))
     return outcomes
 
@@ -83,11 +83,9 @@ def _lone_event(event: InboundEvent) -> tuple[str | None, dict[str, Any]]:
     """(kind, data) when the event is a single click or delivery receipt, else (None, {})."""
     try:
         (canonical,) = json.loads(event.payload)["events"]
-        data = canonical["data"]
-        if canonical["type"] == "click" and isinstance(data["token"], str):
-            return "click", data
-        if canonical["type"] == "delivery" and isinstance(data["provider_message_id"], str):
-            return "delivery", data
+        kind, data = canonical["type"], canonical["data"]
+        if kind in _SET_BASED and isinstance(data[_SET_BASED[kind][1]], str):
+            return kind, data
     except (ValueError, KeyError, TypeError):
         pass  # the one-at-a-time path deals with it, and with its errors
     return None, {}
@@ -95,16 +93,15 @@ def _lone_event(event: InboundEvent) -> tuple[str | None, dict[str, Any]]:
 
 # An event row's outcome: (id, status, processed_at, contact_id, error), written in one bulk update.
 EventUpdate = tuple[int, str, Any, int | None, str | None]
+Run = list[tuple[InboundEvent, dict[str, Any]]]
 
 
-def _process_run(settings: Settings, kind: str | None, run: list[tuple[InboundEvent, dict[str, Any]]]) -> Counter:
-    apply = _apply_clicks if kind == "click" else _apply_deliveries
+def _process_run(settings: Settings, kind: str, run: Run) -> Counter:
     try:
         with database.atomic():
-            now = utcnow()
-            updates = apply(run, now)
+            updates = _SET_BASED[kind][0](run, utcnow())
             notes: list[str] = []
-            _follow_campaigns(str(kind), sorted({u[3] for u in updates if u[3] is not None}), notes)
+            _follow_campaigns(kind, sorted({u[3] for u in updates if u[3] is not None}), notes)
             if notes:  # campaign notes concern every event of the run
                 updates = [(*u[:4], "; ".join(([u[4]] if u[4] else []) + notes)[:2000]) for u in updates]
             bulk_update("inbound_event", ("status", "processed_at", "contact_id", "error"), updates,
@@ -116,7 +113,7 @@ def _process_run(settings: Settings, kind: str | None, run: list[tuple[InboundEv
         return Counter(_process_one(settings, event) for event, _ in run)
 
 
-def _apply_clicks(run: list[tuple[InboundEvent, dict[str, Any]]], now: Any) -> list[EventUpdate]:
+def _apply_clicks(run: Run, now: Any) -> list[EventUpdate]:
     """Each click attributed to its link's send, step and campaign: one query, one insert."""
     links = {link.token: link for link in TrackedLink.select(
         TrackedLink.token, TrackedLink.contact, TrackedLink.send, TrackedLink.campaign, TrackedLink.step)
@@ -136,7 +133,7 @@ def _apply_clicks(run: list[tuple[InboundEvent, dict[str, Any]]], now: Any) -> l
     return updates
 
 
-def _apply_deliveries(run: list[tuple[InboundEvent, dict[str, Any]]], now: Any) -> list[EventUpdate]:
+def _apply_deliveries(run: Run, now: Any) -> list[EventUpdate]:
     """Each receipt's status on its send (the last receipt of a send wins, as one at a time would),
     bounces and complaints suppressed on the send's channel: one query, two writes."""
     sends = {send.provider_message_id: send for send in Send.select(
@@ -158,6 +155,10 @@ def _apply_deliveries(run: list[tuple[InboundEvent, dict[str, Any]]], now: Any) 
     for (reason, channel), contact_ids in suppressions.items():
         suppress(contact_ids, reason, channel)
     return updates
+
+
+# Event kinds applied set-based: how, and the data field that identifies what they concern.
+_SET_BASED = {"click": (_apply_clicks, "token"), "delivery": (_apply_deliveries, "provider_message_id")}
 
 
 def _process_one(settings: Settings, event: InboundEvent) -> str:
@@ -217,27 +218,13 @@ def _apply(settings: Settings, event: InboundEvent, canonical: dict[str, Any], n
                            value=data.get("value"), **cause)
         _follow_campaigns("conversion", [contact.id], notes, reason=data.get("name") or "conversion")
         return contact.id
-    if kind == "delivery":
-        send = Send.get_or_none(Send.provider_message_id == data["provider_message_id"])
-        if send is None:
-            notes.append("no send with that provider_message_id")
-            return None
-        Send.update(delivery_status=data["status"]).where(Send.id == send.id).execute()
-        if data["status"] in ("bounced", "complained") and send.contact_id is not None:
-            suppress([send.contact_id], data["status"], send.channel)
-        if send.contact_id is not None:
-            _follow_campaigns("delivery", [send.contact_id], notes)
-        return send.contact_id
-    if kind == "click":
-        link = TrackedLink.get_or_none(TrackedLink.token == data["token"])
-        if link is None:
-            notes.append("unknown link")
-            return None
-        Attribution.create(event=event.id, kind="click", contact=link.contact_id, send=link.send_id,
-                           campaign=link.campaign_id, step=link.step_id)
-        if link.contact_id is not None:
-            _follow_campaigns("click", [link.contact_id], notes)
-        return link.contact_id
+    if kind in _SET_BASED:  # the same rules as a run of them, for a run of one
+        ((_, _, _, contact_id, note),) = _SET_BASED[kind][0]([(event, data)], utcnow())
+        if note:
+            notes.append(note)
+        if contact_id is not None:
+            _follow_campaigns(kind, [contact_id], notes)
+        return contact_id
     raise ValueError(f"unknown event type {kind!r}")
 
 

@@ -113,13 +113,12 @@ def post_all(url: str, requests: list[Request], connections: int) -> dict[str, A
     return asyncio.run(_post_all(url, requests, connections))
 
 
-def processing_state(db_url: str) -> tuple[int, int]:
-    """(click attributions, events not yet processed)."""
+def processing_state() -> tuple[int, int]:
+    """(click attributions, events not yet processed), on this process's open connection."""
     from db.models import Attribution, InboundEvent
 
-    with connected(db_url):
-        return (Attribution.select().where(Attribution.kind == "click").count(),
-                InboundEvent.select().where(InboundEvent.status == "pending").count())
+    return (Attribution.select().where(Attribution.kind == "click").count(),
+            InboundEvent.select().where(InboundEvent.status == "pending").count())
 
 
 def attributed_to_their_sends(db_url: str) -> int:
@@ -160,14 +159,15 @@ def run(clicks: int = 10_000, connections: int = 64) -> Section:
                 ours = post_all(f"http://127.0.0.1:{daemon.port}/webhooks/bench", requests, connections)
                 log(f"burst: posted in {ours['post_s']:.2f}s ({ours['posts_per_s']:.0f}/s); waiting for processing")
                 progress = Ticker()
-                while True:
-                    attributed, pending = processing_state(db_url)
-                    if attributed >= clicks and pending == 0:
-                        break
-                    progress(f"burst: {attributed}/{clicks} attributed, {pending} pending")
-                    if time.monotonic() - started > 300:
-                        raise RuntimeError(f"only {attributed} of {clicks} clicks attributed in 5 minutes")
-                    time.sleep(0.05)
+                with connected(db_url):  # one connection for the whole poll, not one per look
+                    while True:
+                        attributed, pending = processing_state()
+                        if attributed >= clicks and pending == 0:
+                            break
+                        progress(f"burst: {attributed}/{clicks} attributed, {pending} pending")
+                        if time.monotonic() - started > 300:
+                            raise RuntimeError(f"only {attributed} of {clicks} clicks attributed in 5 minutes")
+                        time.sleep(0.05)
                 ours["all_attributed_s"] = time.monotonic() - started
                 ours["attributed"] = attributed
                 ours["attributed_to_their_send"] = attributed_to_their_sends(db_url)
