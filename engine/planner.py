@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.config import Settings
+from db.bulk import insert_many
 from db.database import database, db_session, is_postgres, rows
 from db.models import CampaignStep, Contact, Decision, Enrolment, Send
 from engine.checks import ADDRESS_FIELDS
@@ -108,16 +109,21 @@ def _plan_batch(settings: Settings, claimed: Sequence[tuple[Any, ...]], now: dt.
                                        channel=step.channel) for _, contact, step in work], settings.public_url)
     send_rows = []
     for (enrolment_id, contact, step), output in zip(work, rendered, strict=True):
-        row = {"idempotency_key": f"e{enrolment_id}.{step.position}", "channel": step.channel,
-               "contact": contact.id, "campaign": step.campaign_id, "step": step.id, "enrolment": enrolment_id,
-               "recipient": getattr(contact, ADDRESS_FIELDS[step.channel]), "due_at": now, "created_at": now}
-        if isinstance(output, TemplateError):
-            row.update(status="failed", error=str(output)[:2000], reason="template error", finished_at=now)
-        else:
-            row.update(status="planned", subject=output.subject, body=output.body)
-        send_rows.append(row)
+        # Failed and planned rows go in one INSERT, so both carry every column (see db/bulk.py).
+        failed = isinstance(output, TemplateError)
+        send_rows.append({
+            "idempotency_key": f"e{enrolment_id}.{step.position}", "channel": step.channel,
+            "contact": contact.id, "campaign": step.campaign_id, "step": step.id, "enrolment": enrolment_id,
+            "recipient": getattr(contact, ADDRESS_FIELDS[step.channel]), "due_at": now, "created_at": now,
+            "status": "failed" if failed else "planned",
+            "subject": None if isinstance(output, TemplateError) else output.subject,
+            "body": None if isinstance(output, TemplateError) else output.body,
+            "error": str(output)[:2000] if failed else None,
+            "reason": "template error" if failed else None,
+            "finished_at": now if failed else None,
+        })
     ids = {key: send_id for send_id, key in rows(
-        Send.insert_many(send_rows).on_conflict_ignore().returning(Send.id, Send.idempotency_key))}
+        insert_many(Send, send_rows).on_conflict_ignore().returning(Send.id, Send.idempotency_key))}
 
     links: list[tuple[str, str, int, int | None, int, int]] = []
     failures = []
@@ -131,10 +137,10 @@ def _plan_batch(settings: Settings, claimed: Sequence[tuple[Any, ...]], now: dt.
     if links:
         save_links(links)
     if failures:
-        Decision.insert_many([{"send": send_id, "contact": contact.id, "campaign": step.campaign_id,
-                               "step": step.id, "channel": step.channel, "outcome": "failed",
-                               "reason": f"template error: {error}"[:255], "created_at": now}
-                              for send_id, _, contact, step, error in failures]).execute()
+        insert_many(Decision, [{"send": send_id, "contact": contact.id, "campaign": step.campaign_id,
+                                "step": step.id, "channel": step.channel, "outcome": "failed",
+                                "reason": f"template error: {error}"[:255], "created_at": now}
+                               for send_id, _, contact, step, error in failures]).execute()
         advance_enrolments([f[1] for f in failures], now)
     report.failed += len(failures)
     report.planned += len(work) - len(failures)

@@ -93,3 +93,26 @@ def test_the_reconciler_offers_stalled_sends_again(migrated_db: str) -> None:
     assert status == {"lost": "planned", "moving": "queued", "retry-lost": "planned", "orphan": "planned",
                       "busy": "sending"}
     assert Decision.get().outcome == "reoffered"
+
+
+def test_a_template_error_first_in_the_batch_leaves_the_good_sends_their_text(migrated_db: str) -> None:
+    # Given a broken step due first and good email steps due after it, planned in one batch
+    now = utcnow()
+    broken = Campaign.create(slug="broken", name="Broken")
+    CampaignStep.create(campaign=broken.id, position=0, channel="email", subject="Hi", body="{{ contact.nme }}",
+                        delay_s=0)
+    good = Campaign.create(slug="good", name="Good")
+    CampaignStep.create(campaign=good.id, position=0, channel="email", subject="For {{ contact.name }}",
+                        body="Dear {{ contact.name }}, on {{ contact.plan }}", delay_s=0)
+    people = [Contact.create(external_id=f"e{i}", email=f"p{i}@example.com", name=f"P{i}",
+                             attributes={"plan": "pro"}).id for i in range(3)]
+    enrol(people[:1], broken, now=now - dt.timedelta(minutes=1))
+    enrol(people[1:], good, now=now)
+    # When the batch is planned
+    report = plan_due_steps(SETTINGS, now + dt.timedelta(seconds=1))
+    # Then the failed row is failed and every good row carries exactly its own rendered text
+    assert (report.planned, report.failed) == (2, 1)
+    texts = {s.contact_id: (s.status, s.subject, s.body, s.error) for s in Send.select()}
+    assert texts[people[1]] == ("planned", "For P1", "Dear P1, on pro", None)
+    assert texts[people[2]] == ("planned", "For P2", "Dear P2, on pro", None)
+    assert texts[people[0]][:3] == ("failed", None, None) and "nme" in texts[people[0]][3]
