@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+from db.bulk import MismatchedRows
 from db.database import database, is_postgres
 
 # Columns a settled send gets, in this order, after its id.
@@ -43,6 +44,9 @@ def bulk_update(table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ..
     changed = 0
     names = ", ".join(("id", *columns))
     width = 1 + len(columns)
+    if any(len(row) != width for row in rows):
+        # A short row beside a long one keeps the parameter count right and shifts every value after it.
+        raise MismatchedRows(f"bulk_update of {table}: every row must be (id, {', '.join(columns)})")
     for start in range(0, len(rows), rows_per_statement):
         chunk = rows[start:start + rows_per_statement]
         if is_postgres():

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import peewee
 
+from db.bulk import insert_many
 from db.database import database
 from db.models import Campaign, CampaignStep, utcnow
 from engine.campaign_file import (
@@ -68,7 +69,8 @@ def _apply(spec: CampaignSpec) -> ApplyResult:
         campaign = Campaign.get_or_none(Campaign.slug == spec.slug)
         if campaign is None:
             campaign = Campaign.create(slug=spec.slug, version=1, **wanted)
-            CampaignStep.insert_many(
+            insert_many(
+                CampaignStep,
                 [_step_row(campaign.id, position, step) for position, step in enumerate(spec.steps)]
             ).execute()
             return ApplyResult(spec.slug, "created", 1)
@@ -127,7 +129,7 @@ def _sync_steps(campaign_id: int, steps: tuple[StepSpec, ...]) -> bool:
             CampaignStep.update(**diff).where(CampaignStep.id == row.id).execute()
             changed = True
     if new_rows:
-        CampaignStep.insert_many(new_rows).execute()
+        insert_many(CampaignStep, new_rows).execute()
         changed = True
     if any(position >= len(steps) for position in existing):
         (CampaignStep.delete()

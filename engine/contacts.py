@@ -36,6 +36,7 @@ import phonenumbers
 
 from daemon.config import CHANNELS
 from daemon.errors import RetentiondError
+from db.bulk import insert_many
 from db.database import database
 from db.models import Contact, Suppression, utcnow
 from db.queries import bulk_update
@@ -212,7 +213,9 @@ def _upsert(inputs: Sequence[ContactInput]) -> list[UpsertResult]:
         match = next((by_key[k] for k in item.keys() if k in by_key), None)
         taken = tuple(k for k, v in item.keys() if (k, v) in by_key and (match is None or by_key[(k, v)].id != match.id))
         if match is None:
-            row = {k: getattr(item, k) for k in ("external_id", "email", "phone", "name", "timezone") if k not in taken}
+            # a taken key is NULL, not absent: the chunk is one INSERT and every row needs every column
+            row = {k: None if k in taken else getattr(item, k) for k in ("external_id", "email", "phone", "name",
+                                                                          "timezone")}
             new_rows.append((position, {**row, "attributes": dict(item.attributes), "consent": dict(item.consent),
                                         "created_at": now, "updated_at": now}))
             results[position] = UpsertResult(0, True, taken)
@@ -231,7 +234,7 @@ def _upsert(inputs: Sequence[ContactInput]) -> list[UpsertResult]:
         chunk = new_rows[start:start + _INSERT_CHUNK]
         # RETURNING order is not promised for a multi-row INSERT: map the ids back by key
         created = {}
-        for contact_id, *keys in Contact.insert_many([row for _, row in chunk]).returning(
+        for contact_id, *keys in insert_many(Contact, [row for _, row in chunk]).returning(
                 Contact.id, Contact.external_id, Contact.email, Contact.phone).tuples():
             for name, value in zip(KEYS, keys, strict=True):
                 if value:
@@ -283,7 +286,7 @@ def suppress(contact_ids: Iterable[int], reason: str, channel: str = "*") -> int
     rows = [{"contact": cid, "channel": channel, "reason": reason, "created_at": now} for cid in sorted(set(contact_ids))]
     if not rows:
         return 0
-    return int(Suppression.insert_many(rows).on_conflict_ignore().as_rowcount().execute() or 0)
+    return int(insert_many(Suppression, rows).on_conflict_ignore().as_rowcount().execute() or 0)
 
 
 def unsuppress(contact_ids: Iterable[int], channel: str = "*") -> int:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from db.bulk import insert_many
 from db.database import database, rows
 from db.models import CampaignStep, Decision, Enrolment, Send
 from db.queries import settle_sends
@@ -95,7 +96,7 @@ def settle(results: Sequence[Result], now: dt.datetime) -> None:
         settle_sends([_row(r, now) for r in results])
         decisions = [_decision(r, now) for r in results if r.outcome in _DECISION_NAMES]
         if decisions:
-            Decision.insert_many(decisions).execute()
+            insert_many(Decision, decisions).execute()
         fallbacks = [r for r in results if r.fallback_channel and r.outcome in ("fell_back", "failed")]
         if fallbacks:
             create_fallbacks(fallbacks, now)
@@ -128,7 +129,7 @@ def create_fallbacks(results: Iterable[Result], now: dt.datetime) -> None:
             "step": s.step_id, "enrolment": s.enrolment_id, "fallback_of": s.id,
             "due_at": now, "created_at": now,
         })
-    Send.insert_many(rows).on_conflict_ignore().execute()
+    insert_many(Send, rows).on_conflict_ignore().execute()
 
 
 def advance_enrolments(enrolment_ids: Iterable[int | None], now: dt.datetime) -> int:
@@ -175,7 +176,7 @@ def fail_exhausted(send_ids: Sequence[int], now: dt.datetime) -> list[int]:
                       .returning(Send.id, Send.contact, Send.campaign, Send.step, Send.channel, Send.enrolment,
                                  Send.error))
         if failed:
-            Decision.insert_many([
+            insert_many(Decision, [
                 {"send": r[0], "contact": r[1], "campaign": r[2], "step": r[3], "channel": r[4],
                  "outcome": "failed", "reason": f"retries exhausted: {r[6] or ''}"[:255], "created_at": now}
                 for r in failed]).execute()

@@ -25,6 +25,7 @@ from typing import Any
 
 from daemon.config import Settings
 from daemon.metrics import EVENTS_PROCESSED
+from db.bulk import insert_many
 from db.database import database, db_session, is_postgres
 from db.models import Attribution, Contact, InboundEvent, Send, TrackedLink, utcnow
 from db.queries import bulk_update
@@ -129,7 +130,7 @@ def _apply_clicks(run: Run, now: Any) -> list[EventUpdate]:
                              "campaign": link.campaign_id, "step": link.step_id, "created_at": now})
         updates.append((event.id, "processed", now, link.contact_id, None))
     if attributions:
-        Attribution.insert_many(attributions).execute()
+        insert_many(Attribution, attributions).execute()
     return updates
 
 

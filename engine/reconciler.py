@@ -15,6 +15,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from daemon.config import Settings
+from db.bulk import insert_many
 from db.database import database, db_session, rows
 from db.models import Decision, Send
 
@@ -37,7 +38,7 @@ def reconcile(settings: Settings, now: dt.datetime) -> ReconcileReport:
                          .where(Send.status == "sending", Send.claimed_at < stale_claim)
                          .returning(Send.id, Send.contact, Send.campaign, Send.step, Send.channel))
         if reclaimed:
-            Decision.insert_many([
+            insert_many(Decision, [
                 {"send": r[0], "contact": r[1], "campaign": r[2], "step": r[3], "channel": r[4],
                  "outcome": "reoffered", "reason": "its worker stopped mid-send; offered again (at least once)",
                  "created_at": now} for r in reclaimed]).execute()

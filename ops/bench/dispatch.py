@@ -80,6 +80,7 @@ def bare_dramatiq(n: int, processes: int, threads: int) -> dict[str, float]:
 
 def seed(db_url: str, n: int) -> int:
     """N contacts and a one-step SMS campaign; returns the campaign id. Not timed."""
+    from db.bulk import insert_many
     from db.models import Campaign, CampaignStep, Contact, database
 
     with connected(db_url):
@@ -90,7 +91,7 @@ def seed(db_url: str, n: int) -> int:
             rows = [{"external_id": f"b{i}", "phone": f"+1201{i:07d}", "name": f"Person {i}",
                      "attributes": {"code": i}} for i in range(n)]
             for start in range(0, n, 2000):
-                Contact.insert_many(rows[start:start + 2000]).execute()
+                insert_many(Contact, rows[start:start + 2000]).execute()
         return int(campaign.id)
 
 
