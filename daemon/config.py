@@ -7,6 +7,8 @@ one parser and one set of error messages for both.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import difflib
 import os
@@ -105,6 +107,12 @@ class Settings:
     default_region: str = "US"
     webhook_max_bytes: int = 256 * 1024  # a larger body gets 413
     webhook_tolerance_s: int = 300  # signed timestamps further off than this get 401
+    # load shedding and slow clients on the public listener (daemon/ingest.py, daemon/side_server.py)
+    ingest_queue_max: int = 1000  # webhooks/clicks waiting for their group commit; beyond it: 503
+    ingest_max_wait_s: float = 5.0  # a webhook waits this long for its commit turn (and its lock), else 503
+    click_max_wait_s: float = 1.0  # a tracked-link click waits this long, then the reader is redirected anyway
+    http_idle_timeout_s: float = 15.0  # an idle keep-alive connection (or one sending no request) is closed
+    http_body_timeout_s: float = 10.0  # a request body not fully received by then gets 408 and the connection closes
     event_id_retention_days: int = 30  # a sender's event id deduplicates for this long
     # retention cleanup (engine/retention.py)
     retention_sends_days: int = 30  # finished sends and their decision log
@@ -146,12 +154,37 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, safe for logs and health bodies."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL with every password replaced, safe for logs and health bodies.
+
+    Handles several URLs separated by ';' (dramatiq's RabbitmqBroker takes that list),
+    libpq's multi-host form (``user:pass@h1:5432,h2:5432``) and its ``?password=`` parameter.
+    """
+    return ";".join(_redact_one(part) for part in url.split(";"))
+
+
+_QUERY_PASSWORD_RE = re.compile(r"(?i)(^|&)(password|passwd|pass)=[^&]*")
+
+
+def _redact_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced '[': nothing of it can be shown safely
+        return f"{scheme}://***"
+    netloc = parts.netloc
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    elif not at and "@" in rest and not re.fullmatch(r"[^:]*(:\d*)?", netloc):
+        # A password holding an unencoded '/', '?' or '#' ends the netloc early and spills into
+        # the path: the text before '@' may be anything, so show none of it.
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    query = _QUERY_PASSWORD_RE.sub(r"\1\2=***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # unchanged: geturl() would also drop an empty netloc ("memory://" -> "memory:")
+    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,6 +216,11 @@ _SCALARS: dict[str, tuple[str, type]] = {
     "DEFAULT_REGION": ("default_region", str),
     "WEBHOOK_MAX_BYTES": ("webhook_max_bytes", int),
     "WEBHOOK_TOLERANCE_S": ("webhook_tolerance_s", int),
+    "INGEST_QUEUE_MAX": ("ingest_queue_max", int),
+    "INGEST_MAX_WAIT_S": ("ingest_max_wait_s", float),
+    "CLICK_MAX_WAIT_S": ("click_max_wait_s", float),
+    "HTTP_IDLE_TIMEOUT_S": ("http_idle_timeout_s", float),
+    "HTTP_BODY_TIMEOUT_S": ("http_body_timeout_s", float),
     "EVENT_ID_RETENTION_DAYS": ("event_id_retention_days", int),
     "RETENTION_SENDS_DAYS": ("retention_sends_days", int),
     "RETENTION_EVENTS_DAYS": ("retention_events_days", int),
@@ -287,7 +325,10 @@ def _build(raw: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
         secret = parts.get("secret")
         if not secret:
             raise ConfigError(f"{PREFIX}SOURCE_{name.upper()}_SECRET", "every webhook source needs a secret")
+        _check_secret(f"{PREFIX}SOURCE_{name.upper()}_SECRET", secret, scheme)
         sources[name] = Source(name, scheme, Secret(secret))
+    if values.get("admin_token"):  # empty means "not set": the admin API refuses every request
+        _check_secret(f"{PREFIX}ADMIN_TOKEN", values["admin_token"], None)
 
     values.update(rates=rates, concurrency=concurrency, channel_providers=channel_providers,
                   backup_providers=backup_providers,
@@ -296,6 +337,31 @@ def _build(raw: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
     settings = Settings(**values)
     _validate(settings)
     return settings
+
+
+MIN_SECRET_CHARS = 16  # ADMIN_TOKEN and source secrets: 16 random characters are beyond guessing online
+MIN_STANDARD_KEY_BYTES = 16  # a `standard` source's whsec_ key: 128 bits once base64-decoded
+_WHSEC_PREFIX = "whsec_"
+
+
+def _check_secret(setting: str, secret: str, scheme: str | None) -> None:
+    """Refuse a secret too short to resist guessing. Messages never quote the secret."""
+    if scheme == "standard":
+        # Standard Webhooks signs with the base64-decoded bytes after whsec_; its library drops
+        # characters outside the alphabet without a word, so a typo would silently change the key.
+        body = secret.strip().removeprefix(_WHSEC_PREFIX)
+        try:
+            key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+        except binascii.Error:
+            raise ConfigError(setting, f"expected {_WHSEC_PREFIX}<base64 of at least {MIN_STANDARD_KEY_BYTES} "
+                                       "random bytes>; this is not base64") from None
+        if len(key) < MIN_STANDARD_KEY_BYTES:
+            raise ConfigError(setting, f"too short: the key after {_WHSEC_PREFIX} must decode to at least "
+                                       f"{MIN_STANDARD_KEY_BYTES} bytes (e.g. {_WHSEC_PREFIX}$(openssl rand -base64 32))")
+        return
+    if len(secret.strip()) < MIN_SECRET_CHARS:
+        raise ConfigError(setting, f"too short: at least {MIN_SECRET_CHARS} characters "
+                                   "(e.g. $(openssl rand -hex 32))")
 
 
 def _convert(setting: str, text: str, kind: type) -> Any:
@@ -395,6 +461,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"{PREFIX}EVENT_ID_RETENTION_DAYS", "must be at least 1")
     if s.webhook_tolerance_s < 1:
         raise ConfigError(f"{PREFIX}WEBHOOK_TOLERANCE_S", "must be positive")
+    if s.ingest_queue_max < 1:
+        raise ConfigError(f"{PREFIX}INGEST_QUEUE_MAX", "must be at least 1")
+    for name in ("ingest_max_wait_s", "click_max_wait_s", "http_idle_timeout_s", "http_body_timeout_s"):
+        if not 0 < getattr(s, name) < 3600:
+            raise ConfigError(f"{PREFIX}{name.upper()}", "must be positive and under an hour (seconds)")
     if s.failover_after_errors < 1:
         raise ConfigError(f"{PREFIX}FAILOVER_AFTER_ERRORS", "must be at least 1")
     if s.log_format not in ("json", "text"):

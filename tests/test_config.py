@@ -9,6 +9,9 @@ import pytest
 from daemon.config import ConfigError, Rate, load_settings
 from tests.support.daemon import base_env, cli
 
+# A `standard` source secret: whsec_ and the base64 of 24 random bytes (Standard Webhooks' format).
+WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
 
 def settings(**env: str):  # type: ignore[no-untyped-def]
     return load_settings(environ={f"RETENTIOND_{k}": v for k, v in env.items()})
@@ -35,7 +38,7 @@ def test_rates_parse_per_second_minute_and_hour() -> None:
 
 
 def test_sources_providers_and_channels_from_the_environment() -> None:
-    s = settings(SOURCE_STRIPE_SCHEME="stripe", SOURCE_STRIPE_SECRET="whsec_abc", SOURCE_ZAPIER_SECRET="tok",
+    s = settings(SOURCE_STRIPE_SCHEME="stripe", SOURCE_STRIPE_SECRET="whsec_0123456789abcdef", SOURCE_ZAPIER_SECRET=WHSEC,
                  PROVIDER_TWILIO_ACCOUNT_SID="AC123", PROVIDER_TWILIO_URL="http://127.0.0.1:9/",
                  CHANNEL_SMS_PROVIDER="twilio")
     assert s.sources["stripe"].scheme == "stripe"
@@ -50,7 +53,7 @@ def test_toml_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
         'database_url = "postgresql://app@db.internal:5432/retentiond"\n'
         "http_port = 9000\n"
         "[rates]\nsms = \"3/s\"\n"
-        "[sources.stripe]\nscheme = \"stripe\"\nsecret = \"whsec_x\"\n"
+        "[sources.stripe]\nscheme = \"stripe\"\nsecret = \"whsec_0123456789abcdef\"\n"
         "[providers.twilio]\naccount_sid = \"AC1\"\n"
     )
     s = load_settings(environ={"RETENTIOND_HTTP_PORT": "9100"}, config_file=str(config))
@@ -73,7 +76,7 @@ def test_toml_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     ({"RATE_FAX": "1/s"}, "RETENTIOND_RATE_FAX"),
     ({"CHANNEL_SMS_PROVIDER": "carrier-pigeon"}, "RETENTIOND_CHANNEL_SMS_PROVIDER"),
     ({"SOURCE_STRIPE_SCHEME": "stripe"}, "RETENTIOND_SOURCE_STRIPE_SECRET"),
-    ({"SOURCE_X_SCHEME": "hmac-md5", "SOURCE_X_SECRET": "s"}, "RETENTIOND_SOURCE_X_SCHEME"),
+    ({"SOURCE_X_SCHEME": "hmac-md5", "SOURCE_X_SECRET": "s" * 16}, "RETENTIOND_SOURCE_X_SCHEME"),
     ({"DB_POOL_SIZE": "0"}, "RETENTIOND_DB_POOL_SIZE"),
     ({"PUBLIC_URL": "example.com"}, "RETENTIOND_PUBLIC_URL"),
     ({"DATABSE_URL": "sqlite:///x.db"}, "RETENTIOND_DATABSE_URL"),
@@ -90,12 +93,12 @@ def test_a_misspelt_setting_gets_a_hint() -> None:
 
 
 def test_secrets_never_show_in_repr() -> None:
-    s = settings(ADMIN_TOKEN="tok-very-secret", SOURCE_A_SECRET="whsec_hush",
+    s = settings(ADMIN_TOKEN="tok-very-secret-admin", SOURCE_A_SECRET=WHSEC,
                  PROVIDER_TWILIO_AUTH_TOKEN="tw-secret",
                  DATABASE_URL="postgresql://app:pg-pass@localhost:5432/db",
                  BROKER_URL="amqp://user:mq-pass@localhost:5672/")
     shown = repr(s) + repr(s.sources) + repr(s.providers) + repr(s.admin_token)
-    for secret in ("tok-very-secret", "whsec_hush", "tw-secret", "pg-pass", "mq-pass"):
+    for secret in ("tok-very-secret-admin", WHSEC, "tw-secret", "pg-pass", "mq-pass"):
         assert secret not in shown
 
 
@@ -134,3 +137,82 @@ def test_cli_help_lists_the_commands() -> None:
     assert result.returncode == 0
     for command in ("run", "migrate"):
         assert command in result.stdout
+
+
+# -- several URLs, every password masked (issue 10, defect 12) --------------------------------------
+
+@pytest.mark.parametrize(("url", "secrets", "shown"), [
+    # dramatiq's RabbitmqBroker takes several broker URLs separated by ';'
+    ("amqp://app:first-pw@mq1:5672/v;amqp://app:second-pw@mq2:5672/v;amqp://app:third-pw@mq3/v",
+     ("first-pw", "second-pw", "third-pw"),
+     "amqp://app:***@mq1:5672/v;amqp://app:***@mq2:5672/v;amqp://app:***@mq3/v"),
+    # libpq's multi-host URL, and its password given as a query parameter
+    ("postgresql://app:pg-pw@db1:5432,db2:5433/retentiond?target_session_attrs=read-write",
+     ("pg-pw",), "postgresql://app:***@db1:5432,db2:5433/retentiond?target_session_attrs=read-write"),
+    ("postgresql://db1,db2/retentiond?user=app&password=query-pw", ("query-pw",),
+     "postgresql://db1,db2/retentiond?user=app&password=***"),
+    # characters that should have been percent-encoded: '@' and '/' in the password
+    ("amqp://app:p@ss-pw@mq1/v", ("p@ss-pw", "ss-pw"), "amqp://app:***@mq1/v"),
+    ("amqp://app:sl/ash-pw@mq1/v;amqp://app:plain-pw@mq2/v", ("sl/ash-pw", "ash-pw", "plain-pw"), None),
+    ("memory://", (), "memory://"),
+])
+def test_every_password_of_several_urls_is_masked(url: str, secrets: tuple[str, ...], shown: str | None) -> None:
+    from daemon.config import redact_url
+
+    redacted = redact_url(url)
+    for secret in secrets:
+        assert secret not in redacted
+    if shown is not None:
+        assert redacted == shown
+
+
+def test_settings_repr_masks_every_broker_password() -> None:
+    s = settings(BROKER_URL="amqp://app:first-pw@mq1:5672/v;amqp://app:second-pw@mq2:5672/v",
+                 DATABASE_URL="postgresql://app:pg-pw@db1:5432/retentiond")
+    shown = repr(s)
+    assert not any(secret in shown for secret in ("first-pw", "second-pw", "pg-pw"))
+    assert "mq1" in shown and "mq2" in shown and "db1" in shown
+
+
+# -- short secrets are refused at start (issue 10, defect 14) -----------------------------------------
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"ADMIN_TOKEN": "x"}, "RETENTIOND_ADMIN_TOKEN"),
+    ({"ADMIN_TOKEN": "a" * 15}, "RETENTIOND_ADMIN_TOKEN"),
+    ({"ADMIN_TOKEN": " " * 20}, "RETENTIOND_ADMIN_TOKEN"),
+    ({"SOURCE_ZAP_SCHEME": "token", "SOURCE_ZAP_SECRET": "t"}, "RETENTIOND_SOURCE_ZAP_SECRET"),
+    ({"SOURCE_CAL_SCHEME": "calcom", "SOURCE_CAL_SECRET": "cal-secret"}, "RETENTIOND_SOURCE_CAL_SECRET"),
+    ({"SOURCE_STRIPE_SCHEME": "stripe", "SOURCE_STRIPE_SECRET": "whsec_x"}, "RETENTIOND_SOURCE_STRIPE_SECRET"),
+    ({"SOURCE_TW_SCHEME": "twilio", "SOURCE_TW_SECRET": "abc"}, "RETENTIOND_SOURCE_TW_SECRET"),
+    # standard: the key is the base64 after whsec_; 20 characters of base64 are only 15 bytes
+    ({"SOURCE_APP_SECRET": "whsec_" + "QUJD" * 5}, "RETENTIOND_SOURCE_APP_SECRET"),
+    ({"SOURCE_APP_SECRET": "whsec_x"}, "RETENTIOND_SOURCE_APP_SECRET"),
+    # long, but not base64: Standard Webhooks' library would silently drop the '-' and '!'
+    ({"SOURCE_APP_SECRET": "whsec_this-is-not-base64-at-all!!"}, "RETENTIOND_SOURCE_APP_SECRET"),
+])
+def test_a_short_secret_is_refused_naming_its_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings(**env)
+    message = str(caught.value)
+    assert message.startswith(named + ":") and "\n" not in message
+    assert "16" in message  # the minimum is said
+    # the secret is never quoted (one-letter ones would match any word)
+    assert all(value.strip() not in message for key, value in env.items()
+               if key.endswith(("SECRET", "TOKEN")) and len(value.strip()) > 2)
+
+
+def test_secrets_at_the_minimum_are_accepted() -> None:
+    s = settings(ADMIN_TOKEN="a" * 16, SOURCE_ZAP_SCHEME="token", SOURCE_ZAP_SECRET="t" * 16,
+                 SOURCE_APP_SECRET="whsec_" + "QUJD" * 5 + "QQ==",  # exactly 16 bytes
+                 SOURCE_RAW_SECRET="QUJD" * 5 + "QQ")  # without whsec_ and its padding, as the library allows
+    assert s.admin_token == "a" * 16
+    assert set(s.sources) == {"zap", "app", "raw"}
+
+
+def test_cli_refuses_a_short_admin_token_with_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = cli("migrate", env=base_env(ADMIN_TOKEN="s3cret", DATABASE_URL=f"sqlite:///{tmp_path}/r.db"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("retentiond: error: RETENTIOND_ADMIN_TOKEN:")
+    assert "s3cret" not in result.stderr

@@ -45,10 +45,10 @@ async def test_a_tracked_link_redirects_to_its_recorded_url(aiohttp_client, migr
 async def test_admin_api_needs_the_token(aiohttp_client, migrated_db: str) -> None:  # type: ignore[no-untyped-def]
     open_client = await aiohttp_client(app_for(migrated_db))  # no token configured: refuse all
     assert (await open_client.get("/api/v1/stats", headers={"Authorization": "Bearer x"})).status == 401
-    client = await aiohttp_client(app_for(migrated_db, ADMIN_TOKEN="s3cret"))
+    client = await aiohttp_client(app_for(migrated_db, ADMIN_TOKEN="s3cret-admin-token"))
     assert (await client.get("/api/v1/stats")).status == 401
     assert (await client.get("/api/v1/stats", headers={"Authorization": "Bearer wrong"})).status == 401
-    ok = await client.get("/api/v1/stats", headers={"Authorization": "Bearer s3cret"})
+    ok = await client.get("/api/v1/stats", headers={"Authorization": "Bearer s3cret-admin-token"})
     assert ok.status == 200 and "sends" in await ok.json()
     spec = await (await client.get("/api/v1/openapi.json")).json()
     assert spec["openapi"].startswith("3.") and "/api/v1/contacts/history" in spec["paths"]
@@ -59,8 +59,8 @@ async def test_a_contacts_history_says_why(aiohttp_client, migrated_db: str) -> 
     send = Send.create(idempotency_key="k", channel="sms", contact=ada.id, status="skipped", reason="daily cap")
     Decision.create(send=send.id, contact=ada.id, channel="sms", outcome="skipped",
                     reason="daily cap: 3 sends in the last 24 h (cap 3)")
-    client = await aiohttp_client(app_for(migrated_db, ADMIN_TOKEN="s3cret"))
-    auth = {"Authorization": "Bearer s3cret"}
+    client = await aiohttp_client(app_for(migrated_db, ADMIN_TOKEN="s3cret-admin-token"))
+    auth = {"Authorization": "Bearer s3cret-admin-token"}
     body = await (await client.get("/api/v1/contacts/history?email=ADA@example.com", headers=auth)).json()
     assert body["decisions"][0]["outcome"] == "skipped"
     assert body["decisions"][0]["reason"].startswith("daily cap")

@@ -23,8 +23,8 @@ from tests.conftest import make_settings
 STANDARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 STRIPE_SECRET = "whsec_stripe_test_secret"
 TWILIO_TOKEN = "twilio-auth-token"
-CAL_SECRET = "cal-secret"
-TOKEN = "tok-123"
+CAL_SECRET = "cal-secret-0123456789"
+TOKEN = "tok-0123456789abcdef"
 PUBLIC = "https://hooks.example.com"
 
 
