@@ -338,11 +338,14 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
     from db.backup import BackupError, restore
 
     try:
-        restore(settings.database_url, args.file)
-    except BackupError as exc:
+        done = restore(settings.database_url, args.file, backup_dir=settings.backup_dir,
+                       scheduler_interval_s=settings.scheduler_interval_s)
+    except BackupError as exc:  # a refusal: nothing was changed
         print(f"retentiond: error: {exc}", file=sys.stderr)
         return RET_ERROR
-    print(f"restored {args.file}")
+    print(f"restored {args.file}" + (f"; the previous database is kept at {done.previous}" if done.previous else ""))
+    if done.pending:
+        print(f"the backup predates {len(done.pending)} migration(s): run `retentiond migrate` before `retentiond run`")
     return RET_OK
 
 
