@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from daemon.metrics import JOB_RUNS, LEASE_HOLDER
+from daemon.metrics import JOB_RUNS, LEASE_HOLDER, initialise_job_labels
 from db.database import db_session
 from db.leases import hold_until, renew, try_acquire
 from db.models import JobRun, utcnow
@@ -35,14 +35,20 @@ class Job:
 class JobRunner:
     def __init__(self, instance_id: str) -> None:
         self.instance_id = instance_id
+        self._held_until: dict[str, dt.datetime] = {}  # job -> end of the hold after our last run
 
     def run_if_due(self, job: Job) -> int | None:
         """Run ``job`` if this instance can take its lease; the run's item count, or None."""
+        initialise_job_labels(job.name)
         started = utcnow()
         with db_session():
             if not try_acquire(job.name, self.instance_id, job.ttl_s, started):
+                # past our own hold, a lease we cannot take is someone else's
+                if started >= self._held_until.get(job.name, started):
+                    LEASE_HOLDER.labels(job.name).set(0)
                 return None
             run = JobRun.create(job=job.name, instance=self.instance_id, started_at=started)
+        LEASE_HOLDER.labels(job.name).set(1)
         done = threading.Event()
         renewer = threading.Thread(target=self._renew, args=(job, done), daemon=True, name=f"lease-{job.name}")
         renewer.start()
@@ -58,9 +64,11 @@ class JobRunner:
             with db_session():
                 (JobRun.update(finished_at=utcnow(), outcome=outcome, items=items, error=error)
                  .where(JobRun.id == run.id).execute())
-                hold_until(job.name, self.instance_id, started + dt.timedelta(seconds=job.interval_s))
+                until = started + dt.timedelta(seconds=job.interval_s)
+                held = hold_until(job.name, self.instance_id, until)
+            self._held_until[job.name] = until
             JOB_RUNS.labels(job.name, outcome).inc()
-            LEASE_HOLDER.labels(job.name, self.instance_id).set(1)
+            LEASE_HOLDER.labels(job.name).set(1 if held else 0)
         return items
 
     def _renew(self, job: Job, done: threading.Event) -> None:
@@ -68,6 +76,7 @@ class JobRunner:
             try:
                 with db_session():
                     if not renew(job.name, self.instance_id, job.ttl_s):
+                        LEASE_HOLDER.labels(job.name).set(0)
                         logger.error("job %s lost its lease while running", job.name)
                         return
             except Exception:

@@ -4,6 +4,12 @@ Under ``retentiond run`` the daemon points ``PROMETHEUS_MULTIPROC_DIR`` at a fre
 before anything imports prometheus_client; every process writes its samples there and ``/metrics``
 merges them (multiprocess mode). Without it (tests, one process) the default registry is used.
 Labels carry channels, statuses, sources and outcomes only: never a person's data.
+
+No metric has a ``job`` or ``instance`` label: Prometheus attaches those to every scraped series
+itself (the scrape job, the target's host:port) and renames a clashing exported label to
+``exported_job``/``exported_instance``, so a rule selecting ``job="scheduling-tick"`` would match
+nothing. Periodic jobs are named by ``periodic_job``; which daemon holds a lease is told by the
+target's ``instance``, stable across restarts (a holder id carries a pid: a new series per restart).
 """
 
 from __future__ import annotations
@@ -35,12 +41,13 @@ HEALTH_STATUS = Gauge("retentiond_health_status", "Health per component: 0 healt
                       ["component"], multiprocess_mode="livemax")
 QUEUE_DEPTH = Gauge("retentiond_queue_depth", "Ready messages per RabbitMQ queue (channel queues and dead letters).",
                     ["queue"], multiprocess_mode="livemax")
-LEASE_HOLDER = Gauge("retentiond_lease_holder", "1 while this instance holds a job's lease (last run).",
-                     ["job", "instance"], multiprocess_mode="livemax")
+LEASE_HOLDER = Gauge("retentiond_lease_holder", "1 while this daemon holds a periodic job's lease, else 0.",
+                     ["periodic_job"], multiprocess_mode="livemax")
 DB_POOL_IN_USE = Gauge("retentiond_db_pool_in_use", "PostgreSQL connections checked out of the pool.",
                        multiprocess_mode="livesum")
 OPS_ALERTS = Counter("retentiond_ops_alerts", "Critical health findings recorded as ops alerts.", ["component"])
-JOB_RUNS = Counter("retentiond_job_runs", "Periodic job runs by job and outcome.", ["job", "outcome"])
+JOB_RUNS = Counter("retentiond_job_runs", "Periodic job runs by job and outcome.", ["periodic_job", "outcome"])
+JOB_OUTCOMES = ("ok", "error")
 EVENTS_PROCESSED = Counter("retentiond_events_processed", "Inbound events processed, by outcome.", ["outcome"])
 PROVIDER_LATENCY = Histogram("retentiond_provider_latency_seconds", "Duration of one provider call.",
                              ["channel", "provider"],
@@ -53,10 +60,19 @@ RATE_LIMIT_WAIT = Histogram("retentiond_rate_limit_wait_seconds",
 
 
 def initialise_labels() -> None:
-    """Make every channel/status series exist at 0, so dashboards and rates start from a value."""
+    """Make every channel/status series exist at 0, so dashboards and rates start from a value
+    (``increase()`` cannot see a counter's first increment when the series starts at 1)."""
     for channel in CHANNELS:
+        PROVIDER_FAILOVERS.labels(channel)
         for status in SEND_STATUSES:
             SENDS.labels(channel, status)
+
+
+def initialise_job_labels(periodic_job: str) -> None:
+    """A periodic job's run counters at 0 before its first run: "no successful run" is then a
+    series at 0, which an alert can see, rather than no series at all."""
+    for outcome in JOB_OUTCOMES:
+        JOB_RUNS.labels(periodic_job, outcome)
 
 
 def render() -> tuple[bytes, str]:

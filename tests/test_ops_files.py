@@ -25,7 +25,9 @@ def exported_series() -> set[str]:
 
     metrics.HEALTH_STATUS.labels("database").set(0)
     metrics.QUEUE_DEPTH.labels("retentiond.sms").set(0)
-    metrics.LEASE_HOLDER.labels("scheduling-tick", "host:1").set(1)
+    metrics.LEASE_HOLDER.labels("scheduling-tick").set(1)
+    metrics.initialise_job_labels("scheduling-tick")
+    metrics.WEBHOOK_EVENTS.labels("shop", "accepted")
     names: set[str] = set()
     for family in text_string_to_metric_families(render()[0].decode()):
         names.add(family.name)
@@ -57,3 +59,56 @@ def test_every_alert_names_an_exported_metric() -> None:
 def test_promtool_accepts_the_rules() -> None:
     result = subprocess.run(["promtool", "check", "rules", str(OPS / "alerts.yml")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Prometheus attaches these to every series it scrapes (scrape job, target host:port) and renames
+# an exported label of the same name to exported_job/exported_instance: rules would select nothing.
+TARGET_LABELS = {"job", "instance"}
+
+
+def exported_label_names() -> dict[str, set[str]]:
+    exported_series()
+    return {family.name: {label for sample in family.samples for label in sample.labels}
+            for family in text_string_to_metric_families(render()[0].decode())}
+
+
+def test_no_metric_has_a_label_prometheus_sets_on_its_targets() -> None:
+    clashing = {name: labels & TARGET_LABELS for name, labels in exported_label_names().items()
+                if name.startswith("retentiond_") and labels & TARGET_LABELS}
+    assert clashing == {}
+
+
+def test_every_label_the_ops_files_select_or_group_by_is_exported_or_a_target_label() -> None:
+    exported = set().union(*exported_label_names().values()) | TARGET_LABELS | {"le"}
+    rules = yaml.safe_load((OPS / "alerts.yml").read_text())
+    dashboard = json.loads((OPS / "grafana-dashboard.json").read_text())
+    expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    expressions += [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used: set[str] = set()
+    for expr in expressions:
+        for matchers in re.findall(r"retentiond_[a-z_]+\{([^}]*)\}", expr):
+            used.update(re.findall(r"(\w+)\s*[!=]~?", matchers))
+        for grouping in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+            used.update(label.strip() for label in grouping.split(","))
+    assert used and used <= exported, f"not exported: {sorted(used - exported)}"
+
+
+def test_a_restarted_daemon_reports_its_lease_on_the_same_series(sqlite_url: str) -> None:
+    # Given a daemon that ran the tick, then a new one (a restart: a new holder id, host:pid)
+    from daemon import metrics
+    from daemon.jobs import Job, JobRunner
+    from db.database import close_database, init_database
+    from db.migrate import migrate
+
+    init_database(sqlite_url)
+    try:
+        migrate()
+        for holder in ("host:101", "host:202"):
+            assert JobRunner(holder).run_if_due(Job("churn-check", 0.0, lambda: 0)) == 0
+    finally:
+        close_database()
+    # Then one series names the job, and no label value carries the holder id
+    series = [sample.labels for family in text_string_to_metric_families(metrics.render()[0].decode())
+              for sample in family.samples if sample.name == "retentiond_lease_holder"
+              and sample.labels.get("periodic_job") == "churn-check"]
+    assert series == [{"periodic_job": "churn-check"}]
