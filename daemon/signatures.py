@@ -3,7 +3,9 @@ exists. Every failure is one ``InvalidSignature`` (-> 401); comparisons are cons
 
 * ``standard``: Standard Webhooks (``webhook-id``/``webhook-timestamp``/``webhook-signature``, 5 min
   tolerance) — the ``standardwebhooks`` package.
-* ``stripe``: ``Stripe-Signature`` (``t=...,v1=...``), tolerance — the ``stripe`` package.
+* ``stripe``: ``Stripe-Signature`` (``t=...,v1=...``) — the ``stripe`` package; the tolerance holds
+  both ways (the package only refuses old timestamps; a signed ``t`` ten years ahead would make a
+  captured request replayable for ten years).
 * ``twilio``: ``X-Twilio-Signature`` over the URL as Twilio saw it (``PUBLIC_URL`` + path + query,
   so it holds behind a proxy) and the form parameters — the ``twilio`` package's RequestValidator.
 * ``calcom``: ``X-Cal-Signature-256``, hex HMAC-SHA256 of the body.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +76,13 @@ def _stripe(secret: str, request: WebhookRequest, public_url: str, tolerance_s: 
                                               tolerance=tolerance_s)
     except stripe.SignatureVerificationError as exc:
         raise InvalidSignature(str(exc.user_message or "bad signature")) from None
+    # the t= the package verified: the first one, read as it reads it (stripe's _get_timestamp)
+    try:
+        timestamp = next(int(item.split("=", 2)[1]) for item in header.split(",") if item.split("=", 2)[0] == "t")
+    except (StopIteration, ValueError, IndexError):
+        raise InvalidSignature("unreadable timestamp") from None
+    if timestamp > time.time() + tolerance_s:
+        raise InvalidSignature("timestamp too far in the future")
 
 
 def _twilio(secret: str, request: WebhookRequest, public_url: str, tolerance_s: int) -> None:
@@ -90,14 +100,20 @@ def _twilio(secret: str, request: WebhookRequest, public_url: str, tolerance_s: 
 def _calcom(secret: str, request: WebhookRequest, public_url: str, tolerance_s: int) -> None:
     given = request.headers.get("X-Cal-Signature-256", "")
     expected = hmac.new(secret.encode(), request.body, hashlib.sha256).hexdigest()
-    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+    if not given or not hmac.compare_digest(_raw(given), expected.encode()):
         raise InvalidSignature("bad X-Cal-Signature-256")
 
 
 def _token(secret: str, request: WebhookRequest, public_url: str, tolerance_s: int) -> None:
     given = request.headers.get("X-Webhook-Token") or request.query.get("token") or ""
-    if not given or not hmac.compare_digest(given.encode(), secret.encode()):
+    if not given or not hmac.compare_digest(_raw(given), secret.encode()):
         raise InvalidSignature("bad or missing token")
+
+
+def _raw(header: str) -> bytes:
+    """A header's bytes back: aiohttp decodes undecodable bytes to lone surrogates, which a plain
+    ``encode()`` refuses (a 500 on an unauthenticated request)."""
+    return header.encode("utf-8", "surrogateescape")
 
 
 _SCHEMES = {"standard": _standard, "stripe": _stripe, "twilio": _twilio, "calcom": _calcom, "token": _token}
