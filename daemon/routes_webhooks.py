@@ -9,7 +9,6 @@ A rejected request writes nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 from urllib.parse import parse_qsl
 
@@ -20,7 +19,7 @@ from daemon.errors import InvalidSignature
 from daemon.ingest import GroupCommitter, IncomingEvent
 from daemon.metrics import WEBHOOK_EVENTS, WEBHOOK_LATENCY
 from daemon.signatures import WebhookRequest, verify
-from engine.events import InvalidEvent, interpret
+from engine.events import InvalidEvent, interpret, stored_raw
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ async def receive(request: web.Request) -> web.Response:
             return _refuse(name, "invalid", 400, str(exc))
         if not meaning.event_id:
             return _refuse(name, "invalid", 400, "no event id")
-        raw = body.decode("utf-8", "replace") if body else json.dumps(dict(request.query))
+        raw = stored_raw(source.scheme, incoming, str(source.secret or ""))
         event = IncomingEvent(name, meaning.event_id, meaning.type, meaning.stored_payload(raw),
                               status="unmappable" if meaning.unmappable else "pending", error=meaning.unmappable)
         try:

@@ -44,6 +44,8 @@ from db.queries import bulk_update
 FIELDS = ("external_id", "email", "phone", "name", "timezone", "attributes", "consent")
 KEYS = ("external_id", "email", "phone")
 _INSERT_CHUNK = 1000
+ATTRIBUTES_MAX_DEPTH = 8  # objects and lists inside attributes, counting attributes itself
+ATTRIBUTES_MAX_BYTES = 16 * 1024  # as compact JSON: what every contact read carries along
 
 
 class InvalidContact(RetentiondError):
@@ -120,6 +122,7 @@ def parse_contact(data: Mapping[str, Any], default_region: str) -> ContactInput:
     attributes = data.get("attributes") or {}
     if not isinstance(attributes, Mapping):
         raise InvalidContact("attributes", "expected an object")
+    _check_attributes(attributes)
     consent = data.get("consent") or {}
     if not isinstance(consent, Mapping):
         raise InvalidContact("consent", "expected an object of channel: true/false")
@@ -138,6 +141,27 @@ def parse_contact(data: Mapping[str, Any], default_region: str) -> ContactInput:
     if not contact.keys():
         raise InvalidContact("external_id", "a contact needs an external_id, an email or a phone")
     return contact
+
+
+def _check_attributes(attributes: Mapping[str, Any]) -> None:
+    """Bounded depth and size: attributes are stored as JSON on the contact and read with it on
+    every send, and a deep document would exhaust the recursion of every JSON encoder on the way.
+    The depth walk is iterative and stops at the limit, so it costs nothing for a hostile input."""
+    stack: list[tuple[Any, int]] = [(attributes, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, Mapping) else value if isinstance(value, list | tuple) else ()
+        for child in children:
+            if isinstance(child, Mapping | list | tuple):
+                if depth + 1 > ATTRIBUTES_MAX_DEPTH:
+                    raise InvalidContact("attributes", f"nested deeper than {ATTRIBUTES_MAX_DEPTH} levels")
+                stack.append((child, depth + 1))
+    try:
+        size = len(json.dumps(attributes, separators=(",", ":"), allow_nan=False).encode())
+    except (TypeError, ValueError):
+        raise InvalidContact("attributes", "expected JSON values (no NaN or Infinity)") from None
+    if size > ATTRIBUTES_MAX_BYTES:
+        raise InvalidContact("attributes", f"larger than {ATTRIBUTES_MAX_BYTES} bytes as JSON")
 
 
 def _merge(old: ContactInput, new: ContactInput) -> ContactInput:

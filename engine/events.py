@@ -11,25 +11,42 @@ maps to (contract: contact.upsert, contact.unsubscribe, conversion, delivery, cl
 A body that cannot be parsed, or a canonical event that is not valid, raises ``InvalidEvent``
 (400, nothing stored). A native payload that verifies but has no mapping is kept with its reason
 (``unmappable``), visible to an operator.
+
+Whatever a verified sender posts, the answer is 202, 200 or 400, never a 5xx: every field is read
+through a type check (a list where an object belongs is a 400 naming the field, not a crash), JSON
+nested past the parser's limit is a 400, and every text that reaches a column (event id, type,
+reason, canonical data) is storable on both engines — no NUL, no lone surrogate, within its column's
+length. An event id is refused rather than cut (two events must never collapse into one).
+
+What is stored of the request (``stored_raw``) never holds the source's secret: a ``token``
+source's ``token`` parameter is dropped and any other occurrence of the secret is masked; headers
+(``X-Webhook-Token``, signatures) are never stored.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from daemon.config import CHANNELS
 from daemon.errors import RetentiondError
 from daemon.signatures import WebhookRequest
-from engine.contacts import InvalidContact, parse_contact
+from engine.contacts import InvalidContact, normalise_email, normalise_phone, parse_contact
 
 EVENT_TYPES = ("contact.upsert", "contact.unsubscribe", "conversion", "delivery", "click")
 DELIVERY_STATUSES = ("delivered", "failed", "bounced", "complained")
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
 START_WORDS = {"START", "UNSTOP", "YES", "OPTIN"}
 KEY_FIELDS = ("external_id", "email", "phone")
+EVENT_ID_MAX = 255  # inbound_event.event_id
+TYPE_MAX = 100  # inbound_event.type
+NAME_MAX = 100  # attribution.name
+TEXT_MAX = 320  # any other identifier we look things up by (an email is at most 320)
+RAW_MAX = 65536  # characters of the request kept beside its meaning
 
 
 class InvalidEvent(RetentiondError):
@@ -48,17 +65,106 @@ class Interpreted:
 
 
 def interpret(scheme: str, request: WebhookRequest, default_region: str) -> Interpreted:
+    """The meaning of a verified request, storable as it is; ``InvalidEvent`` (400) otherwise."""
     if scheme == "standard":
         document = _json_object(request.body)
-        event_id = request.headers.get("webhook-id", "")
-        return Interpreted(event_id[:255], document.get("type"), [canonical(document, default_region)])
-    if scheme == "stripe":
-        return _stripe(_json_object(request.body))
-    if scheme == "calcom":
-        return _calcom(_json_object(request.body), default_region)
-    if scheme == "twilio":
-        return _twilio(request.form)
-    return _token(request, default_region)
+        meaning = Interpreted(request.headers.get("webhook-id", ""), document.get("type"),
+                              [canonical(document, default_region)])
+    elif scheme == "stripe":
+        meaning = _stripe(_json_object(request.body), default_region)
+    elif scheme == "calcom":
+        meaning = _calcom(_json_object(request.body), default_region)
+    elif scheme == "twilio":
+        meaning = _twilio(request.form, default_region)
+    else:
+        meaning = _token(request, default_region)
+    return _storable(meaning)
+
+
+def stored_raw(scheme: str, request: WebhookRequest, secret: str) -> str:
+    """What is kept of the request beside its meaning, for an operator: the body, or the query
+    parameters of a bodiless postback — without the source's secret, whatever the scheme."""
+    if request.body:
+        if request.form and scheme == "token":
+            raw = json.dumps({k: v for k, v in request.form.items() if k != "token"})
+        else:
+            raw = request.body.decode("utf-8", "replace")
+    else:
+        raw = json.dumps({k: v for k, v in request.query.items() if k != "token"})
+    if secret:
+        for form in {secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1]}:
+            raw = raw.replace(form, "[secret]")
+    return raw[:RAW_MAX]
+
+
+def _storable(meaning: Interpreted) -> Interpreted:
+    """Every text a column will hold, fit for it on both engines (see the module's docstring)."""
+    event_id = _text(meaning.event_id, "event id", EVENT_ID_MAX) or ""
+    if event_id != _clean(event_id):
+        raise InvalidEvent("event id: contains a NUL or an invalid character")
+    kind = None if meaning.type is None else _clean(_short(meaning.type, TYPE_MAX))
+    reason = None if meaning.unmappable is None else _clean(meaning.unmappable)[:2000]
+    return replace(meaning, event_id=event_id, type=kind, unmappable=reason,
+                   events=[_clean_deep(event) for event in meaning.events])
+
+
+def _clean(text: str) -> str:
+    """Without NUL (PostgreSQL refuses it in text and jsonb) or lone surrogates (no encoding takes
+    them); both arrive legally through JSON escapes or URL encoding."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
+def _clean_deep(value: Any) -> Any:
+    # canonical events are shallow; attributes are depth-bounded by parse_contact
+    if isinstance(value, str):
+        return _clean(value)
+    if isinstance(value, Mapping):
+        return {_clean(str(k)): _clean_deep(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean_deep(v) for v in value]
+    return value
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A bounded rendering of a sender's value for a message: a 256 KiB 'type' is not echoed back."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _text(value: Any, where: str, limit: int = TEXT_MAX) -> str | None:
+    """A text (or integer) identifier, stripped; None when absent or empty."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidEvent(f"{where}: expected text")
+    text = str(value).strip()
+    if len(text) > limit:
+        raise InvalidEvent(f"{where}: longer than {limit} characters")
+    return text or None
+
+
+def _object(value: Any, where: str) -> Mapping[str, Any]:
+    """A JSON object, or {} when absent: a list or a number where an object belongs is a 400."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidEvent(f"{where}: expected an object")
+    return value
+
+
+def _number(value: Any, where: str) -> float | None:
+    """A finite number (or its text, as postbacks send it), None when absent."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidEvent(f"{where}: expected a number")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise InvalidEvent(f"{where}: expected a number") from None
+    if not math.isfinite(number):
+        raise InvalidEvent(f"{where}: expected a finite number")
+    return number
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -68,13 +174,26 @@ def _json_object(body: bytes) -> dict[str, Any]:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise InvalidEvent("the body is not valid JSON") from None
+    except RecursionError:  # nested deeper than the parser goes; nothing of ours nests that deep
+        raise InvalidEvent("the body is nested too deeply") from None
     if not isinstance(document, dict):
         raise InvalidEvent("the body must be a JSON object")
     return document
 
 
-def _key(data: Mapping[str, Any], where: str) -> dict[str, Any]:
-    key = {k: data[k] for k in KEY_FIELDS if data.get(k)}
+def _key(data: Mapping[str, Any], where: str, default_region: str) -> dict[str, Any]:
+    """The contact key of an event, normalised as the contact's own fields are (an address that
+    can never match anyone is refused now, not failed later)."""
+    key: dict[str, Any] = {}
+    for name in KEY_FIELDS:
+        text = _text(data.get(name), f"{where}.{name}", 255 if name == "external_id" else TEXT_MAX)
+        if text is None:
+            continue
+        try:
+            key[name] = (normalise_email(text) if name == "email"
+                         else normalise_phone(text, default_region) if name == "phone" else text)
+        except InvalidContact as exc:
+            raise InvalidEvent(f"{where}.{exc}") from None
     if not key:
         raise InvalidEvent(f"{where}: needs a contact key (external_id, email or phone)")
     return key
@@ -85,7 +204,7 @@ def canonical(document: Mapping[str, Any], default_region: str) -> dict[str, Any
     kind = document.get("type")
     data = document.get("data")
     if kind not in EVENT_TYPES:
-        raise InvalidEvent(f"type: unknown event type {kind!r} (one of {', '.join(EVENT_TYPES)})")
+        raise InvalidEvent(f"type: unknown event type {_short(kind)!r} (one of {', '.join(EVENT_TYPES)})")
     if not isinstance(data, Mapping):
         raise InvalidEvent("data: expected an object")
     if kind == "contact.upsert":
@@ -95,65 +214,76 @@ def canonical(document: Mapping[str, Any], default_region: str) -> dict[str, Any
         except InvalidContact as exc:
             raise InvalidEvent(f"data.{exc}") from None
         out: dict[str, Any] = {k: v for k, v in vars(contact).items() if v not in (None, {}, "")}
-        if data.get("campaign"):
-            out["campaign"] = str(data["campaign"])
+        campaign = _text(data.get("campaign"), "data.campaign", 255)
+        if campaign:
+            out["campaign"] = campaign
         return {"type": kind, "data": out}
     if kind == "contact.unsubscribe":
         channel = data.get("channel")
         if channel is not None and channel not in CHANNELS:
-            raise InvalidEvent(f"data.channel: unknown channel {channel!r}")
-        return {"type": kind, "data": {**_key(data, "data"), **({"channel": channel} if channel else {})}}
+            raise InvalidEvent(f"data.channel: unknown channel {_short(channel)!r}")
+        return {"type": kind, "data": {**_key(data, "data", default_region), **({"channel": channel} if channel else {})}}
     if kind == "conversion":
-        value = data.get("value")
-        if value is not None and not isinstance(value, int | float):
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise InvalidEvent("data.value: expected a number") from None
-        return {"type": kind, "data": {**_key(data, "data"), "name": data.get("name"), "value": value}}
+        return {"type": kind, "data": {**_key(data, "data", default_region),
+                                       "name": _text(data.get("name"), "data.name", NAME_MAX),
+                                       "value": _number(data.get("value"), "data.value")}}
     if kind == "delivery":
-        if not data.get("provider_message_id"):
+        provider_message_id = _text(data.get("provider_message_id"), "data.provider_message_id")
+        if not provider_message_id:
             raise InvalidEvent("data.provider_message_id: required")
         if data.get("status") not in DELIVERY_STATUSES:
             raise InvalidEvent(f"data.status: one of {', '.join(DELIVERY_STATUSES)}")
-        return {"type": kind, "data": {"provider_message_id": str(data["provider_message_id"]),
-                                       "status": data["status"]}}
-    if not data.get("token"):
+        return {"type": kind, "data": {"provider_message_id": provider_message_id, "status": data["status"]}}
+    token = _text(data.get("token"), "data.token")
+    if not token:
         raise InvalidEvent("data.token: required")
-    return {"type": "click", "data": {"token": str(data["token"])}}
+    return {"type": "click", "data": {"token": token}}
 
 
-def _stripe(document: Mapping[str, Any]) -> Interpreted:
-    event_id, kind = str(document.get("id") or ""), str(document.get("type") or "")
+def _mapped(event_id: str, kind: str, events: Sequence[Mapping[str, Any]], default_region: str) -> Interpreted:
+    """A native payload's events through the canonical checks: a verified payload whose data we
+    cannot use (an attendee's malformed address) is kept as unmappable with the reason, not
+    refused, so the sender does not retry it for days."""
+    try:
+        return Interpreted(event_id, kind, [canonical(event, default_region) for event in events])
+    except InvalidEvent as exc:
+        return Interpreted(event_id, kind, unmappable=str(exc))
+
+
+def _stripe(document: Mapping[str, Any], default_region: str) -> Interpreted:
+    event_id = _text(document.get("id"), "id", EVENT_ID_MAX)
+    kind = _text(document.get("type"), "type", TYPE_MAX) or ""
     if not event_id:
         raise InvalidEvent("id: a Stripe event needs its id")
-    obj = (document.get("data") or {}).get("object") or {}
+    obj = _object(_object(document.get("data"), "data").get("object"), "data.object")
     if kind == "checkout.session.completed":
-        details = obj.get("customer_details") or {}
+        details = _object(obj.get("customer_details"), "data.object.customer_details")
         key = {"email": obj.get("customer_email") or details.get("email"), "external_id": obj.get("client_reference_id")}
-        value = (obj.get("amount_total") or 0) / 100
+        value = _number(obj.get("amount_total"), "data.object.amount_total")
     elif kind == "payment_intent.succeeded":
-        metadata = obj.get("metadata") or {}
+        metadata = _object(obj.get("metadata"), "data.object.metadata")
         key = {"email": obj.get("receipt_email") or metadata.get("email"), "external_id": metadata.get("external_id")}
-        value = (obj.get("amount_received") or obj.get("amount") or 0) / 100
+        value = _number(obj.get("amount_received") or obj.get("amount"), "data.object.amount_received")
     else:
-        return Interpreted(event_id, kind, unmappable=f"stripe event {kind!r} has no mapping")
-    key = {k: v for k, v in key.items() if v}
-    if not key:
+        return Interpreted(event_id, kind, unmappable=f"stripe event {_short(kind)!r} has no mapping")
+    if not any(key.values()):
         return Interpreted(event_id, kind, unmappable="no customer email or client_reference_id to find the contact")
-    return Interpreted(event_id, kind, [{"type": "conversion", "data": {**key, "name": kind, "value": value}}])
+    conversion = {"type": "conversion", "data": {**key, "name": kind, "value": (value or 0) / 100}}
+    return _mapped(event_id, kind, [conversion], default_region)
 
 
 def _calcom(document: Mapping[str, Any], default_region: str) -> Interpreted:
-    trigger = str(document.get("triggerEvent") or "")
-    payload = document.get("payload") or {}
-    uid = payload.get("uid") or payload.get("bookingId")
+    trigger = _text(document.get("triggerEvent"), "triggerEvent", TYPE_MAX) or ""
+    payload = _object(document.get("payload"), "payload")
+    uid = _text(payload.get("uid"), "payload.uid") or _text(payload.get("bookingId"), "payload.bookingId")
     if not uid:
         raise InvalidEvent("payload.uid: a Cal.com event needs its booking uid")
     event_id = f"{uid}:{trigger}"
     if trigger != "BOOKING_CREATED":
-        return Interpreted(event_id, trigger, unmappable=f"cal.com {trigger!r} has no mapping")
+        return Interpreted(event_id, trigger, unmappable=f"cal.com {_short(trigger)!r} has no mapping")
     attendees = payload.get("attendees") or []
+    if not isinstance(attendees, list):
+        raise InvalidEvent("payload.attendees: expected a list")
     if not attendees or not isinstance(attendees[0], Mapping) or not attendees[0].get("email"):
         return Interpreted(event_id, trigger, unmappable="no attendee email")
     attendee = attendees[0]
@@ -161,14 +291,14 @@ def _calcom(document: Mapping[str, Any], default_region: str) -> Interpreted:
         "email": attendee["email"], "name": attendee.get("name"), "timezone": attendee.get("timeZone")}}
     try:
         upsert = canonical(upsert, default_region)
-    except InvalidEvent:
-        upsert = canonical({"type": "contact.upsert", "data": {"email": attendee["email"]}}, default_region)
-    conversion = {"type": "conversion", "data": {"email": upsert["data"]["email"], "name": "booking", "value": None}}
-    return Interpreted(event_id, trigger, [upsert, conversion])
+    except InvalidEvent:  # a name or timezone we cannot take does not lose the booking
+        upsert = {"type": "contact.upsert", "data": {"email": attendee["email"]}}
+    conversion = {"type": "conversion", "data": {"email": attendee["email"], "name": "booking", "value": None}}
+    return _mapped(event_id, trigger, [upsert, conversion], default_region)
 
 
-def _twilio(form: Mapping[str, str]) -> Interpreted:
-    sid = form.get("MessageSid") or form.get("SmsSid") or ""
+def _twilio(form: Mapping[str, str], default_region: str) -> Interpreted:
+    sid = _text(form.get("MessageSid"), "MessageSid") or _text(form.get("SmsSid"), "SmsSid")
     if not sid:
         raise InvalidEvent("MessageSid: required")
     status = form.get("MessageStatus") or form.get("SmsStatus") or ""
@@ -176,64 +306,70 @@ def _twilio(form: Mapping[str, str]) -> Interpreted:
         mapped = {"delivered": "delivered", "undelivered": "failed", "failed": "failed"}.get(status)
         event_id = f"{sid}:{status}"
         if mapped is None:
-            return Interpreted(event_id, f"status.{status}", unmappable=f"intermediate status {status!r}")
+            return Interpreted(event_id, f"status.{status}", unmappable=f"intermediate status {_short(status)!r}")
         return Interpreted(event_id, "delivery", [{"type": "delivery",
                                                    "data": {"provider_message_id": sid, "status": mapped}}])
     word = (form.get("Body") or "").strip().upper()
-    sender = form.get("From") or ""
-    if word in STOP_WORDS:
-        return Interpreted(sid, "inbound.stop", [{"type": "contact.unsubscribe",
-                                                  "data": {"phone": sender, "channel": "sms", "reason": "STOP"}}])
-    if word in START_WORDS:
-        return Interpreted(sid, "inbound.start", [{"type": "contact.resubscribe",
-                                                   "data": {"phone": sender, "channel": "sms"}}])
-    return Interpreted(sid, "inbound.reply", unmappable="an inbound reply, not a STOP/START keyword")
+    kind = "inbound.stop" if word in STOP_WORDS else "inbound.start" if word in START_WORDS else None
+    if kind is None:
+        return Interpreted(sid, "inbound.reply", unmappable="an inbound reply, not a STOP/START keyword")
+    try:
+        sender = normalise_phone(form.get("From") or "", default_region)
+    except InvalidContact:
+        return Interpreted(sid, kind, unmappable="a STOP/START from a number we cannot read")
+    if kind == "inbound.stop":
+        return Interpreted(sid, kind, [{"type": "contact.unsubscribe",
+                                        "data": {"phone": sender, "channel": "sms", "reason": "STOP"}}])
+    return Interpreted(sid, kind, [{"type": "contact.resubscribe", "data": {"phone": sender, "channel": "sms"}}])
 
 
 def _token(request: WebhookRequest, default_region: str) -> Interpreted:
     if request.method == "GET" or not request.body.strip():
         params = {k: v for k, v in request.query.items() if k != "token"}
-        return _postback(params)
+        return _postback(params, default_region)
     content_type = request.headers.get("Content-Type", "")
     if "form" in content_type:
-        return _postback(dict(request.form))
+        return _postback(dict(request.form), default_region)
     document = _json_object(request.body)
     if "RecordType" in document:
         return _postmark(document)
-    event_id = str(document.get("event_id") or document.get("id") or request.headers.get("X-Event-Id") or "")
+    event_id = (_text(document.get("event_id"), "event_id", EVENT_ID_MAX) or _text(document.get("id"), "id", EVENT_ID_MAX)
+                or _text(request.headers.get("X-Event-Id"), "X-Event-Id", EVENT_ID_MAX))
     if not event_id:
         raise InvalidEvent("event_id: a token source must give an event id (event_id, id or X-Event-Id)")
-    return Interpreted(event_id[:255], document.get("type"), [canonical(document, default_region)])
+    return Interpreted(event_id, document.get("type"), [canonical(document, default_region)])
 
 
-def _postback(params: Mapping[str, str]) -> Interpreted:
+def _postback(params: Mapping[str, str], default_region: str) -> Interpreted:
     kind = params.get("event", "conversion")
-    event_id = params.get("event_id") or params.get("click_id") or params.get("transaction_id") or ""
+    event_id = (_text(params.get("event_id"), "event_id", EVENT_ID_MAX)
+                or _text(params.get("click_id"), "click_id", EVENT_ID_MAX)
+                or _text(params.get("transaction_id"), "transaction_id", EVENT_ID_MAX))
     if not event_id:
         raise InvalidEvent("click_id: a postback needs click_id, event_id or transaction_id")
     if kind == "click":
-        if not params.get("link"):
+        link = _text(params.get("link"), "link")
+        if not link:
             raise InvalidEvent("link: a click postback needs the tracked link token")
-        return Interpreted(event_id, "click", [{"type": "click", "data": {"token": params["link"]}}])
+        return Interpreted(event_id, "click", [{"type": "click", "data": {"token": link}}])
     if kind != "conversion":
         raise InvalidEvent("event: expected conversion or click")
-    key = {k: params[k] for k in KEY_FIELDS if params.get(k)}
-    if not key:
+    if not any(params.get(k) for k in KEY_FIELDS):
         raise InvalidEvent("a conversion postback needs external_id, email or phone")
-    document = {"type": "conversion", "data": {**key, "name": params.get("name") or "postback",
-                                               "value": params.get("value")}}
-    return Interpreted(event_id, "conversion", [canonical(document, "US")])
+    document = {"type": "conversion", "data": {**{k: params.get(k) for k in KEY_FIELDS},
+                                               "name": params.get("name") or "postback", "value": params.get("value")}}
+    return Interpreted(event_id, "conversion", [canonical(document, default_region)])
 
 
 def _postmark(document: Mapping[str, Any]) -> Interpreted:
-    record = str(document.get("RecordType"))
-    message_id = str(document.get("MessageID") or "")
+    record = _text(document.get("RecordType"), "RecordType", TYPE_MAX) or ""
+    message_id = _text(document.get("MessageID"), "MessageID")
     if not message_id:
         raise InvalidEvent("MessageID: required")
     status = {"Delivery": "delivered", "Bounce": "bounced", "SpamComplaint": "complained"}.get(record)
-    event_id = str(document.get("ID") or f"{message_id}:{record}")
+    event_id = _text(document.get("ID"), "ID", EVENT_ID_MAX) or f"{message_id}:{record}"
     if status is None:
-        return Interpreted(event_id, record, unmappable=f"postmark {record!r} has no mapping")
+        return Interpreted(event_id, record, unmappable=f"postmark {_short(record)!r} has no mapping")
     if record == "Bounce" and document.get("Type") not in (None, "HardBounce", "BadEmailAddress", "ManuallyDeactivated"):
         status = "failed"  # a soft bounce: recorded, no suppression
     return Interpreted(event_id, "delivery", [{"type": "delivery",

@@ -29,11 +29,12 @@ PUBLIC = "https://hooks.example.com"
 
 
 def settings_for(db_url: str, **extra: str):  # type: ignore[no-untyped-def]
-    return make_settings(
+    env = dict(
         DATABASE_URL=db_url, PUBLIC_URL=PUBLIC, WEBHOOK_MAX_BYTES="4096",
         SOURCE_APP_SECRET=STANDARD_SECRET, SOURCE_STRIPE_SCHEME="stripe", SOURCE_STRIPE_SECRET=STRIPE_SECRET,
         SOURCE_TWILIO_SCHEME="twilio", SOURCE_TWILIO_SECRET=TWILIO_TOKEN, SOURCE_CAL_SCHEME="calcom",
-        SOURCE_CAL_SECRET=CAL_SECRET, SOURCE_ZAP_SCHEME="token", SOURCE_ZAP_SECRET=TOKEN, **extra)
+        SOURCE_CAL_SECRET=CAL_SECRET, SOURCE_ZAP_SCHEME="token", SOURCE_ZAP_SECRET=TOKEN)
+    return make_settings(**{**env, **extra})
 
 
 @pytest.fixture
@@ -53,8 +54,8 @@ def standard(body: dict | str, msg_id: str = "msg_1", secret: str = STANDARD_SEC
                           "webhook-signature": signature, "Content-Type": "application/json"}
 
 
-def stripe_signed(event: dict, secret: str = STRIPE_SECRET, at: int | None = None) -> tuple[bytes, dict[str, str]]:
-    raw = json.dumps(event)
+def stripe_signed(event: dict | str, secret: str = STRIPE_SECRET, at: int | None = None) -> tuple[bytes, dict[str, str]]:
+    raw = event if isinstance(event, str) else json.dumps(event)
     t = at or int(time.time())
     v1 = hmac.new(secret.encode(), f"{t}.{raw}".encode(), hashlib.sha256).hexdigest()  # Stripe's documented scheme
     return raw.encode(), {"Stripe-Signature": f"t={t},v1={v1}", "Content-Type": "application/json"}
@@ -313,6 +314,9 @@ def _bad_cases() -> list[tuple[str, str, object, int]]:
         ("empty body", "/webhooks/app", standard("", "m11"), 400),
         ("stripe bad signature", "/webhooks/stripe", stripe_signed({"id": "e", "type": "x"}, secret="other"), 401),
         ("stripe stale", "/webhooks/stripe", stripe_signed({"id": "e", "type": "x"}, at=int(time.time()) - 900), 401),
+        ("stripe future", "/webhooks/stripe", stripe_signed({"id": "e", "type": "x"}, at=int(time.time()) + 900), 401),
+        ("stripe 10 years ahead", "/webhooks/stripe",
+         stripe_signed({"id": "e", "type": "x"}, at=int(time.time()) + 10 * 365 * 86400), 401),
         ("twilio other token", "/webhooks/twilio",
          twilio_signed("/webhooks/twilio", {"MessageSid": "SM1", "MessageStatus": "sent"}, token="x"), 401),
         ("cal other secret", "/webhooks/cal", cal_signed({"triggerEvent": "BOOKING_CREATED"}, secret="x"), 401),
@@ -327,6 +331,95 @@ async def test_bad_input_gets_its_status_and_writes_nothing(client, case: str) -
     assert response.status == status, await response.text()
     assert "error" in await response.json()
     assert InboundEvent.select().count() == 0 and Contact.select().count() == 0
+
+
+def _malformed_cases() -> list[tuple[str, str, tuple[bytes, dict[str, str]]]]:
+    """Correctly signed, and still nonsense: each must get a 4xx naming the problem, never a 5xx."""
+    deep = "[" * 100_000 + "]" * 100_000
+    nested: object = "leaf"
+    for _ in range(50):
+        nested = {"a": nested}
+    upsert = {"type": "contact.upsert", "data": {"email": "ada@example.com", "attributes": {"x": nested}}}
+    checkout = "checkout.session.completed"
+    return [
+        ("cal.com payload is a list", "/webhooks/cal", cal_signed({"triggerEvent": "BOOKING_CREATED", "payload": [1]})),
+        ("cal.com attendees is an object", "/webhooks/cal", cal_signed(
+            {"triggerEvent": "BOOKING_CREATED", "payload": {"uid": "u", "attendees": {"email": "a@example.com"}}})),
+        ("cal.com uid is an object", "/webhooks/cal", cal_signed({"triggerEvent": "X", "payload": {"uid": {"a": 1}}})),
+        ("JSON nested 100k deep", "/webhooks/app", standard(deep, "m-deep")),
+        ("JSON nested 100k deep, cal.com", "/webhooks/cal", (deep.encode(), cal_signed({})[1] | {
+            "X-Cal-Signature-256": hmac.new(CAL_SECRET.encode(), deep.encode(), hashlib.sha256).hexdigest()})),
+        ("attributes 50 deep", "/webhooks/app", standard(upsert, "m-deep-attrs")),
+        ("attributes of 200 KB", "/webhooks/app", standard(
+            {"type": "contact.upsert", "data": {"email": "ada@example.com", "attributes": {"x": "y" * 200_000}}},
+            "m-big-attrs")),
+        ("stripe data is a list", "/webhooks/stripe", stripe_signed({"id": "e1", "type": checkout, "data": [1]})),
+        ("stripe amount is text", "/webhooks/stripe", stripe_signed(
+            {"id": "e2", "type": checkout, "data": {"object": {"customer_email": "a@example.com",
+                                                                "amount_total": "lots"}}})),
+        ("stripe id of 1,000 characters", "/webhooks/stripe", stripe_signed({"id": "e" * 1000, "type": "x"})),
+        ("stripe id with a NUL", "/webhooks/stripe", stripe_signed({"id": "e\u0000", "type": "x"})),
+        ("stripe id with a lone surrogate", "/webhooks/stripe", stripe_signed('{"id": "e\\ud800", "type": "x"}')),
+        ("token id with a lone surrogate", "/webhooks/app", standard(
+            '{"type": "click", "data": {"token": "\\udfff"}}', "m-surrogate")),
+        ("conversion value infinite", "/webhooks/app", standard(
+            {"type": "conversion", "data": {"email": "ada@example.com", "value": "1e999"}}, "m-inf")),
+        ("conversion value huge integer", "/webhooks/app", standard(
+            '{"type": "conversion", "data": {"email": "ada@example.com", "value": 1' + "0" * 400 + '}}', "m-huge")),
+        ("contact key is an object", "/webhooks/app", standard(
+            {"type": "conversion", "data": {"email": {"a": 1}}}, "m-key-object")),
+        ("unsubscribe channel is an object", "/webhooks/app", standard(
+            {"type": "contact.unsubscribe", "data": {"email": "ada@example.com", "channel": {"a": 1}}}, "m-chan")),
+    ]
+
+
+@pytest.fixture
+async def roomy_client(aiohttp_client, migrated_db: str):  # type: ignore[no-untyped-def]
+    """The default body limit (256 KiB), so deep or big documents reach the interpreters."""
+    settings = settings_for(migrated_db, WEBHOOK_MAX_BYTES=str(256 * 1024))
+    client = await aiohttp_client(build_app(settings))
+    client.settings = settings
+    return client
+
+
+@pytest.mark.parametrize("case", [c[0] for c in _malformed_cases()])
+async def test_signed_but_malformed_payloads_get_a_4xx_never_a_5xx(roomy_client, case: str) -> None:  # type: ignore[no-untyped-def]
+    _, path, signed = next(c for c in _malformed_cases() if c[0] == case)
+    response = await post(roomy_client, path, signed)
+    assert response.status in (200, 202, 400), await response.text()
+    if response.status == 400:
+        assert "error" in await response.json()
+    if case.startswith("attributes"):  # bounded, and the sender is told which field
+        assert response.status == 400 and (await response.json())["error"].startswith("data.attributes: ")
+    # whatever was accepted can be processed without failing
+    await asyncio.to_thread(process_pending, roomy_client.settings)
+    assert InboundEvent.select().where(InboundEvent.status == "failed").count() == 0
+
+
+SECRET_TOKEN = "s3cr3t-postback-token-value"
+
+
+async def test_a_token_source_stores_nothing_of_its_secret(aiohttp_client, migrated_db: str) -> None:  # type: ignore[no-untyped-def]
+    from db.database import database
+
+    client = await aiohttp_client(build_app(settings_for(migrated_db, SOURCE_ZAP_SECRET=SECRET_TOKEN)))
+    # Given postbacks that carry the secret in the query string (GET, form POST, empty POST) or a header
+    assert (await client.get("/webhooks/zap", params={"token": SECRET_TOKEN, "click_id": "c-1",
+                                                      "external_id": "u1", "value": "3"})).status == 202
+    assert (await client.post(f"/webhooks/zap?token={SECRET_TOKEN}", data={"click_id": "c-2", "email": "a@example.com",
+                                                                            "token": SECRET_TOKEN})).status == 202
+    assert (await client.post(f"/webhooks/zap?token={SECRET_TOKEN}&click_id=c-3&phone=%2B12015550100")).status == 202
+    assert (await client.post("/webhooks/zap", json={"event_id": "z-1", "type": "click", "data": {"token": "t"}},
+                              headers={"X-Webhook-Token": SECRET_TOKEN})).status == 202
+    assert (await client.post("/webhooks/zap", data={"click_id": "c-4", "external_id": "u2"},
+                              headers={"X-Webhook-Token": SECRET_TOKEN})).status == 202
+    # Then no column of any stored event holds the secret (what a backup would carry)
+    rows = database.execute_sql("SELECT * FROM inbound_event").fetchall()
+    assert len(rows) == 5
+    assert [row for row in rows if any(SECRET_TOKEN in str(value) for value in row)] == []
+    # and what was needed is still there: the postback's parameters without the token
+    stored = {e.event_id: json.loads(e.payload) for e in InboundEvent.select()}
+    assert "external_id" in stored["c-1"]["raw"] and "token" not in stored["c-1"]["raw"]
 
 
 # -- duplicates ------------------------------------------------------------------------------------
