@@ -134,6 +134,10 @@ def test_alert_rules_evaluate_on_real_series_and_the_tick_alert_fires_when_ticks
                     return str(group["rules"][0]["state"])
             raise AssertionError(f"group {SCALED_GROUP} not loaded:\n{prometheus.log()}")
 
+        # (once the alert's window holds a full window of scrapes, so it judges ticks, not gaps)
+        (window,) = set(re.findall(r"\[(\w+)\]", faster_copy(tick_rule)["expr"]))
+        scrapes = f'count_over_time(up{{job="{scrape["job_name"]}"}}[{window}])'
+        settle(lambda: prometheus.query(scrapes), lambda r: bool(r) and float(r[0]["value"][1]) >= 4, 15)
         assert tick_state() == "inactive"
 
         # When the daemon loses its database: no tick can take its lease, /metrics still answers
