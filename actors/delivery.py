@@ -39,7 +39,12 @@ import dramatiq
 from actors.providers.base import OutboundMessage, Provider
 from actors.rate_limit import GlobalRateLimiter
 from daemon.config import Settings
-from daemon.errors import PermanentChannelError, ProviderRateLimited, TransientChannelError
+from daemon.errors import (
+    PermanentChannelError,
+    ProviderRateLimited,
+    TransientChannelError,
+    UnbuildableMessage,
+)
 from daemon.metrics import PROVIDER_LATENCY, RATE_LIMIT_WAIT, SENDS
 from db.database import db_session, rows
 from db.models import CampaignStep, Contact, Send, utcnow
@@ -66,6 +71,7 @@ class CallOutcome:
     error: str | None = None
     retry_after_s: float | None = None
     provider: str | None = None  # when not the channel's primary provider (failover)
+    reason: str | None = None  # why it failed, when not "provider refused"
 
 
 class ChannelSender:
@@ -261,6 +267,8 @@ class ChannelSender:
                 return CallOutcome(message.send_id, "rate_limited", error=str(exc), retry_after_s=exc.retry_after_s)
             except TransientChannelError as exc:
                 return CallOutcome(message.send_id, "retrying", error=str(exc))
+            except UnbuildableMessage as exc:
+                return CallOutcome(message.send_id, "failed", error=str(exc), reason="message cannot be built")
             except PermanentChannelError as exc:
                 return CallOutcome(message.send_id, "failed", error=str(exc))
             except Exception as exc:  # a provider bug must not lose the send: retry it, log it
@@ -297,7 +305,7 @@ class ChannelSender:
         if call.status == "released":
             return Result(s, "released")
         if call.status == "failed":
-            return Result(s, "failed", provider=provider, error=call.error, reason="provider refused")
+            return Result(s, "failed", provider=provider, error=call.error, reason=call.reason or "provider refused")
         return Result(s, "retrying", provider=provider, error=call.error)
 
     @staticmethod

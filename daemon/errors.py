@@ -28,6 +28,12 @@ class PermanentChannelError(ChannelError):
     """Never worth retrying: an invalid address, a 4xx other than 429, a template error."""
 
 
+class UnbuildableMessage(PermanentChannelError):
+    """The provider cannot even build this message (a line break in a header, a value its format
+    cannot carry): nothing was sent, and another try would build the same thing. Names the field,
+    never its content."""
+
+
 class InvalidSignature(RetentiondError):
     """A webhook's signature, token or timestamp did not verify."""
 

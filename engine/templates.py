@@ -17,6 +17,12 @@ contact does not have, fails the render with a TemplateError instead of sending 
 people. Templates that expect optional attributes say so: ``{{ contact.plan | default('') }}``
 or ``{% if contact.plan is defined %}``.
 
+The subject is header text (an email's Subject, a push title): line breaks in it — CR, LF and
+every other character ``str.splitlines`` breaks on, wherever they come from (a contact's name, an
+attribute, the template's own trailing newline) — are replaced by one space, so a name such as
+``"Ada\r\nBcc: ..."`` cannot add a header and a subject is never refused for a stray newline.
+Bodies keep their line breaks.
+
 Autoescaping is off: sms, call and push bodies are plain text. Sandbox violations (``''.__class__``,
 mutating a list...) are TemplateErrors. Compiled templates are cached by source.
 """
@@ -24,6 +30,7 @@ mutating a list...) are TemplateErrors. Compiled templates are cached by source.
 from __future__ import annotations
 
 import functools
+import re
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -40,6 +47,8 @@ CONTACT_FIELDS = ("id", "external_id", "email", "phone", "name", "timezone", "at
 TEMPLATE_NAMES = frozenset({"contact", "channel", "link"})
 TOKEN_BYTES = 18  # 144 bits, 24 URL-safe characters: unguessable, and fits TrackedLink.token
 _CACHE_SIZE = 2048
+# What str.splitlines() breaks on (and so what Python's email headers refuse), with the blanks around it.
+_LINE_BREAKS = re.compile(r"[ \t]*[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]+[ \t]*")
 
 
 class TemplateError(PermanentChannelError):
@@ -221,11 +230,18 @@ def _render_one(source: str, field: str, context: dict[str, Any]) -> str:
         raise TemplateError(field, f"render failed: {type(exc).__name__}") from None
 
 
+def one_line(text: str) -> str:
+    """Header text on one line: each run of line breaks becomes one space (none at either end)."""
+    if not _LINE_BREAKS.search(text):
+        return text
+    return _LINE_BREAKS.sub(" ", text).strip(" ")
+
+
 def render(job: RenderJob, public_url: str) -> Rendered:
     """Render one message; raise TemplateError. Writes nothing: the caller saves ``links``."""
     links = _Links(public_url)
     context = {"contact": _contact_record(job.contact), "channel": job.channel, "link": links.link}
-    subject = None if job.subject is None else _render_one(job.subject, "subject", context)
+    subject = None if job.subject is None else one_line(_render_one(job.subject, "subject", context))
     body = _render_one(job.body, "body", context)
     return Rendered(subject, body, tuple((token, url) for url, token in links.by_url.items()))
 

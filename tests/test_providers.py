@@ -16,7 +16,13 @@ from actors.providers import OutboundMessage, build_provider
 from actors.providers.http import request, retry_after_s
 from actors.providers.postmark import PostmarkProvider
 from daemon.config import Secret
-from daemon.errors import ConfigError, PermanentChannelError, ProviderRateLimited, TransientChannelError
+from daemon.errors import (
+    ConfigError,
+    PermanentChannelError,
+    ProviderRateLimited,
+    TransientChannelError,
+    UnbuildableMessage,
+)
 from daemon.simulator import SIMULATOR, build_simulator_app
 from tests.support.daemon import free_port
 
@@ -234,3 +240,62 @@ async def test_stats_reset(aiohttp_client) -> None:  # type: ignore[no-untyped-d
     await client.post("/push", json={"topic": "u-1", "message": "x"}, headers={"Idempotency-Key": "a"})
     assert (await (await client.get("/stats")).json())["received"] == 1
     assert (await (await client.post("/stats/reset")).json()) == {"received": 0, "duplicates": 0, "by_channel": {}}
+
+
+# -- a message that cannot be built is refused once, never retried -------------------------------
+
+INJECTED = "Hello Ada\r\nBcc: everyone@example.com"
+
+
+async def test_smtp_refuses_a_header_with_a_line_break_without_connecting() -> None:
+    # Given an SMTP provider with nothing listening (a connection attempt would be a transient error)
+    provider = build_provider("smtp", options(host="127.0.0.1", port=str(free_port()), timeout_s="2",
+                                              **{"from": "team@example.com"}), "email")
+    # When the subject or a header carries a line break, the message cannot be built: permanent
+    for bad in ({"subject": INJECTED}, {"headers": {"List-Unsubscribe": "<https://x/u/t>\r\nBcc: e@example.com"}}):
+        with pytest.raises(UnbuildableMessage, match="smtp: cannot build the message: .*line break") as caught:
+            await provider.send(message("m", recipient="ada@example.com", channel="email", **bad))
+        assert "everyone" not in str(caught.value) and "Bcc" not in str(caught.value)
+
+
+async def test_postmark_refuses_a_subject_with_a_line_break_before_any_call(simulator) -> None:  # type: ignore[no-untyped-def]
+    for batch in ("true", "false"):
+        provider = postmark(simulator, batch=batch, batch_wait_ms="10")
+        with pytest.raises(UnbuildableMessage, match="postmark: cannot build the message: the subject"):
+            await provider.send(message("pm-x", recipient="ada@example.com", channel="email", subject=INJECTED))
+        await provider.close()
+    assert simulator.app[SIMULATOR].deliveries.as_dict()["received"] == 0
+
+
+async def test_an_http_request_that_cannot_be_built_is_permanent(answers) -> None:  # type: ignore[no-untyped-def]
+    from actors.providers.http import close_session
+
+    # aiohttp refuses a header value with a line break before sending: retrying cannot help
+    with pytest.raises(UnbuildableMessage, match="x: cannot build the request"):
+        await request("x", "POST", str(answers.make_url("/status/200")), headers={"X-Title": INJECTED})
+    with pytest.raises(UnbuildableMessage, match="x: cannot build the request"):
+        await request("x", "POST", str(answers.make_url("/status/200")), json={"not": object()})
+    await close_session()
+
+
+def test_an_unbuildable_email_fails_after_one_attempt_with_its_reason(migrated_db: str) -> None:
+    from db.models import Decision, Send
+    from tests.support.pipeline import InProcessPipeline
+
+    # Given a planned email whose subject carries a line break (written before subjects were
+    # made one line, or by hand), and SMTP as the email provider, retries allowed
+    smtp = build_provider("smtp", options(host="127.0.0.1", port=str(free_port()), timeout_s="2",
+                                          **{"from": "team@example.com"}), "email")
+    pipeline = InProcessPipeline({"email": smtp}, MAX_RETRIES="3")
+    try:
+        send = Send.create(idempotency_key="inj-1", channel="email", recipient="ada@example.com",
+                           subject=INJECTED, body="hi")
+        # When the outbox delivers it
+        pipeline.relay_and_wait()
+    finally:
+        pipeline.close()
+    # Then it failed on its one attempt, saying why, and was not retried
+    row = Send.get_by_id(send.id)
+    assert (row.status, row.attempts, row.reason) == ("failed", 1, "message cannot be built")
+    assert row.error == "smtp: cannot build the message: the subject contains a line break"
+    assert [d.outcome for d in Decision.select().where(Decision.send == send.id)] == ["failed"]

@@ -171,3 +171,16 @@ def test_unsubscribe_tokens_are_persisted_in_order(migrated_db: str) -> None:
     assert stored == {tokens[0]: (first.id, "email", send.id), tokens[1]: (second.id, "*", None)}
     assert unsubscribe_url(PUBLIC_URL, tokens[0]) == f"https://go.example.com/u/{tokens[0]}"
     assert make_unsubscribe_tokens([]) == []
+
+
+@pytest.mark.parametrize("name", ["Ada\r\nBcc: all@example.com", "Ada\nBcc: all@example.com",
+                                  "Ada\rBcc: all@example.com", "Ada\u2028Bcc: all@example.com",
+                                  "Ada \x85\x0b\x0c Bcc: all@example.com"])
+def test_line_breaks_in_a_rendered_subject_become_one_space_and_the_body_keeps_them(name: str) -> None:
+    # Given a contact whose name carries a line break (a form's textarea, or a header injection)
+    contact = {**ADA, "name": name}
+    # When a subject and a body that both print it are rendered
+    rendered = render(job("Dear {{ contact.name }}", subject="Hi {{ contact.name }}\n", contact=contact), PUBLIC_URL)
+    # Then the subject is one header line, and the body is the text as given
+    assert rendered.subject == "Hi Ada Bcc: all@example.com"
+    assert rendered.body == f"Dear {name}"

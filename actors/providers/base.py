@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from daemon.errors import UnbuildableMessage
+
 
 @dataclass(frozen=True)
 class OutboundMessage:
@@ -17,6 +19,28 @@ class OutboundMessage:
     subject: str | None
     body: str | None
     headers: dict[str, str] = field(default_factory=dict)
+
+
+def has_line_break(text: str) -> bool:
+    """True if ``text`` would be more than one line (CR, LF, or any break ``str.splitlines`` knows)."""
+    return len(f"{text}x".splitlines()) > 1
+
+
+def refuse_header_line_breaks(message: OutboundMessage, provider: str) -> None:
+    """Raise UnbuildableMessage if the subject or a header value of ``message`` has a line break.
+
+    Rendering already puts subjects on one line; this guards every other way a send gets its text
+    (a fallback copy, a row written by hand or by an older version) for providers that put the
+    recipient, subject or headers in a header. The message names the field, never its content.
+    """
+    if message.recipient and has_line_break(message.recipient):
+        raise UnbuildableMessage(f"{provider}: cannot build the message: the recipient contains a line break")
+    if message.subject and has_line_break(message.subject):
+        raise UnbuildableMessage(f"{provider}: cannot build the message: the subject contains a line break")
+    for name, value in message.headers.items():
+        if has_line_break(name) or has_line_break(value):
+            raise UnbuildableMessage(f"{provider}: cannot build the message: header {next(iter(name.splitlines()), '')[:40]!r} "
+                                     "contains a line break")
 
 
 @dataclass(frozen=True)

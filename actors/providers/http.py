@@ -4,6 +4,9 @@ from HTTP outcomes to our errors.
 * timeouts, connection errors, 5xx -> TransientChannelError (retried with backoff)
 * 429 -> ProviderRateLimited with the provider's Retry-After (seconds or an HTTP date; 1 s if absent)
 * any other 4xx -> PermanentChannelError (never retried)
+* a request that cannot be built (aiohttp refuses a header value with a line break, a JSON body
+  that cannot be encoded) -> UnbuildableMessage, permanent: nothing went out, and the same
+  message would fail the same way on every retry
 
 Error messages carry the status and the provider's own error code/message, never the recipient
 or the body.
@@ -21,7 +24,13 @@ from typing import Any
 import aiohttp
 
 from daemon.config import Secret
-from daemon.errors import ConfigError, PermanentChannelError, ProviderRateLimited, TransientChannelError
+from daemon.errors import (
+    ConfigError,
+    PermanentChannelError,
+    ProviderRateLimited,
+    TransientChannelError,
+    UnbuildableMessage,
+)
 
 CONNECTION_LIMIT = 512  # per process: many provider calls in flight at once
 TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5)
@@ -78,20 +87,30 @@ async def request(provider: str, method: str, url: str, **kwargs: Any) -> Any:
     """One call; the decoded JSON body on 2xx, else the matching channel error."""
     try:
         async with session().request(method, url, **kwargs) as response:
-            text = await response.text()
-            if 200 <= response.status < 300:
-                return json.loads(text) if text.strip() else {}
-            detail = _detail(text)
-            message = f"{provider} answered {response.status}" + (f": {detail}" if detail else "")
-            if response.status == 429:
-                raise ProviderRateLimited(message, retry_after_s(response.headers.get("Retry-After")))
-            if response.status >= 500 or response.status in (408, 409, 425):
-                raise TransientChannelError(message)
-            raise PermanentChannelError(message)
+            return await _answer(provider, response)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise TransientChannelError(f"{provider}: {type(exc).__name__}") from exc
-    except ValueError as exc:  # a 2xx whose body is not JSON
+    except (ValueError, TypeError) as exc:
+        # Raised while aiohttp builds the request (answers are read in _answer, which wraps its
+        # own errors). The message may quote the value: the type only.
+        raise UnbuildableMessage(f"{provider}: cannot build the request ({type(exc).__name__})") from exc
+
+
+async def _answer(provider: str, response: aiohttp.ClientResponse) -> Any:
+    try:
+        text = await response.text()
+        data = json.loads(text) if 200 <= response.status < 300 and text.strip() else {}
+    except ValueError as exc:  # an undecodable body, or a 2xx whose body is not JSON
         raise TransientChannelError(f"{provider}: unreadable answer") from exc
+    if 200 <= response.status < 300:
+        return data
+    detail = _detail(text)
+    message = f"{provider} answered {response.status}" + (f": {detail}" if detail else "")
+    if response.status == 429:
+        raise ProviderRateLimited(message, retry_after_s(response.headers.get("Retry-After")))
+    if response.status >= 500 or response.status in (408, 409, 425):
+        raise TransientChannelError(message)
+    raise PermanentChannelError(message)
 
 
 def required(options: Mapping[str, Secret], provider: str, field: str) -> str:

@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from actors.providers.base import OutboundMessage, ProviderResult
+from actors.providers.base import OutboundMessage, ProviderResult, refuse_header_line_breaks
 from actors.providers.http import base_url, close_session, request, required
 from daemon.config import Secret
 from daemon.errors import ChannelError, ConfigError, PermanentChannelError, TransientChannelError
@@ -74,6 +74,7 @@ class PostmarkProvider:
     async def send(self, message: OutboundMessage) -> ProviderResult:
         if not message.recipient:
             raise PermanentChannelError("postmark: no recipient address")
+        refuse_header_line_breaks(message, "postmark")  # Postmark puts To, Subject, Headers in MIME headers
         payload = self._payload(message)
         if not self.batch:
             answer = await request("postmark", "POST", f"{self.url}/email", json=payload,

@@ -3,20 +3,23 @@
 Settings: RETENTIOND_PROVIDER_SMTP_HOST, _PORT (587), _USERNAME, _PASSWORD, _FROM, _STARTTLS
 (true when a username is set), _TIMEOUT_S (30). SMTP 4xx replies and connection problems are
 transient, 5xx permanent. The idempotency key becomes the Message-ID and an X-Idempotency-Key header.
+A message that cannot be built (a line break in a header, an address the email package refuses)
+is a permanent failure: nothing was sent, and building it again gives the same result.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from email.errors import MessageError
 from email.message import EmailMessage
 from email.utils import formatdate
 
 import aiosmtplib
 
-from actors.providers.base import OutboundMessage, ProviderResult
+from actors.providers.base import OutboundMessage, ProviderResult, refuse_header_line_breaks
 from actors.providers.http import required
 from daemon.config import Secret
-from daemon.errors import ConfigError, PermanentChannelError, TransientChannelError
+from daemon.errors import ConfigError, PermanentChannelError, TransientChannelError, UnbuildableMessage
 
 
 class SmtpProvider:
@@ -58,8 +61,14 @@ class SmtpProvider:
     async def send(self, message: OutboundMessage) -> ProviderResult:
         if not message.recipient:
             raise PermanentChannelError("smtp: no recipient address")
+        refuse_header_line_breaks(message, "smtp")
         try:
-            await aiosmtplib.send(self.build(message), hostname=self.host, port=self.port, username=self.username,
+            email = self.build(message)
+        except (ValueError, TypeError, MessageError) as exc:
+            # The email package's messages may quote the value (an address, a header): the type only.
+            raise UnbuildableMessage(f"smtp: cannot build the message ({type(exc).__name__})") from exc
+        try:
+            await aiosmtplib.send(email, hostname=self.host, port=self.port, username=self.username,
                                   password=self.password, start_tls=self.starttls, timeout=self.timeout_s)
         except aiosmtplib.SMTPResponseException as exc:
             text = f"smtp answered {exc.code}"
