@@ -34,6 +34,7 @@ from daemon.config import Settings, redact_url
 from daemon.exit_codes import RET_OK, RET_SHUTDOWN_TIMEOUT
 from daemon.scheduler import Scheduler
 from daemon.side_server import build_app
+from daemon.systemd_notify import notify
 from daemon.worker_process import spawn_entry
 from db.database import close_database
 
@@ -79,11 +80,15 @@ class Daemon:
                     "in-process workers" if self.settings.is_memory_broker
                     else f"{self.settings.processes} worker process(es) x {self.settings.threads} threads")
 
+        # systemd (Type=notify): ready now that the side server listens; the schema was checked before.
+        notify(f"READY=1\nSTATUS=serving on {self.settings.http_host}:{self.settings.http_port}")
+
         tasks = [asyncio.create_task(self._scheduler_loop(), name="scheduler")]
         if not self.settings.is_memory_broker:
             tasks.append(asyncio.create_task(self._supervise_children(), name="supervisor"))
 
         await self._stopping.wait()
+        notify("STOPPING=1")
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
 
         # 1. no more HTTP
