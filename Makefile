@@ -17,9 +17,10 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 
 install: $(STAMP) tools
 
-## Programs the tests and benchmarks drive from outside: wrk (load generator), promtool (alert rules).
+## Programs the tests and benchmarks drive from outside: wrk (load generator), promtool (alert rules),
+## prometheus (a real server scraping a running daemon).
 tools:
-	@command -v wrk >/dev/null && command -v promtool >/dev/null || \
+	@command -v wrk >/dev/null && command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 	  (apt-get install -y wrk prometheus || (apt-get update && apt-get install -y wrk prometheus))
 
 ## Start the daemon on its embedded defaults (SQLite under ./var, in-process broker, console provider).

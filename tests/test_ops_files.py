@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.metrics import initialise_labels, render
+from tests.support.prometheus import require_tool
 
 OPS = Path(__file__).resolve().parents[1] / "ops"
 METRIC = re.compile(r"\b(retentiond_[a-z_]+)\b")
@@ -55,9 +54,9 @@ def test_every_alert_names_an_exported_metric() -> None:
     assert used and used <= exported, f"not exported: {sorted(used - exported)}"
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian's prometheus package) not installed")
 def test_promtool_accepts_the_rules() -> None:
-    result = subprocess.run(["promtool", "check", "rules", str(OPS / "alerts.yml")], capture_output=True, text=True)
+    promtool = require_tool("promtool")
+    result = subprocess.run([promtool, "check", "rules", str(OPS / "alerts.yml")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -25,10 +25,16 @@ from tests.support.daemon import free_port
 
 def require_prometheus() -> str:
     """The path of the ``prometheus`` binary; fail (CI) or skip when it is not installed."""
-    path = shutil.which("prometheus")
+    return require_tool("prometheus")
+
+
+def require_tool(name: str) -> str:
+    """The path of a program of Debian's ``prometheus`` package (``prometheus``, ``promtool``);
+    fail (CI) or skip when it is not installed."""
+    path = shutil.which(name)
     if path is not None:
         return path
-    message = "prometheus is not installed (Debian: apt-get install prometheus)"
+    message = f"{name} is not installed (Debian: apt-get install prometheus)"
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
