@@ -75,8 +75,7 @@ def run_tool(tool: str, args: Sequence[str], url: str | None = None) -> subproce
     secrets: list[str] = []
     if url is not None:
         dbname, extra = libpq_connection(url)
-        env.pop("PGPASSWORD", None)
-        env.update(extra)
+        env.update(extra)  # without a password in the URL, the operator's PGPASSWORD or ~/.pgpass apply
         command.append(f"--dbname={dbname}")
         secrets = secrets_of(url)
     result = subprocess.run(command, env=env, capture_output=True, text=True, errors="replace", check=False)

@@ -13,14 +13,17 @@ import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from db.backup import backup
 from db.database import close_database, init_database
 from db.migrate import migrate
 from db.models import Contact, Lease, utcnow
+from db.pg_tools import libpq_connection, secrets_of, summarise
 from tests.support.daemon import DaemonProcess, base_env, cli
 
 SECRET = "s3cret/pw"  # percent-encoded in the URL, so the tools must get the decoded form
@@ -364,3 +367,30 @@ def test_pg_restore_refuses_an_archive_of_another_database(pg_url: str, tmp_path
     assert result.returncode != 0
     assert "schema_migration" in one_line(result.stderr)
     assert emails_in(pg_url) == ["ada@example.com"]
+
+
+# -- properties of the password handling (fast, no tools) ----------------------------------------
+
+passwords = st.text(st.characters(codec="utf-8", exclude_characters="*\r\n\x00"), min_size=4, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(password=passwords, user=st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True))
+def test_any_password_moves_from_the_url_to_the_environment(password: str, user: str) -> None:
+    url = f"postgresql://{user}:{quote(password, safe='')}@db.internal:5432/app?sslmode=require"
+    clean, env = libpq_connection(url)
+    assert env == {"PGPASSWORD": password}
+    parts = urlsplit(clean)
+    assert parts.password is None and parts.username == user
+    assert (parts.hostname, parts.port, parts.path, parts.query) == ("db.internal", 5432, "/app", "sslmode=require")
+
+
+@settings(max_examples=200, deadline=None)
+@given(password=passwords, lines=st.lists(st.text(max_size=80), max_size=5), where=st.integers(0, 5))
+def test_a_summarised_stderr_never_holds_the_password(password: str, lines: list[str], where: int) -> None:
+    lines.insert(min(where, len(lines)), f"pg_dump: error: auth failed for {password} via "
+                                         f"postgresql://u:{quote(password, safe='')}@h/db")
+    url = f"postgresql://u:{quote(password, safe='')}@h/db"
+    line = summarise("\n".join(lines), secrets_of(url), 1)
+    assert len(line.splitlines()) == 1
+    assert password not in line and quote(password, safe="") not in line
