@@ -330,6 +330,9 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
     except BackupError as exc:
         print(f"retentiond: error: {exc}", file=sys.stderr)
         return RET_ERROR
+    except OSError as exc:  # disk full, permissions: one line, not a traceback
+        print(f"retentiond: error: backup failed: {exc}", file=sys.stderr)
+        return RET_ERROR
     print(f"backup written: {path} ({path.stat().st_size} bytes)")
     return RET_OK
 
@@ -342,6 +345,9 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
                        scheduler_interval_s=settings.scheduler_interval_s)
     except BackupError as exc:  # a refusal: nothing was changed
         print(f"retentiond: error: {exc}", file=sys.stderr)
+        return RET_ERROR
+    except OSError as exc:  # disk full, permissions: the live database is replaced last, so still in place
+        print(f"retentiond: error: restore failed: {exc}", file=sys.stderr)
         return RET_ERROR
     print(f"restored {args.file}" + (f"; the previous database is kept at {done.previous}" if done.previous else ""))
     if done.pending:

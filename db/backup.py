@@ -85,8 +85,11 @@ def backup(database_url: str, directory: str | Path, keep: int = 7) -> Path:
 
 
 def _private_dir(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    directory.chmod(0o700)  # also when it existed: it is about to hold every contact
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory.chmod(0o700)  # also when it existed: it is about to hold every contact
+    except OSError as exc:
+        raise BackupError(f"cannot use {directory} as a private backup directory ({exc.strerror})") from None
     return directory
 
 
@@ -166,6 +169,7 @@ def _restore_sqlite(url: str, source: Path, scheduler_interval_s: float) -> Rest
         pending = _check_sqlite(unpacked, source)
         if path.exists():
             _refuse_if_in_use(url, scheduler_interval_s)
+            _same_owner(unpacked, path)
         previous = _keep_previous_sqlite(path)
         for stale in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             stale.unlink(missing_ok=True)  # the old database's journal must not be replayed on the new one
@@ -201,6 +205,13 @@ def _check_migrations(applied: list[str], source: Path) -> list[str]:
     if unknown:
         raise BackupError(f"{source} was made by a newer retentiond (unknown migrations: {', '.join(unknown)})")
     return [name for name in known if name not in applied]
+
+
+def _same_owner(new: Path, old: Path) -> None:
+    """Root restoring for a service user: the daemon must still be able to open its database."""
+    if os.geteuid() == 0:
+        owner = old.stat()
+        os.chown(new, owner.st_uid, owner.st_gid)
 
 
 def _keep_previous_sqlite(path: Path) -> Path | None:

@@ -394,3 +394,15 @@ def test_a_summarised_stderr_never_holds_the_password(password: str, lines: list
     line = summarise("\n".join(lines), secrets_of(url), 1)
     assert len(line.splitlines()) == 1
     assert password not in line and quote(password, safe="") not in line
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can restore for another user")
+def test_root_restoring_for_the_service_user_keeps_the_database_its_owner(tmp_path: Path) -> None:
+    # Given the live database owned by the service user (nobody here), and root running the restore
+    url, db = live_sqlite(tmp_path, "ada@example.com")
+    made = backup(url, tmp_path / "backups")
+    os.chown(db, 65534, 65534)
+    result = cli("restore", str(made), env=base_env(DATABASE_URL=url))
+    assert result.returncode == 0, result.stderr
+    # Then the daemon, running as that user, can still open it
+    assert (db.stat().st_uid, db.stat().st_gid, mode(db)) == (65534, 65534, 0o600)
