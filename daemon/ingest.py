@@ -12,6 +12,14 @@ writer, so one. Repeats inside one batch are answered from the first occurrence.
 If the commit fails (database away), every request of the batch gets the error (503): nothing was
 accepted, so the sender retries later. Nothing is buffered beyond the requests in flight, so a crash
 loses only requests that had not been answered yet.
+
+Load shedding: the queue holds at most ``max_queued`` requests, and a request waits at most
+``max_wait_s`` for its batch to start. A request refused because the queue is full, or dropped at
+its deadline, gets ``Overloaded`` (503 with ``Retry-After``) and is never written: the writer skips
+a dropped entry when it reaches it. Once a request's batch has started it waits for that commit's
+outcome, and the commit itself waits at most ``max_wait_s`` for the database's write lock (SQLite
+``busy_timeout``, PostgreSQL ``lock_timeout``/``statement_timeout``), so no answer takes much
+longer than twice ``max_wait_s`` and a database locked for minutes costs bounded memory.
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from db.database import database, db_session, is_postgres
 from db.models import utcnow
@@ -38,36 +47,84 @@ class IncomingEvent:
     error: str | None = None
 
 
+class Overloaded(Exception):
+    """The event was not accepted (queue full, or its deadline passed before its batch started);
+    nothing of it is or will be written. The sender should retry after ``retry_after_s``."""
+
+    def __init__(self, reason: str, retry_after_s: int) -> None:
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(eq=False)
+class _Pending:
+    event: IncomingEvent
+    future: asyncio.Future[bool] = field(repr=False)
+    taken: bool = False  # in a batch being written: its outcome is the commit's
+    dropped: bool = False  # answered 503 while queued: the writer must skip it
+
+
 class GroupCommitter:
     def __init__(self, max_batch: int = 1000, on_commit: Callable[[int], None] | None = None,
-                 concurrency: int = 1) -> None:
+                 concurrency: int = 1, max_queued: int = 1000, max_wait_s: float = 5.0) -> None:
         self.max_batch = max_batch
         self.on_commit = on_commit  # called (in the event loop) with the number of new events
         self.concurrency = concurrency
-        self._queue: asyncio.Queue[tuple[IncomingEvent, asyncio.Future[bool]]] = asyncio.Queue()
+        self.max_wait_s = max_wait_s
+        # What a refused sender is told to wait: about one deadline, by then the queue has turned over.
+        self.retry_after_s = max(1, math.ceil(max_wait_s))
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queued)
         self._writer: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="group-commit")
         self.batches = 0
         self.committed = 0
+        self.peak_queued = 0  # high-water mark of the queue, for tests and diagnosis
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued (dropped entries included) and no batch being written."""
+        return self._queue.empty() and not self._in_flight
 
     def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
 
     async def stop(self) -> None:
         """Commit what is queued, then stop."""
-        while not self._queue.empty() or self._in_flight:
+        while not self.idle:
             await asyncio.sleep(0.005)
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
         self._thread.shutdown(wait=True)
 
-    async def submit(self, event: IncomingEvent) -> bool:
-        """True when stored now, False when it duplicates an event stored before."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        await self._queue.put((event, future))
-        return await future
+    async def submit(self, event: IncomingEvent, max_wait_s: float | None = None) -> bool:
+        """True when stored now, False when it duplicates an event stored before. Raises
+        ``Overloaded`` when the queue is full or the event's batch did not start within
+        ``max_wait_s`` (default: the committer's); then nothing of it is written."""
+        pending = _Pending(event, asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(pending)
+        except asyncio.QueueFull:
+            raise Overloaded("the ingest queue is full", self.retry_after_s) from None
+        self.peak_queued = max(self.peak_queued, self._queue.qsize())
+        try:
+            async with asyncio.timeout(self.max_wait_s if max_wait_s is None else max_wait_s):
+                return await asyncio.shield(pending.future)
+        except TimeoutError:
+            if not pending.taken:
+                pending.dropped = True
+                raise Overloaded("waited too long for the database", self.retry_after_s) from None
+        except asyncio.CancelledError:  # the client went away: write it only if already under way
+            pending.dropped = not pending.taken
+            pending.future.cancel()
+            raise
+        # Its batch is being written: the commit decides (and gives up within its lock timeout).
+        return await pending.future
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -78,27 +135,35 @@ class GroupCommitter:
             batch = [first]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            # Entries answered 503 (or abandoned) while they queued are never written.
+            batch = [p for p in batch if not p.dropped and not p.future.done()]
+            if not batch:
+                slots.release()
+                continue
+            for pending in batch:
+                pending.taken = True
             task = loop.create_task(self._commit_and_answer(batch, slots))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
-    async def _commit_and_answer(self, batch: list[tuple[IncomingEvent, asyncio.Future[bool]]],
-                                 slots: asyncio.Semaphore) -> None:
+    async def _commit_and_answer(self, batch: list[_Pending], slots: asyncio.Semaphore) -> None:
         loop = asyncio.get_running_loop()
         try:
-            new = await loop.run_in_executor(self._thread, _commit, [e for e, _ in batch])
+            new = await loop.run_in_executor(self._thread, _commit, [p.event for p in batch],
+                                             int(self.max_wait_s * 1000))
         except Exception as exc:
             logger.error("could not commit %d inbound event(s): %s", len(batch), type(exc).__name__)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
             return
         finally:
             slots.release()
         self.batches += 1
         self.committed += len(new)
         first_of: dict[tuple[str, str], asyncio.Future[bool]] = {}
-        for event, future in batch:
+        for pending in batch:
+            event, future = pending.event, pending.future
             key = (event.source, event.event_id)
             if future.done():
                 continue
@@ -114,27 +179,41 @@ class GroupCommitter:
 _COLUMNS = "source, event_id, type, payload, status, error, received_at"
 
 
-def _commit(events: list[IncomingEvent]) -> set[tuple[str, str]]:
+def _commit(events: list[IncomingEvent], lock_timeout_ms: int) -> set[tuple[str, str]]:
     """One INSERT for the batch, built by hand: this runs per webhook, and the query builder's
-    per-row work showed in profiles. Returns the (source, event_id) pairs stored now."""
+    per-row work showed in profiles. Returns the (source, event_id) pairs stored now.
+
+    Waits at most ``lock_timeout_ms`` for the database's write lock: the requests of the batch are
+    waiting for their answer, and a 503 they can retry beats a 202 after a minute."""
     now = utcnow()
     unique: dict[tuple[str, str], IncomingEvent] = {}
     for event in events:
         unique.setdefault((event.source, event.event_id), event)
     values = [(e.source, e.event_id, e.type, e.payload, e.status, e.error, now) for e in unique.values()]
-    with db_session(), database.atomic():
-        if is_postgres():
-            from psycopg2.extras import execute_values
+    with db_session():
+        if not is_postgres():
+            # This thread's own connection: the setting stays with the committer's writes.
+            database.execute_sql(f"PRAGMA busy_timeout = {int(lock_timeout_ms)}")
+        with database.atomic():
+            return _insert(values, lock_timeout_ms)
 
-            cursor = database.cursor()
-            inserted = execute_values(
-                cursor, f"INSERT INTO inbound_event ({_COLUMNS}) VALUES %s "
-                        "ON CONFLICT (source, event_id) DO NOTHING RETURNING source, event_id",
-                values, page_size=len(values), fetch=True)
-        else:
-            placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(values))
-            params = [v if i != 6 else str(v) for row in values for i, v in enumerate(row)]
-            inserted = database.execute_sql(
-                f"INSERT OR IGNORE INTO inbound_event ({_COLUMNS}) VALUES {placeholders} RETURNING source, event_id",
-                params).fetchall()
+
+def _insert(values: Sequence[tuple[object, ...]], lock_timeout_ms: int) -> set[tuple[str, str]]:
+    if is_postgres():
+        from psycopg2.extras import execute_values
+
+        cursor = database.cursor()
+        # SET LOCAL: for this transaction only, the pooled connection goes back unchanged.
+        cursor.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}; "
+                       f"SET LOCAL statement_timeout = {int(lock_timeout_ms)}")
+        inserted = execute_values(
+            cursor, f"INSERT INTO inbound_event ({_COLUMNS}) VALUES %s "
+                    "ON CONFLICT (source, event_id) DO NOTHING RETURNING source, event_id",
+            values, page_size=len(values), fetch=True)
+    else:
+        placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(values))
+        params = [v if i != 6 else str(v) for row in values for i, v in enumerate(row)]
+        inserted = database.execute_sql(
+            f"INSERT OR IGNORE INTO inbound_event ({_COLUMNS}) VALUES {placeholders} RETURNING source, event_id",
+            params).fetchall()
     return {(source, event_id) for source, event_id in inserted}

@@ -10,16 +10,21 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import logging
 import secrets
 
+import peewee
 from aiohttp import web
 
 from daemon.ingest import IncomingEvent
-from daemon.routes_webhooks import COMMITTER
+from daemon.metrics import WEBHOOK_EVENTS
+from daemon.routes_webhooks import COMMITTER, SETTINGS
 from db.database import db_session
 from db.models import Suppression, TrackedLink, UnsubscribeToken, utcnow
 
+logger = logging.getLogger(__name__)
 routes = web.RouteTableDef()
+CLICK_SOURCE = "tracked-link"  # the inbound_event source of clicks on /t/<token>
 
 
 def _unsubscribe(token: str) -> str | None:
@@ -69,12 +74,31 @@ def _link_url(token: str) -> str | None:
 @routes.get("/t/{token}")
 async def tracked_link(request: web.Request) -> web.Response:
     """Record the click durably (group commit, like a webhook), then redirect to the URL recorded
-    for the token — never one taken from the request."""
+    for the token — never one taken from the request.
+
+    Degraded mode: the reader is never kept waiting on the click record. When the click cannot be
+    committed within ``CLICK_MAX_WAIT_S`` (queue full, database locked or away), the reader is
+    redirected all the same and the click is dropped — never written later — and counted in
+    ``retentiond_webhook_events_total{source="tracked-link",outcome="dropped"}``. Only when the link
+    itself cannot be looked up (database unreachable) is the answer 503 with ``Retry-After``.
+    """
     token = request.match_info["token"]
-    url = await asyncio.to_thread(_link_url, token)
+    committer = request.app[COMMITTER]
+    try:
+        url = await asyncio.to_thread(_link_url, token)
+    except peewee.PeeweeException:
+        logger.warning("tracked link lookup failed: database unavailable")
+        raise web.HTTPServiceUnavailable(text="try again shortly",
+                                         headers={"Retry-After": str(committer.retry_after_s)}) from None
     if url is None:
         raise web.HTTPNotFound(text="unknown link")
-    click = IncomingEvent("tracked-link", secrets.token_hex(16), "click",
+    click = IncomingEvent(CLICK_SOURCE, secrets.token_hex(16), "click",
                           json.dumps({"events": [{"type": "click", "data": {"token": token}}]}))
-    await request.app[COMMITTER].submit(click)
+    settings = request.app[SETTINGS]
+    try:
+        await committer.submit(click, max_wait_s=settings.click_max_wait_s)
+    except Exception as exc:
+        # Overloaded: never written. A failed commit: written by nothing either (rolled back).
+        WEBHOOK_EVENTS.labels(CLICK_SOURCE, "dropped").inc()
+        logger.warning("click not recorded (%s); redirecting the reader anyway", type(exc).__name__)
     raise web.HTTPFound(url)

@@ -3,7 +3,8 @@
 Statuses (contract): 404 unknown source; 413 body over ``WEBHOOK_MAX_BYTES`` (aiohttp refuses it
 while reading); 401 bad or missing signature, token or timestamp; 400 a body that cannot be parsed
 or is not a valid event; 202 committed to the database; 200 a duplicate of an event already
-accepted (same event id), processed once; 503 the database could not take it (nothing accepted).
+accepted (same event id), processed once; 503 the database could not take it in time, or the
+ingest queue is full (nothing accepted; ``Retry-After`` says when to retry).
 A rejected request writes nothing.
 """
 
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from daemon.config import Settings
 from daemon.errors import InvalidSignature
-from daemon.ingest import GroupCommitter, IncomingEvent
+from daemon.ingest import GroupCommitter, IncomingEvent, Overloaded
 from daemon.metrics import WEBHOOK_EVENTS, WEBHOOK_LATENCY
 from daemon.signatures import WebhookRequest, verify
 from engine.events import InvalidEvent, interpret, stored_raw
@@ -28,9 +29,10 @@ SETTINGS = web.AppKey("webhook_settings", Settings)
 COMMITTER = web.AppKey("committer", GroupCommitter)
 
 
-def _refuse(source: str, outcome: str, status: int, message: str) -> web.Response:
+def _refuse(source: str, outcome: str, status: int, message: str,
+            headers: dict[str, str] | None = None) -> web.Response:
     WEBHOOK_EVENTS.labels(source, outcome).inc()
-    return web.json_response({"error": message}, status=status)
+    return web.json_response({"error": message}, status=status, headers=headers)
 
 
 @routes.route("*", "/webhooks/{source}")
@@ -64,10 +66,16 @@ async def receive(request: web.Request) -> web.Response:
         raw = stored_raw(source.scheme, incoming, str(source.secret or ""))
         event = IncomingEvent(name, meaning.event_id, meaning.type, meaning.stored_payload(raw),
                               status="unmappable" if meaning.unmappable else "pending", error=meaning.unmappable)
+        committer = request.app[COMMITTER]
+        # 503 + Retry-After: nothing was accepted (and nothing will be written), the sender retries.
         try:
-            new = await request.app[COMMITTER].submit(event)
+            new = await committer.submit(event)
+        except Overloaded as exc:
+            return _refuse(name, "overloaded", 503, f"{exc}; retry later",
+                           {"Retry-After": str(exc.retry_after_s)})
         except Exception:
-            return _refuse(name, "unavailable", 503, "could not store the event; retry later")
+            return _refuse(name, "unavailable", 503, "could not store the event; retry later",
+                           {"Retry-After": str(committer.retry_after_s)})
     WEBHOOK_EVENTS.labels(name, "accepted" if new else "duplicate").inc()
     if new:
         return web.json_response({"status": "accepted", "event_id": meaning.event_id}, status=202)

@@ -47,7 +47,9 @@ def build_app(settings: Settings, wake: Callable[[int], None] | None = None) -> 
     async def committer(app: web.Application) -> AsyncIterator[None]:
         # PostgreSQL takes several commits at once; leave one pooled connection for everything else
         concurrency = min(4, settings.db_pool_size - 1) if settings.database_url.startswith("postgres") else 1
-        app[routes_webhooks.COMMITTER] = GroupCommitter(on_commit=wake, concurrency=max(1, concurrency))
+        app[routes_webhooks.COMMITTER] = GroupCommitter(on_commit=wake, concurrency=max(1, concurrency),
+                                                        max_queued=settings.ingest_queue_max,
+                                                        max_wait_s=settings.ingest_max_wait_s)
         app[routes_webhooks.COMMITTER].start()
         yield
         await app[routes_webhooks.COMMITTER].stop()

@@ -1,0 +1,139 @@
+"""Load shedding while the database cannot take writes (both engines).
+
+The database is locked from another connection — SQLite ``BEGIN EXCLUSIVE`` (readers go on, in WAL
+mode), PostgreSQL ``LOCK TABLE inbound_event IN EXCLUSIVE MODE`` (SELECTs go on, INSERTs wait) —
+and many webhooks arrive. Each one must be answered while the lock lasts: 503 with ``Retry-After``
+and nothing accepted, never a 202 after a long wait, never committed later; the ingest queue stays
+within its bound; after the lock is released new events get 202 again. A tracked-link reader is
+redirected all the same, and the click that could not be recorded is counted as dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator
+
+import psycopg2
+from prometheus_client import REGISTRY
+
+from daemon.routes_webhooks import COMMITTER
+from daemon.side_server import build_app
+from db.database import sqlite_path
+from db.models import Contact, InboundEvent, TrackedLink
+from tests.conftest import make_settings
+
+TOKEN = "overload-test-token-0123456789abcdef"
+QUEUE_MAX = 40
+REQUESTS = 200
+# A guard against hanging, far above the configured deadlines; not a measure of speed.
+GUARD_S = 60.0
+
+
+@contextlib.contextmanager
+def database_locked(db_url: str) -> Iterator[None]:
+    """Another connection holds the write lock until the block ends."""
+    if db_url.startswith("sqlite"):
+        locker = sqlite3.connect(sqlite_path(db_url), isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+    else:
+        connection = psycopg2.connect(db_url)
+        with connection.cursor() as cursor:
+            cursor.execute("LOCK TABLE inbound_event IN EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            connection.rollback()
+            connection.close()
+
+
+def settings_for(db_url: str):  # type: ignore[no-untyped-def]
+    return make_settings(DATABASE_URL=db_url, SOURCE_ZAP_SCHEME="token", SOURCE_ZAP_SECRET=TOKEN,
+                         INGEST_QUEUE_MAX=str(QUEUE_MAX), INGEST_MAX_WAIT_S="0.5", CLICK_MAX_WAIT_S="0.3")
+
+
+async def post_event(client, event_id: str):  # type: ignore[no-untyped-def]
+    body = json.dumps({"id": event_id, "type": "conversion", "data": {"email": f"{event_id}@example.com"}})
+    response = await client.post("/webhooks/zap", data=body,
+                                 headers={"X-Webhook-Token": TOKEN, "Content-Type": "application/json"})
+    await response.read()
+    return response
+
+
+async def wait_until_idle(client) -> None:  # type: ignore[no-untyped-def]
+    committer = client.app[COMMITTER]
+    async with asyncio.timeout(GUARD_S):
+        while not committer.idle:
+            await asyncio.sleep(0.02)
+
+
+def stored_event_ids(source: str) -> set[str]:
+    return {e.event_id for e in InboundEvent.select().where(InboundEvent.source == source)}
+
+
+def dropped_clicks() -> float:
+    return REGISTRY.get_sample_value("retentiond_webhook_events_total",
+                                     {"source": "tracked-link", "outcome": "dropped"}) or 0.0
+
+
+async def test_webhooks_get_503_with_retry_after_and_nothing_stored_while_the_database_is_locked(
+        aiohttp_client, migrated_db: str) -> None:  # type: ignore[no-untyped-def]
+    client = await aiohttp_client(build_app(settings_for(migrated_db)))
+    ids = [f"locked-{i}" for i in range(REQUESTS)]
+    # Given the database locked by another connection
+    with database_locked(migrated_db):
+        # When many webhooks arrive at once
+        tasks = [asyncio.create_task(post_event(client, event_id)) for event_id in ids]
+        done, waiting = await asyncio.wait(tasks, timeout=GUARD_S)
+        # Then every one is answered while the lock lasts: 503 with Retry-After, nothing accepted
+        assert not waiting, f"{len(waiting)} webhook(s) still waiting while the database is locked"
+        responses = [task.result() for task in tasks]
+    assert [r.status for r in responses] == [503] * REQUESTS
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in responses)
+    # and the queue never held more than its bound (memory bounded)
+    assert client.app[COMMITTER].peak_queued <= QUEUE_MAX
+    # When the lock is released, new events are accepted again
+    accepted = []
+    async with asyncio.timeout(GUARD_S):
+        while True:
+            response = await post_event(client, f"after-{len(accepted)}")
+            accepted.append(f"after-{len(accepted)}")
+            if response.status == 202:
+                break
+            assert response.status == 503
+            await asyncio.sleep(0.05)
+    # Then once everything queued has been settled, none of the refused events was written later
+    await wait_until_idle(client)
+    stored = stored_event_ids("zap")
+    assert stored & set(ids) == set()
+    assert accepted[-1] in stored
+
+
+async def test_a_click_still_redirects_while_the_database_is_locked(
+        aiohttp_client, migrated_db: str) -> None:  # type: ignore[no-untyped-def]
+    ada = Contact.create(email="ada@example.com")
+    TrackedLink.create(token="tok-locked", url="https://example.com/offer", contact=ada.id)
+    client = await aiohttp_client(build_app(settings_for(migrated_db)))
+    before = dropped_clicks()
+    # Given the database locked by another connection
+    with database_locked(migrated_db):
+        # When a reader clicks a tracked link
+        response = await asyncio.wait_for(client.get("/t/tok-locked", allow_redirects=False), GUARD_S)
+        # Then the reader is redirected all the same, and the click is counted as dropped
+        assert response.status == 302 and response.headers["Location"] == "https://example.com/offer"
+        assert dropped_clicks() == before + 1
+    # and, once the database is back, that click was not written behind the reader's back
+    await wait_until_idle(client)
+    assert stored_event_ids("tracked-link") == set()
+    # When the reader clicks again, the click is recorded as usual
+    response = await client.get("/t/tok-locked", allow_redirects=False)
+    assert response.status == 302
+    assert InboundEvent.select().where(InboundEvent.source == "tracked-link").count() == 1
+    assert dropped_clicks() == before + 1
