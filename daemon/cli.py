@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import shutil
 import sys
@@ -11,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from daemon.config import Settings, load_settings
 from daemon.errors import ConfigError
-from daemon.exit_codes import RET_CONFIG, RET_CONNECT, RET_ERROR, RET_OK
+from daemon.exit_codes import RET_CONFIG, RET_CONNECT, RET_ERROR, RET_NOT_FOUND, RET_OK, RET_REJECTED
 
 
 def _positive_int(text: str) -> int:
@@ -36,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                "optionally from a TOML file given with --config; the environment wins.",
     )
     parser.add_argument("--config", metavar="FILE", help="TOML settings file")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--version", action="version", version=f"retentiond {_version()}")
+    # Not required: a command left out prints the help of its level (see main), not an error.
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.set_defaults(help_parser=parser)
 
     run = commands.add_parser("run", help="run the daemon: side server, scheduler and workers")
     run.add_argument("--processes", type=_positive_int, help="worker processes (RETENTIOND_PROCESSES, default 2)")
@@ -47,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(handler=cmd_migrate)
 
     campaign = commands.add_parser("campaign", help="campaigns: apply YAML files, enrol contacts")
-    campaign_commands = campaign.add_subparsers(dest="campaign_command", metavar="ACTION", required=True)
+    campaign.set_defaults(help_parser=campaign)
+    campaign_commands = campaign.add_subparsers(dest="campaign_command", metavar="ACTION")
     apply = campaign_commands.add_parser("apply", help="create or update campaigns from YAML files")
     apply.add_argument("files", nargs="+", metavar="FILE")
     apply.set_defaults(handler=cmd_campaign_apply)
@@ -59,12 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     enrol.set_defaults(handler=cmd_campaign_enrol)
 
     contacts = commands.add_parser("contacts", help="contacts: bulk import")
-    contacts_commands = contacts.add_subparsers(dest="contacts_command", metavar="ACTION", required=True)
+    contacts.set_defaults(help_parser=contacts)
+    contacts_commands = contacts.add_subparsers(dest="contacts_command", metavar="ACTION")
     imp = contacts_commands.add_parser("import", help="bulk upsert contacts from a CSV file")
     imp.add_argument("file", metavar="FILE.csv")
     imp.add_argument("--campaign", metavar="SLUG", help="enrol every imported contact in this campaign")
     imp.add_argument("--batch-size", type=_positive_int, default=1000)
     imp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    imp.add_argument("--encoding", metavar="NAME",
+                     help="the file's text encoding, e.g. cp1251 (default: detected; UTF-8 when it is valid UTF-8)")
     imp.set_defaults(handler=cmd_contacts_import)
 
     stats = commands.add_parser("stats", help="sends, enrolments and events by status; a contact's history")
@@ -97,9 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("retentiond")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        # `retentiond` or `retentiond campaign` alone: show what can follow; still a bad command line.
+        args.help_parser.print_help()
+        return RET_CONFIG
     try:
         settings = load_settings(config_file=args.config,
                                  processes=getattr(args, "processes", None),
@@ -109,10 +128,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return RET_CONFIG
     handler: Callable[[Settings, argparse.Namespace], int] = args.handler
     try:
-        return handler(settings, args)
+        code = handler(settings, args)
+        sys.stdout.flush()  # inside the try: a pipe closed early fails here, not at interpreter exit
+        return code
     except ConfigError as exc:
         print(f"retentiond: error: {exc}", file=sys.stderr)
         return RET_CONFIG
+    except BrokenPipeError:
+        if handler in (cmd_run, cmd_simulate_providers):
+            raise  # long-running commands print little to stdout: a broken pipe there is a real fault
+        # The reader went away (`retentiond stats --json | head`): what it did not want is no error.
+        # Point stdout at /dev/null so the flush at exit does not fail again (Python's documented recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return RET_OK
 
 
 def _connect(settings: Settings) -> int | None:
@@ -208,7 +236,7 @@ def cmd_campaign_enrol(settings: Settings, args: argparse.Namespace) -> int:
     campaign = Campaign.get_or_none(Campaign.slug == args.slug)
     if campaign is None:
         print(f"retentiond: error: no campaign {args.slug!r}", file=sys.stderr)
-        return RET_CONFIG
+        return RET_NOT_FOUND
     keys = ([{"external_id": v} for v in args.external_id] + [{"email": v} for v in args.email]
             + [{"phone": v} for v in args.phone])
     if not keys:
@@ -228,7 +256,7 @@ def cmd_campaign_enrol(settings: Settings, args: argparse.Namespace) -> int:
     print(f"{args.slug}: {enrolled} newly enrolled, {len(ids) - enrolled} already enrolled")
     for key in missing:
         print(f"no such contact: {key}", file=sys.stderr)
-    return RET_OK if not missing else RET_CONFIG
+    return RET_OK if not missing else RET_NOT_FOUND
 
 
 def cmd_contacts_import(settings: Settings, args: argparse.Namespace) -> int:
@@ -244,22 +272,33 @@ def cmd_contacts_import(settings: Settings, args: argparse.Namespace) -> int:
         campaign = Campaign.get_or_none(Campaign.slug == args.campaign)
         if campaign is None:
             print(f"retentiond: error: no campaign {args.campaign!r}", file=sys.stderr)
-            return RET_CONFIG
+            return RET_NOT_FOUND
 
         def on_batch(contact_ids: list[int]) -> None:
             enrol(contact_ids, campaign)
+    if args.encoding:
+        import codecs
+
+        try:
+            codecs.lookup(args.encoding)
+        except LookupError:
+            print(f"retentiond: error: --encoding: unknown encoding {args.encoding!r}", file=sys.stderr)
+            return RET_CONFIG
     try:
         report = import_csv(args.file, default_region=settings.default_region, batch_size=args.batch_size,
-                            progress=not args.no_progress, on_batch=on_batch)
+                            progress=not args.no_progress, on_batch=on_batch, encoding=args.encoding)
     except (OSError, CsvFormatError) as exc:
         print(f"retentiond: error: {exc}", file=sys.stderr)
         return RET_CONFIG
+    if report.encoding not in ("utf-8", "utf-8-sig") and not args.encoding:
+        # A guess: say it, so a wrong one is seen before 10,000 names are stored garbled.
+        print(f"read as {report.encoding} (the file is not UTF-8; name another with --encoding)", file=sys.stderr)
     print(report.summary())
     for line, field, message in report.invalid[:100]:
         print(f"line {line}: {field}: {message}", file=sys.stderr)
     if len(report.invalid) > 100:
         print(f"... and {len(report.invalid) - 100} more invalid rows", file=sys.stderr)
-    return RET_OK
+    return RET_REJECTED if report.invalid else RET_OK
 
 
 def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
@@ -281,7 +320,7 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
             return RET_CONFIG
         if contact is None:
             print("retentiond: error: no such contact", file=sys.stderr)
-            return RET_CONFIG
+            return RET_NOT_FOUND
         data = contact_history(contact)
         if args.json:
             print(json.dumps(data, indent=2))

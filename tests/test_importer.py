@@ -3,10 +3,15 @@ batches enrolled as they commit, an unknown column refused before anything is wr
 
 from __future__ import annotations
 
+import codecs
+import itertools
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from daemon.exit_codes import RET_OK, RET_REJECTED
 from db.models import Campaign, CampaignStep, Contact, Enrolment
 from engine.campaigns import enrol
 from engine.importer import CsvFormatError, import_csv
@@ -66,6 +71,101 @@ def test_cli_import_prints_a_summary_and_the_bad_lines(sqlite_url: str, tmp_path
     path = tmp_path / "contacts.csv"
     path.write_text(CSV)
     result = cli("contacts", "import", str(path), env=env)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == RET_REJECTED, result.stderr  # the good rows are in; say some were not
     assert "8 row(s): 3 created, 0 updated, 5 invalid" in result.stdout
     assert "line 5: email:" in result.stderr and "line 9: consent.sms:" in result.stderr
+
+
+# -- files as spreadsheets save them (issue 10, defect 20) --------------------------------------------
+
+def names_by_id() -> dict[str, str]:
+    return {c.external_id: c.name for c in Contact.select()}
+
+
+def test_a_file_saved_by_excel_on_windows_is_read_as_cp1252(migrated_db: str, tmp_path: Path) -> None:
+    # Given "CSV (Comma delimited)" from Excel on Windows: cp1252, CRLF, accented names
+    path = tmp_path / "excel.csv"
+    path.write_bytes("external_id,email,name\r\nu1,jose@example.com,José\r\nu2,zoe@example.com,Zoë Müller\r\n"
+                     .encode("cp1252"))
+    report = import_csv(path, default_region="US", progress=False)
+    assert report.invalid == [] and report.created == 2
+    assert names_by_id() == {"u1": "José", "u2": "Zoë Müller"}
+    assert report.encoding == "cp1252"
+
+
+def test_a_semicolon_separated_file_with_a_bom_is_read(migrated_db: str, tmp_path: Path) -> None:
+    # Given "CSV UTF-8" from Excel in a locale whose list separator is ';' (most of Europe)
+    path = tmp_path / "eu.csv"
+    path.write_bytes(codecs.BOM_UTF8 + "external_id;email;phone;name\r\nu1;ana@example.com;+33612345678;Ana Ibáñez\r\n"
+                     'u2;ben@example.com;;"Ben; the second"\r\n'.encode())
+    report = import_csv(path, default_region="US", progress=False)
+    assert report.invalid == [] and report.created == 2
+    assert names_by_id() == {"u1": "Ana Ibáñez", "u2": "Ben; the second"}
+    assert (report.encoding, report.delimiter) == ("utf-8-sig", ";")
+
+
+def test_a_tab_separated_utf16_file_is_read(migrated_db: str, tmp_path: Path) -> None:
+    # Given Excel's "Unicode Text": UTF-16 with a BOM, tab-separated
+    path = tmp_path / "unicode.txt"
+    path.write_bytes("external_id\temail\tname\r\nu1\tli@example.com\t李雷\r\n".encode("utf-16"))
+    report = import_csv(path, default_region="US", progress=False)
+    assert report.invalid == [] and names_by_id() == {"u1": "李雷"}
+    assert report.delimiter == "\t"
+
+
+def test_an_oversized_field_is_a_row_error_and_the_rest_goes_on(migrated_db: str, tmp_path: Path) -> None:
+    # Given a 4 MB line between two good rows (a pasted blob, a runaway quote)
+    path = tmp_path / "big.csv"
+    path.write_text("external_id,email,name\nu1,a@example.com,Ada\nu2,b@example.com," + "x" * 4_000_000
+                    + "\nu3,c@example.com,Cy\n")
+    report = import_csv(path, default_region="US", progress=False)
+    assert [(line, field) for line, field, _ in report.invalid] == [(3, "row")]
+    assert "longer than" in report.invalid[0][2] and len(report.invalid[0][2]) < 200
+    assert names_by_id() == {"u1": "Ada", "u3": "Cy"}
+
+
+def test_bytes_the_named_encoding_cannot_read_reject_their_row_only(migrated_db: str, tmp_path: Path) -> None:
+    # Given a file read as cp1252 (named by the operator) with a byte cp1252 leaves undefined (0x81) in row 2
+    path = tmp_path / "mixed.csv"
+    path.write_bytes("external_id,name\nu1,José\n".encode("cp1252") + b"u2,Bad\x81Byte\n"
+                     + "u3,Renée\n".encode("cp1252"))
+    report = import_csv(path, default_region="US", progress=False, encoding="cp1252")
+    assert [(line, field) for line, field, _ in report.invalid] == [(3, "name")]
+    assert names_by_id() == {"u1": "José", "u3": "Renée"}
+
+
+_SEPARATORS = [",", ";", "\t", "|"]
+_counter = itertools.count()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=st.lists(st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30)
+                      .filter(lambda n: n.strip() == n and n.strip()), min_size=1, max_size=8),
+       delimiter=st.sampled_from(_SEPARATORS), bom=st.booleans())
+def test_any_name_survives_any_separator(migrated_db: str, tmp_path: Path, names: list[str], delimiter: str,
+                                         bom: bool) -> None:
+    import csv
+
+    # Given names with separators, quotes and any script, written as a spreadsheet would quote them
+    run = next(_counter)
+    path = tmp_path / f"p{run}.csv"
+    with path.open("w", newline="", encoding="utf-8-sig" if bom else "utf-8") as fh:
+        writer = csv.writer(fh, delimiter=delimiter)
+        writer.writerow(["external_id", "name"])
+        writer.writerows([f"p{run}-{i}", name] for i, name in enumerate(names))
+    report = import_csv(path, default_region="US", progress=False)
+    assert report.invalid == []
+    stored = {c.external_id: c.name for c in Contact.select().where(Contact.external_id.startswith(f"p{run}-"))}
+    assert stored == {f"p{run}-{i}": name for i, name in enumerate(names)}
+
+
+def test_cli_import_exits_0_when_every_row_was_taken(sqlite_url: str, tmp_path: Path) -> None:
+    env = base_env(DATABASE_URL=sqlite_url)
+    assert cli("migrate", env=env).returncode == 0
+    path = tmp_path / "ok.csv"
+    path.write_bytes("external_id;name\r\nu1;José\r\n".encode("cp1252"))
+    result = cli("contacts", "import", "--no-progress", str(path), env=env)
+    assert result.returncode == RET_OK, result.stderr
+    assert "1 row(s): 1 created" in result.stdout
+    assert "cp1252" in result.stderr  # says how it read a file that was not UTF-8
+    assert "Traceback" not in result.stderr
