@@ -16,6 +16,7 @@ threads run inside the main process, since the queue lives in its memory.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import multiprocessing
 import os
@@ -30,7 +31,8 @@ from aiohttp import web
 from actors.broker import build_broker
 from actors.events import ACTOR_NAME as EVENT_ACTOR
 from daemon import metrics
-from daemon.config import Settings, redact_url
+from daemon.config import PREFIX, Settings, redact_url
+from daemon.errors import ConfigError
 from daemon.exit_codes import RET_OK, RET_SHUTDOWN_TIMEOUT
 from daemon.scheduler import Scheduler
 from daemon.side_server import build_app
@@ -41,6 +43,13 @@ from db.database import close_database
 logger = logging.getLogger(__name__)
 
 RESTART_BACKOFF_S = 1.0
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
+    """One line naming the address and why (asyncio's own message repeats the address as a tuple)."""
+    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    setting = "HTTP_HOST" if exc.errno == errno.EADDRNOTAVAIL else "HTTP_PORT"
+    return ConfigError(f"{PREFIX}{setting}", f"cannot listen on {host}:{port}: {reason}")
 
 
 class Daemon:
@@ -66,14 +75,21 @@ class Daemon:
         self.broker = build_broker(self.settings)
         self.actors = {name: self.broker.get_actor(f"send_{name}") for name in self.settings.rates}
         self.scheduler = Scheduler(self.settings, self.actors, self.broker.get_actor(EVENT_ACTOR), self.instance_id)
-        self._start_workers()
 
         self.event_actor = self.broker.get_actor(EVENT_ACTOR)
         runner = web.AppRunner(build_app(self.settings, wake=self._wake_processing), handle_signals=False,
                                access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port, reuse_address=True)
-        await site.start()
+        # Bind before any worker starts: a port in use is a bad setting (exit 2, one line), and
+        # nothing may be left running behind it (worker threads or processes kept it alive before).
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            self.broker.close()
+            raise _bind_error(self.settings.http_host, self.settings.http_port, exc) from None
+        self._start_workers()
         logger.info("retentiond %s started: side server on http://%s:%d, database %s, broker %s, %s",
                     self.instance_id, self.settings.http_host, self.settings.http_port,
                     redact_url(self.settings.database_url), redact_url(self.settings.broker_url),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -217,3 +218,28 @@ def test_a_worker_process_that_dies_is_replaced(database: str, amqp_url: str, tm
     plan_sends(10)
     wait_until(lambda: status_counts()["sent"] == 10, 30, "10 sends after the restart")
     assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("broker", ["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+def test_run_on_a_port_already_in_use_exits_2_with_one_line_naming_the_address(
+        broker: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    # Given another program listening on the daemon's port
+    settings = {"DATABASE_URL": f"sqlite:///{tmp_path / 'r.db'}"}
+    if broker == "rabbitmq":
+        settings["BROKER_URL"] = request.getfixturevalue("amqp_url")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = base_env(HTTP_PORT=str(port), **settings)
+        assert cli("migrate", env=env, cwd=tmp_path).returncode == 0
+        # When the operator runs the daemon (with worker processes on RabbitMQ)
+        # cli() waits for the process and for every process holding its output: a worker left
+        # behind, or a hang, ends in TimeoutExpired
+        result = cli("run", "--processes", "1", env=env, cwd=tmp_path, timeout_s=60)
+    # Then it exits promptly with the bad-setting code and one line naming the address, no traceback
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if f"127.0.0.1:{port}" in line]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("retentiond: error: RETENTIOND_HTTP_PORT") and "in use" in lines[0]
