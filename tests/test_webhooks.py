@@ -9,32 +9,22 @@ import hashlib
 import hmac
 import json
 import time
-from urllib.parse import urlencode
 
 import pytest
-from standardwebhooks import Webhook
-from twilio.request_validator import RequestValidator
 
 from daemon.side_server import build_app
 from db.models import Attribution, Campaign, CampaignStep, Contact, Enrolment, InboundEvent, Send, Suppression
 from engine.processing import process_pending
-from tests.conftest import make_settings
-
-STANDARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-STRIPE_SECRET = "whsec_stripe_test_secret"
-TWILIO_TOKEN = "twilio-auth-token"
-CAL_SECRET = "cal-secret-0123456789"
-TOKEN = "tok-0123456789abcdef"
-PUBLIC = "https://hooks.example.com"
-
-
-def settings_for(db_url: str, **extra: str):  # type: ignore[no-untyped-def]
-    env = dict(
-        DATABASE_URL=db_url, PUBLIC_URL=PUBLIC, WEBHOOK_MAX_BYTES="4096",
-        SOURCE_APP_SECRET=STANDARD_SECRET, SOURCE_STRIPE_SCHEME="stripe", SOURCE_STRIPE_SECRET=STRIPE_SECRET,
-        SOURCE_TWILIO_SCHEME="twilio", SOURCE_TWILIO_SECRET=TWILIO_TOKEN, SOURCE_CAL_SCHEME="calcom",
-        SOURCE_CAL_SECRET=CAL_SECRET, SOURCE_ZAP_SCHEME="token", SOURCE_ZAP_SECRET=TOKEN)
-    return make_settings(**{**env, **extra})
+from tests.support.signing import (
+    CAL_SECRET,
+    STANDARD_SECRET,  # noqa: F401 - other test modules import it from here
+    TOKEN,
+    cal_signed,
+    settings_for,
+    standard,
+    stripe_signed,
+    twilio_signed,
+)
 
 
 @pytest.fixture
@@ -43,34 +33,6 @@ async def client(aiohttp_client, migrated_db: str):  # type: ignore[no-untyped-d
     client = await aiohttp_client(build_app(settings))
     client.settings = settings
     return client
-
-
-def standard(body: dict | str, msg_id: str = "msg_1", secret: str = STANDARD_SECRET,
-             at: dt.datetime | None = None) -> tuple[bytes, dict[str, str]]:
-    raw = body if isinstance(body, str) else json.dumps(body)
-    at = at or dt.datetime.now(dt.UTC)
-    signature = Webhook(secret).sign(msg_id, at, raw)
-    return raw.encode(), {"webhook-id": msg_id, "webhook-timestamp": str(int(at.timestamp())),
-                          "webhook-signature": signature, "Content-Type": "application/json"}
-
-
-def stripe_signed(event: dict | str, secret: str = STRIPE_SECRET, at: int | None = None) -> tuple[bytes, dict[str, str]]:
-    raw = event if isinstance(event, str) else json.dumps(event)
-    t = at or int(time.time())
-    v1 = hmac.new(secret.encode(), f"{t}.{raw}".encode(), hashlib.sha256).hexdigest()  # Stripe's documented scheme
-    return raw.encode(), {"Stripe-Signature": f"t={t},v1={v1}", "Content-Type": "application/json"}
-
-
-def twilio_signed(path: str, params: dict[str, str], token: str = TWILIO_TOKEN) -> tuple[bytes, dict[str, str]]:
-    signature = RequestValidator(token).compute_signature(PUBLIC + path, params)
-    return urlencode(params).encode(), {"X-Twilio-Signature": signature,
-                                        "Content-Type": "application/x-www-form-urlencoded"}
-
-
-def cal_signed(payload: dict, secret: str = CAL_SECRET) -> tuple[bytes, dict[str, str]]:
-    raw = json.dumps(payload).encode()
-    return raw, {"X-Cal-Signature-256": hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest(),
-                 "Content-Type": "application/json"}
 
 
 UPSERT = {"type": "contact.upsert", "data": {"email": "Ada@Example.com", "name": "Ada", "phone": "+12015550100"}}
