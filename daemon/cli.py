@@ -210,7 +210,7 @@ def _ready_database(settings: Settings) -> int | None:
 
 
 def cmd_campaign_apply(settings: Settings, args: argparse.Namespace) -> int:
-    from engine.campaigns import CampaignFileError, apply_campaigns, load_campaign_file
+    from engine.campaigns import CampaignFileError, apply_campaigns, load_campaign_file, template_warnings
 
     try:
         specs = [load_campaign_file(path) for path in args.files]
@@ -220,6 +220,8 @@ def cmd_campaign_apply(settings: Settings, args: argparse.Namespace) -> int:
     failed = _ready_database(settings)
     if failed is not None:
         return failed
+    for warning in template_warnings(specs):
+        print(f"retentiond: warning: {warning}", file=sys.stderr)
     for result in apply_campaigns(specs):
         print(f"{result.slug}: {result.action} (version {result.version})")
     return RET_OK

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,41 @@ _STEP_KEYS = ("channel", "delay", "subject", "body", "fallback")
 _LIMIT_KEYS = ("weekly_cap", "cooldown")
 _QUIET_KEYS = ("start", "end")
 _TRIGGER_KEYS = ("event",)
+
+
+MAX_FILE_CHARS = 1 << 20  # a campaign is a few kilobytes; anything near this is not one
+
+# Values quoted in messages are cut short: a wrong value may be megabytes of YAML.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 60, 60, 4, 4, 2
+
+
+def _show(value: object) -> str:
+    """repr() of a value from the file, bounded for messages."""
+    return _SHORT.repr(value)
+
+
+def _name(key: object) -> str:
+    """A key from the file as it appears in a message's FIELD part, bounded."""
+    text = str(key)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _CampaignLoader(yaml.SafeLoader):
+    """yaml's SafeLoader without aliases.
+
+    ``*name`` makes a value a reference to an anchored one, so a few lines can stand for a
+    structure of billions of nodes ("billion laughs"); printing or walking it eats the memory.
+    A campaign file has no use for them.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in campaign files: write the value out",
+                event.start_mark)
+        return super().compose_node(parent, index)
 
 
 class CampaignFileError(RetentiondError):
@@ -77,18 +113,20 @@ def load_campaign_file(path: str | os.PathLike[str]) -> CampaignSpec:
     name = os.fspath(path)
     try:
         with open(name, encoding="utf-8") as fh:
-            text = fh.read()
+            text = fh.read(MAX_FILE_CHARS + 1)
     except OSError as exc:
         raise CampaignFileError([f"{name}: cannot read: {exc.strerror}"]) from None
     except UnicodeDecodeError:
         raise CampaignFileError([f"{name}: not UTF-8 text"]) from None
+    if len(text) > MAX_FILE_CHARS:
+        raise CampaignFileError([f"{name}: larger than {MAX_FILE_CHARS} characters: not a campaign file"])
     return parse_campaign_text(text, name)
 
 
 def parse_campaign_text(text: str, source: str) -> CampaignSpec:
     """Validate the YAML text of a campaign; ``source`` names it in messages."""
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_CampaignLoader)  # noqa: S506 (a SafeLoader, minus aliases)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -98,9 +136,9 @@ def parse_campaign_text(text: str, source: str) -> CampaignSpec:
 
 
 def _did_you_mean(key: object, allowed: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(str(key), allowed, n=1)
+    close = difflib.get_close_matches(str(key)[:100], allowed, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown key {key!r} ({hint}expected {', '.join(allowed)})"
+    return f"unknown key {_show(key)} ({hint}expected {', '.join(allowed)})"
 
 
 class _Validator:
@@ -111,6 +149,8 @@ class _Validator:
         self.errors: list[str] = []
 
     def error(self, where: str, problem: str) -> None:
+        if len(problem) > 300:  # values are quoted through _show(); this catches any other quoting
+            problem = problem[:297] + "..."
         self.errors.append(f"{self.source}: {where}: {problem}")
 
     def mapping(self, value: object, where: str, allowed: tuple[str, ...],
@@ -121,7 +161,7 @@ class _Validator:
         prefix = f"{where}." if where else ""
         for key in value:
             if key not in allowed:
-                self.error(f"{prefix}{key}", _did_you_mean(key, allowed))
+                self.error(f"{prefix}{_name(key)}", _did_you_mean(key, allowed))
         for key in required:
             if key not in value or value[key] is None:
                 self.error(f"{prefix}{key}", "required")
@@ -171,7 +211,7 @@ class _Validator:
             return None  # already reported as required
         if not isinstance(value, str) or not SLUG_RE.fullmatch(value):
             self.error("slug", f"expected lowercase letters, digits, '-' and '_' (at most 100, starting "
-                               f"with a letter or digit), got {value!r}")
+                               f"with a letter or digit), got {_show(value)}")
             return None
         return value
 
@@ -182,12 +222,12 @@ class _Validator:
             self.error("trigger", f"write {{event: {value}}} (or: manual)")
             return None
         if not isinstance(value, dict):
-            self.error("trigger", f"expected {{event: TYPE}} or 'manual', got {value!r}")
+            self.error("trigger", f"expected {{event: TYPE}} or 'manual', got {_show(value)}")
             return None
         trigger = self.mapping(value, "trigger", _TRIGGER_KEYS, _TRIGGER_KEYS) or {}
         event = trigger.get("event")
         if event is not None and event not in EVENT_TYPES:
-            self.error("trigger.event", f"unknown event type {event!r} (one of {', '.join(EVENT_TYPES)})")
+            self.error("trigger.event", f"unknown event type {_show(event)} (one of {', '.join(EVENT_TYPES)})")
         return event if isinstance(event, str) else None
 
     def exit_on(self, value: object) -> tuple[str, ...]:
@@ -199,7 +239,7 @@ class _Validator:
         events: list[str] = []
         for index, event in enumerate(value):
             if event not in EVENT_TYPES:
-                self.error(f"exit_on[{index}]", f"unknown event type {event!r} (one of {', '.join(EVENT_TYPES)})")
+                self.error(f"exit_on[{index}]", f"unknown event type {_show(event)} (one of {', '.join(EVENT_TYPES)})")
             elif event not in events:
                 events.append(event)
         return tuple(events)
@@ -216,7 +256,7 @@ class _Validator:
             return None
         channel = raw.get("channel")
         if channel is not None and channel not in CHANNELS:
-            self.error(f"{where}.channel", f"unknown channel {channel!r} (one of {', '.join(CHANNELS)})")
+            self.error(f"{where}.channel", f"unknown channel {_show(channel)} (one of {', '.join(CHANNELS)})")
         delay_s = None
         if raw.get("delay") is not None:
             try:
@@ -232,9 +272,9 @@ class _Validator:
         fallback = raw.get("fallback")
         if fallback is not None:
             if fallback not in CHANNELS:
-                self.error(f"{where}.fallback", f"unknown channel {fallback!r} (one of {', '.join(CHANNELS)})")
+                self.error(f"{where}.fallback", f"unknown channel {_show(fallback)} (one of {', '.join(CHANNELS)})")
             elif fallback == channel:
-                self.error(f"{where}.fallback", f"must differ from the step's channel {channel!r}")
+                self.error(f"{where}.fallback", f"must differ from the step's channel {_show(channel)}")
         if channel not in CHANNELS or delay_s is None or body is None:
             return None
         return StepSpec(channel=channel, delay_s=delay_s, body=body, subject=subject,
@@ -247,7 +287,7 @@ class _Validator:
             if "weekly_cap" in raw:
                 cap = raw["weekly_cap"]
                 if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-                    self.error("limits.weekly_cap", f"expected a whole number of sends, at least 1, got {cap!r}")
+                    self.error("limits.weekly_cap", f"expected a whole number of sends, at least 1, got {_show(cap)}")
                 else:
                     limits["weekly_cap"] = cap
             if "cooldown" in raw:
@@ -280,7 +320,7 @@ class _Validator:
         match = _TIME_RE.fullmatch(value.strip()) if isinstance(value, str) else None
         if match:
             return f"{int(match[1]):02d}:{match[2]}"
-        self.error(where, f"expected a time \"HH:MM\" (00:00 to 23:59), got {value!r}")
+        self.error(where, f"expected a time \"HH:MM\" (00:00 to 23:59), got {_show(value)}")
         return None
 
 
@@ -290,4 +330,4 @@ def _kind(value: object) -> str:
     if isinstance(value, str):
         return repr(value) if len(value) <= 40 else "text"
     return {"dict": "a mapping", "list": "a list", "bool": repr(value).lower()}.get(type(value).__name__,
-                                                                                repr(value))
+                                                                                _show(value))

@@ -14,7 +14,7 @@ import peewee
 
 from db.bulk import insert_many
 from db.database import database
-from db.models import Campaign, CampaignStep, utcnow
+from db.models import Campaign, CampaignStep, Contact, utcnow
 from engine.campaign_file import (
     EVENT_TYPES,
     CampaignFileError,
@@ -24,14 +24,17 @@ from engine.campaign_file import (
     parse_campaign_text,
 )
 from engine.enrolments import CampaignError, campaigns_triggered_by, enrol, exit_enrolments
+from engine.templates import RenderJob, TemplateError, render
 
 __all__ = [
     "EVENT_TYPES", "ApplyResult", "CampaignError", "CampaignFileError", "CampaignSpec", "StepSpec",
     "apply_campaign", "apply_campaigns", "campaigns_triggered_by", "enrol", "exit_enrolments",
-    "load_campaign_file", "parse_campaign_text",
+    "load_campaign_file", "parse_campaign_text", "template_warnings",
 ]
 
 _STEP_FIELDS = ("channel", "delay_s", "subject", "body", "fallback_channel")
+SAMPLE_CONTACTS = 10_000  # the newest contacts whose attribute keys count as "in use"
+_SAMPLE_PUBLIC_URL = "https://sample.invalid"  # link() needs a base; nothing is stored or sent
 
 
 @dataclass(frozen=True)
@@ -137,3 +140,45 @@ def _sync_steps(campaign_id: int, steps: tuple[StepSpec, ...]) -> bool:
          .execute())
         changed = True
     return changed
+
+
+def attributes_in_use(limit: int = SAMPLE_CONTACTS) -> dict[str, Any]:
+    """Each attribute key of the newest ``limit`` contacts, with a value it has there.
+
+    Bounded (one query, ``limit`` rows) rather than exact: a key only very old contacts have is
+    not seen, which at worst adds a warning.
+    """
+    seen: dict[str, Any] = {}
+    query = Contact.select(Contact.attributes).order_by(Contact.id.desc()).limit(limit)
+    for contact in query:
+        attributes: object = contact.attributes
+        if isinstance(attributes, dict):
+            for key, value in attributes.items():
+                seen.setdefault(key, value)
+    return seen
+
+
+def template_warnings(specs: Iterable[CampaignSpec]) -> list[str]:
+    """Render every step for a sample contact; one line per template that would fail.
+
+    The sample has every contact field and the attributes in use in the database (with values
+    found there), so what fails is a name that is neither (``{{ contact.nme }}``), or an attribute
+    no contact has yet. A warning, not an error: attributes may arrive after the campaign. The
+    lines name file, step and field, and (as TemplateError promises) never contact data.
+    """
+    sample = {"id": 1, "external_id": "sample", "email": "sample@example.com", "phone": "+15005550006",
+              "name": "Sample", "timezone": "UTC", "attributes": attributes_in_use()}
+    warnings = []
+    for spec in specs:
+        for index, step in enumerate(spec.steps):
+            # Subject and body separately, so a broken subject does not hide a broken body.
+            for field, source in (("subject", step.subject), ("body", step.body)):
+                if source is None:
+                    continue
+                job = RenderJob(contact=sample, subject=None, body=source, channel=step.channel)
+                try:
+                    render(job, _SAMPLE_PUBLIC_URL)
+                except TemplateError as exc:
+                    warnings.append(f"{spec.source}: steps[{index}].{field}: {exc.problem} "
+                                    "(for a contact with every field and the attributes in use in the database)")
+    return warnings

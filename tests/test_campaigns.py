@@ -385,3 +385,74 @@ def test_exit_enrolments_only_in_campaigns_that_exit_on_that_event(migrated_db: 
         assert state[(contact_id, "sticky")][0] in ("active", "waiting")
     assert all(state[(ids[2], slug)][0] == "completed" for slug in ("onboarding", "nurture", "sticky"))
     assert exit_enrolments(ids, "delivery") == 0
+
+
+# -- hostile files and template typos (issue 10, defect 21) -------------------------------------------
+
+def alias_bomb(levels: int, width: int = 10) -> str:
+    """The 'billion laughs' in YAML: each level is ``width`` aliases of the one below."""
+    lines = ['l0: &l0 "lol"']
+    for level in range(1, levels + 1):
+        lines.append(f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * width)}]")
+    return "\n".join(lines) + f"\nslug: bomb\nname: Bomb\ntrigger: *l{levels}\nsteps: *l{levels}\n"
+
+
+def test_yaml_aliases_are_refused_before_anything_expands() -> None:
+    # Given an alias bomb whose values, printed in full, would be ~7 MB (and exponentially more per level)
+    errors = problems(alias_bomb(levels=6), "bomb.yaml")
+    # Then one short line says aliases are not allowed, and where
+    assert len(errors) == 1 and len(errors[0]) < 300
+    assert errors[0].startswith("bomb.yaml: line 2, column ") and "alias" in errors[0]
+
+
+def test_values_in_messages_are_bounded() -> None:
+    # Given wrong values that are huge without any alias
+    huge_list = "[" + ", ".join(["x" * 50] * 5000) + "]"
+    errors = problems(f"slug: {'s' * 100_000}\nname: N\ntrigger: {huge_list}\nexit_on: [{'y' * 100_000}]\n"
+                      f"{'k' * 1000}: 1\nsteps:\n  - channel: {'c' * 100_000}\n    delay: 0s\n    body: hi\n"
+                      f"limits: {{weekly_cap: {huge_list}}}\n")
+    assert len(errors) == 6
+    assert all(len(line) < 400 for line in errors), [len(line) for line in errors]
+
+
+TYPO = """\
+slug: typo
+name: Typo
+trigger: manual
+steps:
+  - channel: email
+    delay: 0s
+    subject: "Hello {{ contact.nme }}"
+    body: "Your plan: {{ contact.plan }}; your tier: {{ contact.attributes.tier }}"
+  - channel: sms
+    delay: 1d
+    body: "Hi {{ contact.name }}, {{ contact.email }} {{ contact.plan | default('') }}"
+"""
+
+
+def test_template_names_are_checked_against_contact_fields_and_attributes_in_use(migrated_db: str) -> None:
+    from engine.campaigns import template_warnings
+
+    # Given contacts whose attributes include `plan` but nobody has `tier`
+    Contact.create(external_id="u1", attributes={"plan": "pro"})
+    Contact.create(external_id="u2", attributes={"score": 3})
+    warnings = template_warnings([spec_from(TYPO, "typo.yaml")])
+    # Then the typo and the unknown attribute are named, by file, step and field; the rest is fine
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("typo.yaml: steps[0].subject: ") and "'nme'" in warnings[0]
+    assert warnings[1].startswith("typo.yaml: steps[0].body: ") and "'tier'" in warnings[1]
+    assert all("pro" not in w for w in warnings)  # no contact data in the messages
+
+
+def test_campaign_apply_warns_about_a_template_typo_and_still_applies(sqlite_url: str, tmp_path: Path) -> None:
+    from tests.support.daemon import base_env, cli
+
+    env = base_env(DATABASE_URL=sqlite_url)
+    assert cli("migrate", env=env).returncode == 0
+    path = tmp_path / "typo.yaml"
+    path.write_text(TYPO)
+    result = cli("campaign", "apply", str(path), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "typo: created (version 1)" in result.stdout
+    warned = [line for line in result.stderr.splitlines() if line.startswith("retentiond: warning: ")]
+    assert any("steps[0].subject" in line and "'nme'" in line for line in warned), result.stderr
