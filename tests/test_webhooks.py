@@ -447,3 +447,32 @@ def test_a_run_of_clicks_or_receipts_takes_the_same_statements_for_10_or_300(mig
         return statements.count
 
     assert process(10) == process(300)  # one run each: no statement per event
+
+
+async def _raw_request(client, head: bytes, body: bytes = b"") -> int:  # type: ignore[no-untyped-def]
+    """Send bytes no well-behaved client would (non-UTF-8 header values); return the status."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(head + b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        await writer.drain()
+        status_line = await reader.readline()
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.parametrize("header", [b"X-Webhook-Token: \xff\xfe", b"X-Cal-Signature-256: \xc3("])
+async def test_header_bytes_that_are_not_utf8_are_refused_not_a_500(client, header: bytes) -> None:  # type: ignore[no-untyped-def]
+    path = b"/webhooks/zap" if b"Token" in header else b"/webhooks/cal"
+    status = await _raw_request(client, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n"
+                                b"Content-Type: application/json\r\n", b"{}")
+    assert status == 401
+
+
+async def test_an_event_id_header_that_is_not_utf8_is_a_400(client) -> None:  # type: ignore[no-untyped-def]
+    body = json.dumps({"type": "click", "data": {"token": "t"}}).encode()
+    status = await _raw_request(client, b"POST /webhooks/zap HTTP/1.1\r\nHost: x\r\nX-Webhook-Token: " + TOKEN.encode()
+                                + b"\r\nX-Event-Id: ev\xff\r\nContent-Type: application/json\r\n", body)
+    assert status == 400
+    assert InboundEvent.select().count() == 0
