@@ -243,3 +243,23 @@ def test_run_on_a_port_already_in_use_exits_2_with_one_line_naming_the_address(
     lines = [line for line in result.stderr.splitlines() if f"127.0.0.1:{port}" in line]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("retentiond: error: RETENTIOND_HTTP_PORT") and "in use" in lines[0]
+
+
+@pytest.mark.slow
+def test_the_start_up_line_masks_the_password_of_every_broker_url(amqp_url: str, tmp_path: Path,
+                                                                   daemons: list) -> None:
+    # Given several broker URLs (dramatiq tries them in order; the second is never reached here)
+    broker = f"{amqp_url};amqp://app:second-secret-pw@127.0.0.1:1/standby"
+    env = base_env(DATABASE_URL=f"sqlite:///{tmp_path}/r.db", BROKER_URL=broker, PROCESSES="1")
+    assert cli("migrate", env=env).returncode == 0
+    daemon = DaemonProcess(env, tmp_path)
+    daemons.append(daemon)
+    daemon.start()
+    started = [line for line in daemon.stderr().splitlines() if " started: side server" in line]
+    assert daemon.stop() == 0
+    # Then the start-up line shows both brokers, each password masked, and no log line has either
+    assert len(started) == 1
+    assert "broker amqp://guest:***@127.0.0.1:5672/" in started[0]
+    assert ";amqp://app:***@127.0.0.1:1/standby" in started[0]
+    everything = daemon.stderr() + daemon.stdout()
+    assert "second-secret-pw" not in everything and "guest:guest" not in everything
