@@ -476,3 +476,15 @@ async def test_an_event_id_header_that_is_not_utf8_is_a_400(client) -> None:  # 
                                 + b"\r\nX-Event-Id: ev\xff\r\nContent-Type: application/json\r\n", body)
     assert status == 400
     assert InboundEvent.select().count() == 0
+
+
+@pytest.mark.parametrize(("depth", "status"), [(8, 202), (9, 400)])
+async def test_attributes_nest_up_to_eight_levels(client, depth: int, status: int) -> None:  # type: ignore[no-untyped-def]
+    attributes: object = "leaf"
+    for _ in range(depth - 1):
+        attributes = {"k": attributes}
+    event = {"type": "contact.upsert", "data": {"email": "ada@example.com", "attributes": {"plan": attributes}}}
+    response = await post(client, "/webhooks/app", standard(event, f"m-depth-{depth}"))
+    assert response.status == status, await response.text()
+    if status == 400:
+        assert (await response.json())["error"] == "data.attributes: nested deeper than 8 levels"
