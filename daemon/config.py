@@ -412,16 +412,22 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"{PREFIX}DATABASE_URL", "a sqlite URL needs a file path: sqlite:///var/retentiond.db")
     if db.scheme != "sqlite" and not db.path.strip("/"):
         raise ConfigError(f"{PREFIX}DATABASE_URL", "a postgresql URL needs a database name")
-    broker = urlsplit(s.broker_url)
-    if broker.scheme not in ("amqp", "amqps", "memory"):
-        raise ConfigError(f"{PREFIX}BROKER_URL", "expected amqp://user:pass@host:5672/vhost or memory://")
     try:
         if db.scheme != "sqlite":
             _ = db.port
-        _ = broker.port
     except ValueError:
-        raise ConfigError(f"{PREFIX}DATABASE_URL" if db.scheme != "sqlite" else f"{PREFIX}BROKER_URL",
-                          "the port is not a number") from None
+        raise ConfigError(f"{PREFIX}DATABASE_URL", "the port is not a number") from None
+    # Several RabbitMQ URLs may be given, separated by ';' (tried in order): check each.
+    brokers = s.broker_url.split(";")
+    for url in brokers:
+        try:
+            broker = urlsplit(url.strip())
+            _ = broker.port
+        except ValueError:
+            raise ConfigError(f"{PREFIX}BROKER_URL", "a URL whose port is not a number") from None
+        if broker.scheme not in ("amqp", "amqps") and not (broker.scheme == "memory" and len(brokers) == 1):
+            raise ConfigError(f"{PREFIX}BROKER_URL", "expected amqp://user:pass@host:5672/vhost (several: "
+                                                     "separated by ';') or memory://")
     if not 0 < s.http_port < 65536:
         raise ConfigError(f"{PREFIX}HTTP_PORT", "must be between 1 and 65535")
     public = urlsplit(s.public_url)

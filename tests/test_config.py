@@ -69,6 +69,9 @@ def test_toml_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     ({"DATABASE_URL": "sqlite://"}, "RETENTIOND_DATABASE_URL"),
     ({"DATABASE_URL": "postgresql://u@h:notaport/db"}, "RETENTIOND_DATABASE_URL"),
     ({"BROKER_URL": "redis://localhost"}, "RETENTIOND_BROKER_URL"),
+    ({"BROKER_URL": "amqp://mq1/v;redis://mq2"}, "RETENTIOND_BROKER_URL"),  # every URL of the list
+    ({"BROKER_URL": "amqp://mq1/v;amqp://mq2:notaport/v"}, "RETENTIOND_BROKER_URL"),
+    ({"DATABASE_URL": "postgresql://u@h/db", "BROKER_URL": "amqp://mq:notaport/v"}, "RETENTIOND_BROKER_URL"),
     ({"HTTP_PORT": "eighty"}, "RETENTIOND_HTTP_PORT"),
     ({"HTTP_PORT": "70000"}, "RETENTIOND_HTTP_PORT"),
     ({"RATE_SMS": "fast"}, "RETENTIOND_RATE_SMS"),
