@@ -32,6 +32,7 @@ def cli(*args: str, env: dict[str, str], cwd: Path | None = None, timeout_s: flo
 def base_env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTIOND_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.pop("NOTIFY_SOCKET", None)  # a runner under systemd: daemons of the tests must not notify it
     env["PYTHONPATH"] = str(REPO)
     env["RETENTIOND_LOG_FORMAT"] = "text"
     env.update({f"RETENTIOND_{k}": str(v) for k, v in settings.items()})
