@@ -162,29 +162,21 @@ def redact_url(url: str) -> str:
     return ";".join(_redact_one(part) for part in url.split(";"))
 
 
-_QUERY_PASSWORD_RE = re.compile(r"(?i)(^|&)(password|passwd|pass)=[^&]*")
+# user:password@ up to the LAST '@': a password may hold an unencoded '@', '/', '?' or '#', which end
+# urlsplit's netloc early and would leave the rest of the password in the "path". Over-masking an
+# '@' that was in a query string is the safe way to be wrong.
+_USERINFO_RE = re.compile(r"(?P<user>[^:@/?#]*):.*@(?P<tail>[^@]*)", re.S)
+_QUERY_PASSWORD_RE = re.compile(r"(?i)([?&](?:password|passwd|pass)=)[^&#]*")
 
 
 def _redact_one(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # e.g. an unbalanced '[': nothing of it can be shown safely
-        return f"{scheme}://***"
-    netloc = parts.netloc
-    userinfo, at, host = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
-    elif not at and "@" in rest and not re.fullmatch(r"[^:]*(:\d*)?", netloc):
-        # A password holding an unencoded '/', '?' or '#' ends the netloc early and spills into
-        # the path: the text before '@' may be anything, so show none of it.
-        return f"{scheme}://***@{rest.rpartition('@')[2]}"
-    query = _QUERY_PASSWORD_RE.sub(r"\1\2=***", parts.query)
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url  # unchanged: geturl() would also drop an empty netloc ("memory://" -> "memory:")
-    return parts._replace(netloc=netloc, query=query).geturl()
+    userinfo = _USERINFO_RE.fullmatch(rest)
+    if userinfo:
+        rest = f"{userinfo['user']}:***@{userinfo['tail']}"
+    return f"{scheme}://" + _QUERY_PASSWORD_RE.sub(r"\1***", rest)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from daemon.config import ConfigError, Rate, load_settings
 from tests.support.daemon import base_env, cli
@@ -167,6 +170,26 @@ def test_every_password_of_several_urls_is_masked(url: str, secrets: tuple[str, 
         assert secret not in redacted
     if shown is not None:
         assert redacted == shown
+
+
+_URL_WORD = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
+
+
+@hyp_settings(max_examples=200, deadline=None)
+@given(urls=st.lists(st.tuples(st.sampled_from(["amqp", "amqps", "postgresql"]), _URL_WORD,
+                               # any printable password but ';' (the list separator), encoded or not
+                               st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_characters=";"),
+                                       min_size=1, max_size=30),
+                               _URL_WORD, st.integers(1, 65535), _URL_WORD), min_size=1, max_size=4))
+def test_no_password_survives_redaction(urls: list[tuple[str, str, str, str, int, str]]) -> None:
+    from daemon.config import redact_url
+
+    # Given one or several URLs whose passwords hold anything, '@', '/', '?', '#' and ':' included
+    url = ";".join(f"{scheme}://{user}:{password}@{host}:{port}/{path}"
+                   for scheme, user, password, host, port, path in urls)
+    # Then each shows its user, host, port and path, and nothing of its password
+    assert redact_url(url) == ";".join(f"{scheme}://{user}:***@{host}:{port}/{path}"
+                                       for scheme, user, _, host, port, path in urls)
 
 
 def test_settings_repr_masks_every_broker_password() -> None:
