@@ -61,7 +61,7 @@ class Interpreted:
     unmappable: str | None = None  # why a verified payload has no meaning for us
 
     def stored_payload(self, raw: str) -> str:
-        return json.dumps({"events": self.events, "raw": raw[:65536]}, separators=(",", ":"))
+        return json.dumps({"events": self.events, "raw": raw[:RAW_MAX]}, separators=(",", ":"))
 
 
 def interpret(scheme: str, request: WebhookRequest, default_region: str) -> Interpreted:
@@ -102,7 +102,7 @@ def _storable(meaning: Interpreted) -> Interpreted:
     event_id = _text(meaning.event_id, "event id", EVENT_ID_MAX) or ""
     if event_id != _clean(event_id):
         raise InvalidEvent("event id: contains a NUL or an invalid character")
-    kind = None if meaning.type is None else _clean(_short(meaning.type, TYPE_MAX))
+    kind = None if meaning.type is None else _clean(str(meaning.type))[:TYPE_MAX]  # informative: cut, not refused
     reason = None if meaning.unmappable is None else _clean(meaning.unmappable)[:2000]
     return replace(meaning, event_id=event_id, type=kind, unmappable=reason,
                    events=[_clean_deep(event) for event in meaning.events])

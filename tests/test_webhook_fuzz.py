@@ -160,7 +160,7 @@ def form(fields: dict[str, st.SearchStrategy[str]]) -> st.SearchStrategy[dict[st
 def text_of(values: st.SearchStrategy[Any]) -> st.SearchStrategy[str]:
     """A form value: the field's kind of value as text (no lone surrogate: forms cannot carry it)."""
     return st.one_of(values.map(str).filter(lambda text: text == text.encode("utf-8", "replace").decode()),
-                     form_text)
+                     form_text, st.just("x" * 120), st.just("x" * 300))
 
 
 ids, phones, emails, numbers = ANY.ids, GOOD.phones | ANY.phones, GOOD.emails | ANY.emails, GOOD.numbers | ANY.numbers

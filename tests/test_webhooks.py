@@ -320,6 +320,8 @@ def _malformed_cases() -> list[tuple[str, str, tuple[bytes, dict[str, str]]]]:
             {"id": "e2", "type": checkout, "data": {"object": {"customer_email": "a@example.com",
                                                                 "amount_total": "lots"}}})),
         ("stripe id of 1,000 characters", "/webhooks/stripe", stripe_signed({"id": "e" * 1000, "type": "x"})),
+        ("twilio status of 120 characters", "/webhooks/twilio",
+         twilio_signed("/webhooks/twilio", {"MessageSid": "SM1", "MessageStatus": "s" * 120})),
         ("stripe id with a NUL", "/webhooks/stripe", stripe_signed({"id": "e\u0000", "type": "x"})),
         ("stripe id with a lone surrogate", "/webhooks/stripe", stripe_signed('{"id": "e\\ud800", "type": "x"}')),
         ("token id with a lone surrogate", "/webhooks/app", standard(
