@@ -8,8 +8,9 @@ anything is written.
 Files come from spreadsheets: the text encoding is detected (a BOM; else UTF-8 if every byte of
 the file is valid UTF-8; else charset-normalizer over the lines that are not ASCII, among the
 encodings spreadsheets write, cp1252 when it reads the same as the best guess) and so is the
-separator (csv.Sniffer among ``,`` ``;`` TAB ``|``). A row that cannot be read (a field over
-MAX_FIELD_CHARS, bytes the encoding does not have) is reported like an invalid one. An invalid row is reported with its line number in the file (a quoted field
+separator (csv.Sniffer among ``,`` ``;`` TAB ``|``). A row that cannot be read (a line over
+MAX_LINE_CHARS, a field over MAX_FIELD_CHARS, bytes the encoding does not have) is reported like an
+invalid one. An invalid row is reported with its line number in the file (a quoted field
 may span lines) and skipped; the rest goes on. Rows are upserted in batches, each batch one
 transaction with the same few statements whatever its size; ``on_batch`` (enrolment, for
 ``--campaign``) runs inside that transaction.
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -36,6 +37,7 @@ from engine.contacts import ContactInput, InvalidContact, parse_contact, upsert_
 PLAIN_COLUMNS = ("external_id", "email", "phone", "name", "timezone")
 DELIMITERS = ",;\t|"
 MAX_FIELD_CHARS = 65_536  # no contact field is near this; a longer one is a pasted blob or a runaway quote
+MAX_LINE_CHARS = 1 << 20  # a longer line is one row error, read in pieces and never held whole
 _SNIFF_BYTES = 64 * 1024
 _BOMS = (  # UTF-32 first: its little-endian BOM begins with UTF-16's
     (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
@@ -151,7 +153,7 @@ def _non_ascii_lines(path: Path) -> bytes:
     kept: list[bytes] = []
     size = 0
     with path.open("rb") as fh:
-        for line in fh:
+        for line in iter(lambda: fh.readline(_SNIFF_BYTES), b""):  # pieces: a huge line is not held whole
             if not line.isascii():
                 kept.append(line[:_SNIFF_BYTES])
                 size += len(kept[-1])
@@ -170,6 +172,30 @@ def detect_delimiter(header_line: str) -> str:
         return csv.Sniffer().sniff(header_line, delimiters=DELIMITERS).delimiter
     except csv.Error:  # one column, or nothing consistent: the header check will say what is wrong
         return ","
+
+
+def _bounded_lines(fh: TextIO, overlong: set[int]) -> Iterator[str]:
+    """The lines of ``fh`` for csv.reader, each at most MAX_LINE_CHARS.
+
+    A longer line is read through in pieces and dropped: it is given as an empty line (so line
+    numbers stay right) and its number is added to ``overlong``.
+    """
+    number = 0
+    while line := fh.readline(MAX_LINE_CHARS):
+        number += 1
+        if len(line) < MAX_LINE_CHARS or line.endswith(("\n", "\r")):
+            yield line
+            continue
+        longer = False
+        while piece := fh.readline(MAX_LINE_CHARS):
+            longer = True
+            if piece.endswith(("\n", "\r")):
+                break
+        if longer:
+            overlong.add(number)
+            yield "\n"
+        else:
+            yield line  # exactly MAX_LINE_CHARS, at the end of the file
 
 
 @contextlib.contextmanager
@@ -193,11 +219,14 @@ def import_csv(path: str | Path, *, default_region: str, batch_size: int = 1000,
     started = time.monotonic()
     with (path.open(newline="", encoding=encoding, errors="replace") as fh, _progress(progress, path) as bar,
           _field_limit(MAX_FIELD_CHARS)):
-        reader = csv.reader(fh, delimiter=delimiter)
+        overlong: set[int] = set()
+        reader = csv.reader(_bounded_lines(fh, overlong), delimiter=delimiter)
         try:
             header = [h.strip() for h in next(reader, [])]
         except csv.Error as exc:
             raise CsvFormatError(f"{path.name}: the header line cannot be read: {_csv_problem(exc)}") from None
+        if overlong:
+            raise CsvFormatError(f"{path.name}: the header line is longer than {MAX_LINE_CHARS} characters")
         if not header or not any(header):
             raise CsvFormatError(f"{path.name}: no header line")
         _check_header(header, delimiter)
@@ -214,6 +243,10 @@ def import_csv(path: str | Path, *, default_region: str, batch_size: int = 1000,
                 last_line = reader.line_num
                 continue
             line, last_line = last_line + 1, reader.line_num  # where this record starts
+            if overlong and not overlong.isdisjoint(range(line, last_line + 1)):
+                report.rows += 1
+                report.invalid.append((line, "row", f"a line is longer than {MAX_LINE_CHARS} characters"))
+                continue
             if not any(v.strip() for v in values):
                 continue
             report.rows += 1
