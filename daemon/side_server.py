@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from daemon import health, health_details, metrics, routes_admin, routes_links, routes_webhooks
 from daemon.config import Settings
 from daemon.ingest import GroupCommitter
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def live(request: web.Request) -> web.Response:
@@ -39,7 +41,8 @@ async def prometheus(request: web.Request) -> web.Response:
 def build_app(settings: Settings, wake: Callable[[int], None] | None = None) -> web.Application:
     """The side server. ``wake`` is called after each group commit with the number of new events
     (the daemon passes one that enqueues the event processor's message)."""
-    app = web.Application(client_max_size=settings.webhook_max_bytes, middlewares=[routes_admin.require_token])
+    app = web.Application(client_max_size=settings.webhook_max_bytes,
+                          middlewares=[body_deadline(settings.http_body_timeout_s), routes_admin.require_token])
     app[SETTINGS_KEY] = settings
     app[routes_admin.SETTINGS] = settings
     app[routes_webhooks.SETTINGS] = settings
@@ -63,3 +66,56 @@ def build_app(settings: Settings, wake: Callable[[int], None] | None = None) -> 
     app.router.add_routes(routes_admin.routes)
     app.router.add_routes(routes_webhooks.routes)
     return app
+
+
+# Request line and each header line at most 8 KiB (aiohttp's default, stated here on purpose: the
+# longest legitimate line is a token postback's query string or a signature header, far below).
+MAX_LINE_BYTES = 8190
+
+
+def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    """The runner the daemon serves ``app`` with. The host process owns the signals.
+
+    Slow or idle clients cannot hold connections: ``keepalive_timeout`` closes a connection idle
+    between requests, and (aiohttp >= 3.14.4) one that has not finished sending its request's
+    headers, after ``HTTP_IDLE_TIMEOUT_S``; a body has ``HTTP_BODY_TIMEOUT_S`` (``body_deadline``).
+    The reverse proxy in ``ops/nginx/`` enforces the same in front (and TLS, and the public paths).
+    """
+    return web.AppRunner(app, handle_signals=False, access_log=None,
+                         keepalive_timeout=settings.http_idle_timeout_s,
+                         max_line_size=MAX_LINE_BYTES, max_field_size=MAX_LINE_BYTES,
+                         # after an early answer (408, 413), read the rest of a body this long at most
+                         lingering_time=2.0)
+
+
+class BodyTimeout(TimeoutError):
+    """The request body did not arrive within ``HTTP_BODY_TIMEOUT_S``."""
+
+
+def body_deadline(timeout_s: float) -> Middleware:
+    """Middleware: a request body must be complete within ``timeout_s`` of the handler starting,
+    else 408 and the connection closes. The handler's own reads fail at the deadline (the payload
+    stream gets ``BodyTimeout``), so no handler needs its own timer, and a body that had arrived
+    in time does not put a deadline on what the handler does next (its commit)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if not request.body_exists:
+            return await handler(request)
+        content = request.content
+
+        def expire() -> None:
+            if not content.is_eof():
+                content.set_exception(BodyTimeout())
+
+        timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+        try:
+            return await handler(request)
+        except BodyTimeout:
+            response = web.Response(status=408, text="request body not received in time\n")
+            response.force_close()
+            return response
+        finally:
+            timer.cancel()
+
+    return middleware

@@ -35,7 +35,7 @@ from daemon.config import PREFIX, Settings, redact_url
 from daemon.errors import ConfigError
 from daemon.exit_codes import RET_OK, RET_SHUTDOWN_TIMEOUT
 from daemon.scheduler import Scheduler
-from daemon.side_server import build_app
+from daemon.side_server import build_app, make_runner
 from daemon.systemd_notify import notify
 from daemon.worker_process import spawn_entry
 from db.database import close_database
@@ -77,8 +77,7 @@ class Daemon:
         self.scheduler = Scheduler(self.settings, self.actors, self.broker.get_actor(EVENT_ACTOR), self.instance_id)
 
         self.event_actor = self.broker.get_actor(EVENT_ACTOR)
-        runner = web.AppRunner(build_app(self.settings, wake=self._wake_processing), handle_signals=False,
-                               access_log=None)
+        runner = make_runner(build_app(self.settings, wake=self._wake_processing), self.settings)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port, reuse_address=True)
         # Bind before any worker starts: a port in use is a bad setting (exit 2, one line), and

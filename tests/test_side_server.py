@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.metrics import initialise_labels
-from daemon.side_server import build_app
+from daemon.side_server import build_app, make_runner
 from tests.conftest import make_settings
 from tests.support.daemon import free_port
 
@@ -55,3 +60,86 @@ async def test_health_details_names_each_component(aiohttp_client, migrated_db: 
     assert set(body["components"]) == {"database", "broker", "queues", "dead_letters", "provider_errors",
                                        "scheduling_tick", "leases"}
     assert body["components"]["scheduling_tick"]["status"] == "warning"  # no tick has run in this test
+
+
+# -- slow and idle clients, against a real server with short timeouts ------------------------------
+
+SLOW_TOKEN = "slow-client-test-token-0123456789"
+# A guard against hanging, far above the configured timeouts; not a measure of speed.
+GUARD_S = 30.0
+
+
+@pytest.fixture
+async def live_server(sqlite_url: str) -> AsyncIterator[int]:
+    """The side server as the daemon serves it, on a real port, with 1-second timeouts."""
+    settings = make_settings(DATABASE_URL=sqlite_url, HTTP_IDLE_TIMEOUT_S="1", HTTP_BODY_TIMEOUT_S="1",
+                             SOURCE_ZAP_SCHEME="token", SOURCE_ZAP_SECRET=SLOW_TOKEN)
+    runner = make_runner(build_app(settings), settings)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    yield port
+    await runner.cleanup()
+
+
+async def trickle_until_closed(port: int, first: bytes, drip: bytes | None, every_s: float = 0.2) -> bytes:
+    """Send ``first``, then ``drip`` every ``every_s`` (or nothing), until the server closes the
+    connection; return what it answered. Fails if it is still open after GUARD_S."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answer = b""
+    try:
+        writer.write(first)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GUARD_S
+        while loop.time() < deadline:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), every_s)
+            except TimeoutError:
+                chunk = None
+            except ConnectionError:
+                return answer
+            if chunk == b"":
+                return answer
+            answer += chunk or b""
+            if drip is not None:
+                try:
+                    writer.write(drip)
+                    await writer.drain()
+                except ConnectionError:
+                    return answer
+        raise AssertionError(f"connection still open after {GUARD_S}s; answered {answer[:200]!r}")
+    finally:
+        writer.close()
+
+
+async def test_a_connection_that_never_sends_a_request_is_closed(live_server: int) -> None:
+    assert await trickle_until_closed(live_server, b"", None) == b""
+
+
+async def test_headers_sent_one_line_at_a_time_do_not_hold_the_connection(live_server: int) -> None:
+    # Given a client that sends one more header line every 0.5 s, forever (slowly enough that the
+    # limit on the number of headers, 128, would take a minute to reach)
+    first = b"POST /webhooks/zap HTTP/1.1\r\nHost: x\r\n"
+    # Then the server closes the connection without an answer, not waiting for the end of the headers
+    assert await trickle_until_closed(live_server, first, b"X-Slow: 1\r\n", every_s=0.5) == b""
+
+
+async def test_a_body_sent_one_byte_at_a_time_gets_408_and_the_connection_closes(live_server: int) -> None:
+    first = (b"POST /webhooks/zap HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"X-Webhook-Token: " + SLOW_TOKEN.encode() + b"\r\nContent-Length: 100000\r\n\r\n{")
+    answer = await trickle_until_closed(live_server, first, b" ")
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+
+
+async def test_an_idle_keep_alive_connection_is_closed(live_server: int) -> None:
+    # Given a client that made one request on a kept-alive connection and then went quiet
+    answer = await trickle_until_closed(live_server, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", None)
+    # Then it got its answer, and the connection was closed after the idle timeout
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_an_oversized_header_line_is_refused(live_server: int) -> None:
+    first = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+    answer = await trickle_until_closed(live_server, first, None)
+    assert answer.split(b" ", 2)[1] in (b"400", b"431"), answer[:200]
