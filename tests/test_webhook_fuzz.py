@@ -214,7 +214,6 @@ async def roomy_client(aiohttp_client, migrated_db: str):  # type: ignore[no-unt
     return client
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
 @settings(max_examples=EXAMPLES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
