@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.metrics import initialise_labels
 from daemon.side_server import build_app, make_runner
+from db.database import close_database, init_database
+from db.migrate import migrate
+from db.models import InboundEvent
 from tests.conftest import make_settings
-from tests.support.daemon import free_port
+from tests.support.daemon import REPO, free_port
 
 
 async def test_health_is_ok_while_the_process_is_up(aiohttp_client) -> None:  # type: ignore[no-untyped-def]
@@ -143,3 +153,108 @@ async def test_an_oversized_header_line_is_refused(live_server: int) -> None:
     first = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
     answer = await trickle_until_closed(live_server, first, None)
     assert answer.split(b" ", 2)[1] in (b"400", b"431"), answer[:200]
+
+
+# -- the reverse proxy shipped in ops/nginx, with the real nginx ----------------------------------
+
+NGINX_CONF = REPO / "ops" / "nginx" / "retentiond.conf"
+
+
+def _nginx() -> str:
+    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("nginx is not installed (make tools installs it)")
+        pytest.skip("nginx is not installed (make tools installs it)")
+    return found
+
+
+def _nginx_for_test(tmp: Path, upstream_port: int, https_port: int, http_port: int) -> Path:
+    """The shipped site file with only the machine-specific parts replaced (ports, certificate),
+    inside a minimal nginx.conf whose files all live under ``tmp``."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=hooks.example.com", "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "cert.pem")],
+                   check=True, capture_output=True)
+    site = NGINX_CONF.read_text()
+    replacements = {
+        "server 127.0.0.1:8080;": f"server 127.0.0.1:{upstream_port};",
+        "listen 443 ssl http2;": f"listen 127.0.0.1:{https_port} ssl http2;",
+        "listen 80;": f"listen 127.0.0.1:{http_port};",
+        "/etc/letsencrypt/live/hooks.example.com/fullchain.pem": str(tmp / "cert.pem"),
+        "/etc/letsencrypt/live/hooks.example.com/privkey.pem": str(tmp / "key.pem"),
+    }
+    for old, new in replacements.items():
+        assert site.count(old) == 1, f"{old!r} not in {NGINX_CONF.name}"
+        site = site.replace(old, new)
+    (tmp / "retentiond.conf").write_text(site)
+    temp_paths = "\n".join(f"  {kind}_temp_path {tmp / kind};" for kind in
+                           ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    main = tmp / "nginx.conf"
+    main.write_text(f"pid {tmp / 'nginx.pid'};\nerror_log {tmp / 'error.log'} warn;\ndaemon off;\n"
+                    f"worker_processes 1;\nevents {{}}\nhttp {{\n  access_log off;\n{temp_paths}\n"
+                    f"  include {tmp / 'retentiond.conf'};\n}}\n")
+    return main
+
+
+async def test_the_shipped_nginx_config_is_valid_and_forwards_only_the_public_paths(
+        sqlite_url: str, tmp_path: Path) -> None:
+    nginx = _nginx()
+    init_database(sqlite_url)
+    migrate()
+    settings = make_settings(DATABASE_URL=sqlite_url, SOURCE_ZAP_SCHEME="token", SOURCE_ZAP_SECRET=SLOW_TOKEN,
+                             ADMIN_TOKEN="admin-token-0123456789abcdef")
+    runner = make_runner(build_app(settings), settings)
+    await runner.setup()
+    upstream = free_port()
+    await web.TCPSite(runner, "127.0.0.1", upstream).start()
+    https_port, http_port = free_port(), free_port()
+    conf = _nginx_for_test(tmp_path, upstream, https_port, http_port)
+    # The config passes nginx's own check
+    check = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    with (tmp_path / "nginx.stderr").open("wb") as stderr:
+        proxy = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(conf)], stderr=stderr)
+    base = f"https://127.0.0.1:{https_port}"
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as session:
+            async with asyncio.timeout(GUARD_S):
+                while True:  # until nginx listens
+                    try:
+                        async with session.get(f"{base}/health") as response:
+                            assert response.status == 200 and await response.json() == {"status": "ok"}
+                            assert response.headers["Strict-Transport-Security"]
+                            break
+                    except aiohttp.ClientConnectionError:
+                        assert proxy.poll() is None, (tmp_path / "nginx.stderr").read_text()
+                        await asyncio.sleep(0.05)
+
+            async def status(method: str, path: str, **kwargs: Any) -> int:
+                async with session.request(method, base + path, allow_redirects=False, **kwargs) as response:
+                    await response.read()
+                    return response.status
+
+            # Then the public paths reach the daemon
+            assert await status("GET", "/health/ready") == 200
+            event = json.dumps({"id": "via-nginx", "type": "conversion", "data": {"email": "a@example.com"}})
+            headers = {"X-Webhook-Token": SLOW_TOKEN, "Content-Type": "application/json"}
+            assert await status("POST", "/webhooks/zap", data=event, headers=headers) == 202
+            assert await status("GET", "/t/no-such-link") == 404  # the daemon's answer: unknown token
+            assert await status("GET", "/u/no-such-token") == 404
+            # and nothing else does, whatever the spelling of the path
+            admin = {"Authorization": "Bearer admin-token-0123456789abcdef"}
+            for path in ("/metrics", "/health/details", "/api/v1/stats", "/", "/webhooks/../metrics",
+                         "/webhooks/%2e%2e/metrics", "/t/../api/v1/stats", "/healthz", "/health/ready/../details"):
+                assert await status("GET", path, headers=admin) in (400, 404), path
+            # A body over the limit is refused by nginx before it reaches the daemon
+            big = json.dumps({"id": "too-big", "type": "conversion", "data": {"name": "x" * 300_000}})
+            assert await status("POST", "/webhooks/zap", data=big, headers=headers) == 413
+            # Only the event that went through was stored
+            assert [e.event_id for e in InboundEvent.select()] == ["via-nginx"]
+            # Plain HTTP is sent to HTTPS
+            async with session.get(f"http://127.0.0.1:{http_port}/webhooks/zap", allow_redirects=False) as response:
+                assert response.status == 301 and response.headers["Location"].startswith("https://")
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+        await runner.cleanup()
+        close_database()
