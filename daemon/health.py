@@ -49,18 +49,24 @@ def probe_database() -> Probe:
     return _timed(check)
 
 
+def broker_parameters(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> list[pika.URLParameters]:
+    """Connection parameters for each node of ``BROKER_URL`` (nodes separated by ';', as Dramatiq
+    reads it), one attempt each, bounded in time: pika tries them in order."""
+    nodes = []
+    for url in settings.broker_url.split(";"):
+        params = pika.URLParameters(url.strip())
+        params.socket_timeout = params.stack_timeout = params.blocked_connection_timeout = timeout_s
+        params.connection_attempts = 1
+        nodes.append(params)
+    return nodes
+
+
 def probe_broker(settings: Settings) -> Probe:
     if settings.is_memory_broker:
         return Probe(True, "in-process broker", 0.0)
 
     def check() -> str:
-        params = pika.URLParameters(settings.broker_url)
-        params.socket_timeout = PROBE_TIMEOUT_S
-        params.stack_timeout = PROBE_TIMEOUT_S
-        params.blocked_connection_timeout = PROBE_TIMEOUT_S
-        params.connection_attempts = 1
-        connection = pika.BlockingConnection(params)
-        connection.close()
+        pika.BlockingConnection(broker_parameters(settings)).close()
         return "reachable"
     return _timed(check)
 

@@ -28,7 +28,7 @@ import pika.exceptions
 
 from actors.channel import QUEUE_PREFIX
 from daemon.config import CHANNELS, Settings
-from daemon.health import probe_broker, probe_database
+from daemon.health import broker_parameters, probe_broker, probe_database
 from daemon.metrics import HEALTH_STATUS, OPS_ALERTS, QUEUE_DEPTH
 from db.database import db_session, rows
 from db.models import Decision, JobRun, Lease, OpsAlert, utcnow
@@ -65,10 +65,7 @@ def broker_finding(settings: Settings) -> Finding:
 
 def queue_depths(settings: Settings) -> dict[str, int]:
     """Ready messages per channel queue, its retry queue (.DQ) and dead-letter queue (.XQ)."""
-    params = pika.URLParameters(settings.broker_url)
-    params.socket_timeout = params.blocked_connection_timeout = 2
-    params.connection_attempts = 1
-    connection = pika.BlockingConnection(params)
+    connection = pika.BlockingConnection(broker_parameters(settings, timeout_s=2))
     depths = {}
     try:
         for channel_name in CHANNELS:

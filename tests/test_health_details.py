@@ -98,3 +98,12 @@ def test_a_critical_finding_is_an_ops_alert_once_until_it_recovers(migrated_db: 
     healthy = hd.details(make_settings(DATABASE_URL=migrated_db))
     assert healthy["components"]["broker"]["status"] == "healthy"
     assert OpsAlert.get(OpsAlert.component == "broker").resolved_at is not None
+
+
+def test_a_broker_list_is_probed_node_by_node(migrated_db: str, amqp_url: str) -> None:
+    # Given BROKER_URL naming two nodes, the first one down (as a cluster's URL list does)
+    down = f"amqp://guest:guest@127.0.0.1:{free_port()}/{amqp_url.rsplit('/', 1)[1]}"
+    settings = make_settings(BROKER_URL=f"{down};{amqp_url}")
+    # When the probes run, Then the broker is reachable through the second node
+    assert hd.broker_finding(settings).status == "healthy"
+    assert hd.queue_depths(settings)["retentiond.sms"] == 0
