@@ -16,9 +16,9 @@ from db.models import Contact, InboundEvent
 from tests.conftest import amqp_url_for
 from tests.support.daemon import DaemonProcess, base_env
 from tests.support.services import RABBITMQ
+from tests.support.signing import STANDARD_SECRET, standard
 from tests.support.tcp_proxy import TcpProxy
 from tests.test_daemon import wait_until
-from tests.test_webhooks import STANDARD_SECRET, standard
 
 
 def upsert(i: int) -> dict:
