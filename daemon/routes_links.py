@@ -12,6 +12,7 @@ import html
 import json
 import logging
 import secrets
+import time
 
 import peewee
 from aiohttp import web
@@ -100,5 +101,25 @@ async def tracked_link(request: web.Request) -> web.Response:
     except Exception as exc:
         # Overloaded: never written. A failed commit: written by nothing either (rolled back).
         WEBHOOK_EVENTS.labels(CLICK_SOURCE, "dropped").inc()
-        logger.warning("click not recorded (%s); redirecting the reader anyway", type(exc).__name__)
+        _drops.note(type(exc).__name__)
     raise web.HTTPFound(url)
+
+
+class _DropLog:
+    """One warning per interval while clicks are being dropped, with the count: an outage under
+    heavy traffic must not turn into a line per reader."""
+
+    def __init__(self, interval_s: float = 30.0) -> None:
+        self.interval_s = interval_s
+        self._since = 0
+        self._last = -interval_s
+
+    def note(self, reason: str) -> None:
+        self._since += 1
+        now = time.monotonic()
+        if now - self._last >= self.interval_s:
+            logger.warning("%d click(s) not recorded (%s); readers redirected anyway", self._since, reason)
+            self._since, self._last = 0, now
+
+
+_drops = _DropLog()
