@@ -18,10 +18,13 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 install: $(STAMP) tools
 
 ## Programs the tests and benchmarks drive from outside: wrk (load generator), promtool (alert rules),
-## prometheus (a real server scraping a running daemon).
+## prometheus (a real server scraping a running daemon), nginx + openssl (the shipped reverse-proxy
+## config, checked with a self-signed certificate).
+TOOLS := wrk prometheus nginx-light openssl
 tools:
-	@command -v wrk >/dev/null && command -v promtool >/dev/null && command -v prometheus >/dev/null || \
-	  (apt-get install -y wrk prometheus || (apt-get update && apt-get install -y wrk prometheus))
+	@command -v wrk >/dev/null && command -v promtool >/dev/null && command -v prometheus >/dev/null \
+	  && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && command -v openssl >/dev/null || \
+	  (apt-get install -y $(TOOLS) || (apt-get update && apt-get install -y $(TOOLS)))
 
 ## Start the daemon on its embedded defaults (SQLite under ./var, in-process broker, console provider).
 run: $(STAMP)
