@@ -86,6 +86,11 @@ def test_toml_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     ({"DB_POOL_SIZE": "0"}, "RETENTIOND_DB_POOL_SIZE"),
     ({"PUBLIC_URL": "example.com"}, "RETENTIOND_PUBLIC_URL"),
     ({"DATABSE_URL": "sqlite:///x.db"}, "RETENTIOND_DATABSE_URL"),
+    ({"INGEST_QUEUE_MAX": "0"}, "RETENTIOND_INGEST_QUEUE_MAX"),
+    ({"INGEST_MAX_WAIT_S": "0"}, "RETENTIOND_INGEST_MAX_WAIT_S"),
+    ({"CLICK_MAX_WAIT_S": "-1"}, "RETENTIOND_CLICK_MAX_WAIT_S"),
+    ({"HTTP_IDLE_TIMEOUT_S": "soon"}, "RETENTIOND_HTTP_IDLE_TIMEOUT_S"),
+    ({"HTTP_BODY_TIMEOUT_S": "0"}, "RETENTIOND_HTTP_BODY_TIMEOUT_S"),
 ])
 def test_a_bad_value_names_its_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError) as caught:
