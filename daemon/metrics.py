@@ -15,6 +15,7 @@ target's ``instance``, stable across restarts (a holder id carries a pid: a new 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -30,6 +31,8 @@ from prometheus_client import (
 from daemon.config import CHANNELS
 
 SEND_STATUSES = ("sent", "failed", "skipped", "retried", "deferred")
+# The webhook outcomes dashboards and RetentiondWebhooksRejected read (refusals have more kinds).
+WEBHOOK_OUTCOMES = ("accepted", "duplicate", "unauthorized", "invalid", "overloaded", "unavailable")
 
 SENDS = Counter("retentiond_sends", "Sends by channel and outcome.", ["channel", "status"])
 WEBHOOK_EVENTS = Counter("retentiond_webhook_events", "Webhook requests by source and outcome.",
@@ -59,9 +62,13 @@ RATE_LIMIT_WAIT = Histogram("retentiond_rate_limit_wait_seconds",
                             buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 
 
-def initialise_labels() -> None:
-    """Make every channel/status series exist at 0, so dashboards and rates start from a value
-    (``increase()`` cannot see a counter's first increment when the series starts at 1)."""
+def initialise_labels(sources: Iterable[str] = ()) -> None:
+    """Make every channel/status series, and each configured webhook source's outcomes, exist at 0,
+    so dashboards and rates start from a value (``increase()`` cannot see a counter's first
+    increment when the series starts at 1)."""
+    for source in sources:
+        for outcome in WEBHOOK_OUTCOMES:
+            WEBHOOK_EVENTS.labels(source, outcome)
     for channel in CHANNELS:
         PROVIDER_FAILOVERS.labels(channel)
         for status in SEND_STATUSES:

@@ -71,7 +71,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)
 
-        metrics.initialise_labels()
+        metrics.initialise_labels(self.settings.sources)
         self.broker = build_broker(self.settings)
         self.actors = {name: self.broker.get_actor(f"send_{name}") for name in self.settings.rates}
         self.scheduler = Scheduler(self.settings, self.actors, self.broker.get_actor(EVENT_ACTOR), self.instance_id)

@@ -66,7 +66,8 @@ def test_on_rabbitmq_and_postgres_the_channel_queues_exist_and_sends_go_out(
         database: str, amqp_url: str, rabbitmq_vhost: str, tmp_path: Path, daemons: list) -> None:
     # Given a daemon with two worker processes on RabbitMQ and PostgreSQL
     daemon = DaemonProcess(base_env(DATABASE_URL=database, BROKER_URL=amqp_url, RATE_SMS="unlimited",
-                                    RATE_EMAIL="unlimited"), tmp_path, "--processes", "2")
+                                    RATE_EMAIL="unlimited", SOURCE_STRIPE_SCHEME="stripe",
+                                    SOURCE_STRIPE_SECRET="whsec_stripe_0123456789"), tmp_path, "--processes", "2")
     daemons.append(daemon)
     daemon.start()
     # When sends are planned on two channels
@@ -86,6 +87,8 @@ def test_on_rabbitmq_and_postgres_the_channel_queues_exist_and_sends_go_out(
     assert status == 200
     assert 'retentiond_sends_total{channel="sms",status="sent"} 40.0' in text
     assert 'retentiond_sends_total{channel="email",status="sent"} 20.0' in text
+    # And a configured source's rejections are a series at 0 before the first one (alerts see it)
+    assert 'retentiond_webhook_events_total{outcome="unauthorized",source="stripe"} 0.0' in text
     assert daemon.get("/health/ready")[0] == 200
     assert daemon.stop() == 0
     assert re.search(r"stopped after [\d.]+s: .* exit 0", daemon.stderr())
