@@ -1,0 +1,159 @@
+"""Logging a failure that repeats — a broker or database away — once per outage, not once per attempt.
+
+A loop that retries every second, with a dozen Dramatiq consumers and pika each logging every
+reconnect, turned a 13 s broker outage into 2,379 lines and 197 tracebacks, and hid everything
+else. Instead, each failing thing says when it starts failing (one line), how it goes while it
+lasts (one summary per ``SUMMARY_EVERY_S``), and when it works again (one line):
+
+* ``OutageLog`` for our own loops, which know when an attempt succeeds;
+* ``CollapseRepeats``, a handler filter for third-party loggers that only ever log failures
+  (pika's connection attempts, Dramatiq's consumer restarts): a burst ends after a quiet spell.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+SUMMARY_EVERY_S = 60.0
+# Third-party burst: over once nothing was logged for this long (a reconnect loop retries in seconds).
+QUIET_S = 30.0
+
+Clock = Callable[[], float]
+
+
+def is_connection_error(exc: BaseException | None) -> bool:
+    """True for a server that cannot be reached (its traceback tells nothing), along the chain of
+    causes; False for anything else, which keeps its traceback."""
+    import dramatiq.errors
+    import peewee
+    import pika.exceptions
+
+    kinds = (OSError, peewee.OperationalError, peewee.InterfaceError, pika.exceptions.AMQPConnectionError,
+             pika.exceptions.StreamLostError, dramatiq.errors.ConnectionError)
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, kinds):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+class OutageLog:
+    """One line when ``what`` starts failing, a summary every ``summary_every_s`` while it keeps
+    failing, one line when it works again. Thread-safe; ``succeeded()`` is cheap when all is well."""
+
+    def __init__(self, logger: logging.Logger, what: str, summary_every_s: float = SUMMARY_EVERY_S,
+                 clock: Clock = time.monotonic) -> None:
+        self.logger = logger
+        self.what = what
+        self.summary_every_s = summary_every_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._since: float | None = None  # start of the current outage
+        self._failures = 0  # in the whole outage
+        self._since_summary = 0
+        self._last_summary = 0.0
+
+    @property
+    def failing(self) -> bool:
+        return self._since is not None
+
+    def failed(self, exc: BaseException, level: int = logging.WARNING) -> None:
+        """An attempt failed. The first failure of an outage is logged (with its traceback unless
+        the server simply cannot be reached); later ones are counted into the summaries."""
+        now = self.clock()
+        with self._lock:
+            self._failures += 1
+            self._since_summary += 1
+            if self._since is None:
+                self._since, self._last_summary, self._since_summary = now, now, 0
+                first, summary = True, None
+            elif now - self._last_summary >= self.summary_every_s:
+                first, summary = False, (now - self._since, self._since_summary)
+                self._last_summary, self._since_summary = now, 0
+            else:
+                return
+        if first:
+            self.logger.log(level, "%s failed: %s (logged once until it works again, with a summary every %.0f s)",
+                            self.what, _describe(exc), self.summary_every_s,
+                            exc_info=None if is_connection_error(exc) else exc)
+        elif summary is not None:
+            self.logger.log(level, "%s still failing after %.0f s: %d more failure(s) in the last %.0f s; latest: %s",
+                            self.what, summary[0], summary[1], self.summary_every_s, _describe(exc))
+
+    def succeeded(self) -> None:
+        """An attempt worked: if an outage was running, say it is over."""
+        if self._since is None:
+            return
+        with self._lock:
+            if self._since is None:
+                return
+            lasted, failures = self.clock() - self._since, self._failures
+            self._since, self._failures, self._since_summary = None, 0, 0
+        self.logger.warning("%s recovered after %.0f s (%d failed attempt(s))", self.what, lasted, failures)
+
+
+@dataclass
+class _Burst:
+    started: float
+    last: float
+    last_summary: float
+    suppressed: int = 0
+
+
+# Loggers that log each failed attempt of a retry loop, and never that it worked again.
+NOISY_LOGGERS = ("pika", "dramatiq.worker.ConsumerThread", "dramatiq.brokers.rabbitmq")
+
+
+class CollapseRepeats(logging.Filter):
+    """For records of ``prefixes`` loggers at WARNING and above (and their INFO 'restarting in 3 s'):
+    the first of a burst passes (without a connection error's traceback), the rest are counted, and
+    a summary passes every ``summary_every_s`` while the burst lasts."""
+
+    def __init__(self, prefixes: tuple[str, ...] = NOISY_LOGGERS, summary_every_s: float = SUMMARY_EVERY_S,
+                 quiet_s: float = QUIET_S, clock: Clock = time.monotonic) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.summary_every_s = summary_every_s
+        self.quiet_s = quiet_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._bursts: dict[str, _Burst] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        family = next((p for p in self.prefixes if record.name.startswith(p)), None)
+        if family is None:
+            return True
+        now = self.clock()
+        with self._lock:
+            burst = self._bursts.get(family)
+            if burst is None or now - burst.last >= self.quiet_s:
+                self._bursts[family] = _Burst(started=now, last=now, last_summary=now)
+                summary = None
+            else:
+                burst.last = now
+                if now - burst.last_summary < self.summary_every_s:
+                    burst.suppressed += 1
+                    return False
+                summary = (now - burst.started, burst.suppressed)
+                burst.last_summary, burst.suppressed = now, 0
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and is_connection_error(exc):
+            record.exc_info, record.exc_text = None, None
+        message = record.getMessage()
+        if summary is None:
+            record.msg = f"{message} (repeats of {family} messages are summarised every {self.summary_every_s:.0f} s)"
+        else:
+            record.msg = (f"{message} (still failing after {summary[0]:.0f} s: {summary[1]} similar {family} "
+                          f"message(s) in the last {self.summary_every_s:.0f} s)")
+        record.args = ()
+        return True
