@@ -3,16 +3,20 @@ integration (a test transport stands in for the network)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import time
+from collections.abc import Iterator
 
 import dramatiq
+import pytest
 import sentry_sdk
 from dramatiq.brokers.stub import StubBroker
 from sentry_sdk.transport import Transport
 
-from daemon.logging_setup import MaskPersonalData, mask, setup_sentry
+from daemon.logging_setup import MAX_MESSAGE_CHARS, MaskPersonalData, mask, setup_sentry
 
 
 def test_emails_and_phone_numbers_are_masked() -> None:
@@ -99,3 +103,146 @@ def test_an_actor_error_reaches_sentry_without_the_address() -> None:
         assert value == "provider refused a***@example.com"
     finally:
         sentry_sdk.init()  # back to no DSN: nothing else in the suite reports
+
+
+# -- a log line costs time in proportion to its length, and is bounded ---------------------------
+
+# Inputs that made the masking regex backtrack: long runs of address characters with no address
+# in them, runs ending in '@', domains without a dot, and alternations of both.
+ADVERSARIAL = {
+    "local part without @": lambda n: "a" * n,
+    "run ending in @": lambda n: "a" * (n - 1) + "@",
+    "domain without a dot": lambda n: "x@" + "a" * (n - 2),
+    "dots without a TLD": lambda n: "x@" + "a." * (n // 2),
+    "plus and digits": lambda n: "+1" * (n // 2),
+    "plus then digits": lambda n: "+" + "1" * (n - 1),
+    "dashes": lambda n: "a-" * (n // 2),
+    "at signs": lambda n: "a@" * (n // 2),
+}
+
+
+def _cost(text: str) -> float:
+    """The best of up to five runs of mask(text), in seconds: the least disturbed by other processes
+    (fewer runs when one is slow, so a quadratic regex fails the test without running for minutes)."""
+    best, spent = float("inf"), 0.0
+    for _ in range(5):
+        started = time.perf_counter()
+        mask(text)
+        took = time.perf_counter() - started
+        best, spent = min(best, took), spent + took
+        if spent > 1.0:
+            break
+    return best
+
+
+@pytest.mark.parametrize("shape", sorted(ADVERSARIAL))
+def test_masking_cost_grows_linearly_with_the_input(shape: str) -> None:
+    # Given hostile text 20 times longer than another of the same shape
+    small, large = ADVERSARIAL[shape](5_000), ADVERSARIAL[shape](100_000)
+    # When both are masked
+    ratio = _cost(large) / max(_cost(small), 1e-7)
+    # Then the cost grows about 20 times (linear), far from the 400 times of a quadratic regex
+    assert ratio < 100, f"{shape}: 20x the input cost {ratio:.0f}x the time"
+
+
+def test_a_huge_log_message_is_cut_and_still_masked() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(MaskPersonalData())
+    logger = logging.getLogger("test.huge")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        # an address right across the point where the message is cut
+        body = "x" * (MAX_MESSAGE_CHARS - 5) + " ada.lovelace@example.com " + "y" * 1_000_000
+        logger.warning("body: %s", body)
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert len(text) < MAX_MESSAGE_CHARS + 200
+    assert "lovelace" not in text and "more characters" in text
+
+
+async def test_a_garbage_request_does_not_put_its_bytes_in_the_log(capfd: pytest.CaptureFixture[str]) -> None:
+    from aiohttp import web
+
+    from daemon.logging_setup import setup_logging
+    from daemon.side_server import build_app
+    from tests.conftest import make_settings
+    from tests.support.daemon import free_port
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    setup_logging("INFO", "json")
+    runner = web.AppRunner(build_app(make_settings()), access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        # Given a kept-alive connection that made one good request
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200")
+        await asyncio.wait_for(reader.readexactly(16), 10)
+        # When its second request is 64 KiB of garbage that carries something secret
+        writer.write(b"SECRET-GARBAGE-" * 4400 + b"\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(100), 30)
+        writer.close()
+    finally:
+        await runner.cleanup()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    # Then it is refused, and the log says so in one line without the request's bytes
+    assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400")
+    err = capfd.readouterr().err
+    assert "SECRET-GARBAGE" not in err
+    lines = [json.loads(line) for line in err.splitlines() if "aiohttp.server" in line]
+    assert len(lines) == 1 and "bad HTTP request" in lines[0]["message"], err[:2000]
+    assert "Traceback" not in err
+
+
+# -- Sentry: no secrets from headers, bodies or stack-frame locals --------------------------------
+
+ADMIN_SECRET = "admin-token-" + "k" * 40
+WEBHOOK_SECRET = "webhook-token-" + "w" * 40
+
+
+@pytest.fixture
+def sentry_events() -> Iterator[list[dict]]:
+    transport = Captured()
+    assert setup_sentry("https://public@sentry.example.com/1", transport=transport)
+    try:
+        yield transport.events
+    finally:
+        sentry_sdk.init()
+
+
+async def test_a_500_sends_sentry_no_token(aiohttp_client, sentry_events: list[dict],  # type: ignore[no-untyped-def]
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon import routes_admin, routes_webhooks
+    from daemon.side_server import build_app
+    from tests.conftest import make_settings
+
+    def explode(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the handler broke")
+
+    monkeypatch.setattr(routes_admin, "_stats", explode)
+    monkeypatch.setattr(routes_webhooks, "interpret", explode)
+    settings = make_settings(ADMIN_TOKEN=ADMIN_SECRET, SOURCE_ZAP_SCHEME="token", SOURCE_ZAP_SECRET=WEBHOOK_SECRET)
+    client = await aiohttp_client(build_app(settings))
+    # Given an admin request with the bearer token and a webhook with its token, both ending in a 500
+    response = await client.get("/api/v1/stats", headers={"Authorization": f"Bearer {ADMIN_SECRET}",
+                                                         "Cookie": f"session={ADMIN_SECRET}"})
+    assert response.status == 500
+    response = await client.post(f"/webhooks/zap?token={WEBHOOK_SECRET}", data=f'{{"token": "{WEBHOOK_SECRET}"}}',
+                                 headers={"X-Webhook-Token": WEBHOOK_SECRET})
+    assert response.status == 500
+    sentry_sdk.flush()
+    # Then Sentry got the errors, and neither token anywhere in them
+    assert len([e for e in sentry_events if e.get("exception")]) >= 2
+    sent = json.dumps(sentry_events)
+    assert "the handler broke" in sent
+    assert ADMIN_SECRET not in sent and WEBHOOK_SECRET not in sent
