@@ -98,7 +98,7 @@ class Settings:
     retry_min_backoff_ms: int = 1000
     retry_max_backoff_ms: int = 60_000
     log_level: str = "INFO"
-    log_format: str = "json"
+    log_format: str = "auto"  # text when stderr is a terminal, JSON lines otherwise; or "text", "json"
     # send-time checks (engine/checks.py); a campaign's own limits win over these
     daily_cap: int = 3  # sends per contact per rolling 24 h across all channels; 0 = off
     cooldown_s: float = 0.0  # minimum gap between two sends to one contact; 0 = off
@@ -466,7 +466,7 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"{PREFIX}{name.upper()}", "must be positive and under an hour (seconds)")
     if s.failover_after_errors < 1:
         raise ConfigError(f"{PREFIX}FAILOVER_AFTER_ERRORS", "must be at least 1")
-    if s.log_format not in ("json", "text"):
-        raise ConfigError(f"{PREFIX}LOG_FORMAT", "expected 'json' or 'text'")
+    if s.log_format not in ("auto", "json", "text"):
+        raise ConfigError(f"{PREFIX}LOG_FORMAT", "expected 'auto', 'json' or 'text'")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"{PREFIX}LOG_LEVEL", "expected DEBUG, INFO, WARNING or ERROR")
