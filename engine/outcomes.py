@@ -9,6 +9,7 @@ carries the enrolment, and the step is done when the fallback is.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -18,6 +19,8 @@ from db.bulk import insert_many
 from db.database import database, rows
 from db.models import CampaignStep, Decision, Enrolment, Send
 from db.queries import settle_sends
+
+logger = logging.getLogger(__name__)
 
 # what a send's status becomes for each outcome, and what the decision log calls it
 _FINAL = {"sent", "failed", "skipped", "fell_back"}
@@ -103,6 +106,26 @@ def settle(results: Sequence[Result], now: dt.datetime) -> None:
         done = [r.send.enrolment_id for r in results
                 if r.send.enrolment_id is not None and r.outcome in _FINAL and not r.fallback_channel]
         advance_enrolments(done, now)
+    log_outcomes(results)
+
+
+def log_outcomes(results: Iterable[Result]) -> None:
+    """One line for each send held back or failed, so whoever watches the log sees why a message
+    did not go: INFO for a deferral or a skip, WARNING for a failure. The send's id, channel and
+    campaign are fields of the record (JSON fields, or appended to a text line), the reason is in
+    the message (masked like any message). A send that went, or will be retried, gets no line."""
+    for r in results:
+        context = {"send_id": r.send.id, "channel": r.send.channel, "campaign": r.send.campaign_id}
+        if r.outcome == "deferred":
+            until = r.until.isoformat(timespec="seconds") if r.until is not None else "later"
+            logger.info("send deferred until %s: %s", until, r.reason, extra=context)
+        elif r.outcome == "skipped":
+            logger.info("send skipped: %s", r.reason, extra=context)
+        elif r.outcome == "fell_back":
+            logger.info("send not made on its channel: %s", r.reason, extra=context)
+        elif r.outcome == "failed":
+            fallback = f" (falling back to {r.fallback_channel})" if r.fallback_channel else ""
+            logger.warning("send failed%s: %s", fallback, r.error or r.reason, extra=context)
 
 
 def _decision(r: Result, now: dt.datetime) -> dict[str, Any]:
@@ -181,4 +204,7 @@ def fail_exhausted(send_ids: Sequence[int], now: dt.datetime) -> list[int]:
                  "outcome": "failed", "reason": f"retries exhausted: {r[6] or ''}"[:255], "created_at": now}
                 for r in failed]).execute()
             advance_enrolments([r[5] for r in failed], now)
+    for r in failed:
+        logger.warning("send failed: retries exhausted: %s", r[6] or "no error recorded",
+                       extra={"send_id": r[0], "channel": r[4], "campaign": r[2]})
     return [r[0] for r in failed]
