@@ -31,10 +31,13 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from daemon.outage_log import OutageLog
 from db.database import database, db_session, is_postgres
 from db.models import utcnow
 
 logger = logging.getLogger(__name__)
+# With the database away every batch fails: one line per outage, not one per batch.
+_commit_outage = OutageLog(logger, "committing inbound events")
 
 
 @dataclass(frozen=True)
@@ -152,13 +155,14 @@ class GroupCommitter:
             new = await loop.run_in_executor(self._thread, _commit, [p.event for p in batch],
                                              int(self.max_wait_s * 1000))
         except Exception as exc:
-            logger.error("could not commit %d inbound event(s): %s", len(batch), type(exc).__name__)
+            _commit_outage.failed(exc, logging.ERROR)
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
         finally:
             slots.release()
+        _commit_outage.succeeded()
         self.batches += 1
         self.committed += len(new)
         first_of: dict[tuple[str, str], asyncio.Future[bool]] = {}

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from daemon.metrics import JOB_RUNS, LEASE_HOLDER, initialise_job_labels
+from daemon.outage_log import OutageLog
 from db.database import db_session
 from db.leases import hold_until, renew, try_acquire
 from db.models import JobRun, utcnow
@@ -36,6 +37,13 @@ class JobRunner:
     def __init__(self, instance_id: str) -> None:
         self.instance_id = instance_id
         self._held_until: dict[str, dt.datetime] = {}  # job -> end of the hold after our last run
+        self._outages: dict[str, OutageLog] = {}
+
+    def _outage(self, name: str) -> OutageLog:
+        """A job failing every tick (the broker away) is logged once per outage."""
+        if name not in self._outages:
+            self._outages[name] = OutageLog(logger, f"job {name}")
+        return self._outages[name]
 
     def run_if_due(self, job: Job) -> int | None:
         """Run ``job`` if this instance can take its lease; the run's item count, or None."""
@@ -57,7 +65,9 @@ class JobRunner:
             items = int(job.run() or 0)
         except Exception as exc:  # recorded, and the next tick tries again
             outcome, error = "error", f"{type(exc).__name__}: {exc}"[:2000]
-            logger.exception("job %s failed", job.name)
+            self._outage(job.name).failed(exc, logging.ERROR)  # once per outage, not every tick
+        else:
+            self._outage(job.name).succeeded()
         finally:
             done.set()
             renewer.join()

@@ -32,8 +32,10 @@ def is_connection_error(exc: BaseException | None) -> bool:
     import peewee
     import pika.exceptions
 
+    # Dramatiq 2 renamed its ConnectionError (the old name warns); 1.x has only the old one.
+    broker_error = getattr(dramatiq.errors, "BrokerConnectionError", None) or dramatiq.errors.ConnectionError
     kinds = (OSError, peewee.OperationalError, peewee.InterfaceError, pika.exceptions.AMQPConnectionError,
-             pika.exceptions.StreamLostError, dramatiq.errors.ConnectionError)
+             pika.exceptions.StreamLostError, broker_error)
     seen = 0
     while exc is not None and seen < 10:
         if isinstance(exc, kinds):

@@ -34,6 +34,7 @@ from daemon import metrics
 from daemon.config import PREFIX, Settings, redact_url
 from daemon.errors import ConfigError
 from daemon.exit_codes import RET_OK, RET_SHUTDOWN_TIMEOUT
+from daemon.outage_log import OutageLog
 from daemon.scheduler import Scheduler
 from daemon.side_server import build_app, make_runner
 from daemon.systemd_notify import notify
@@ -62,6 +63,9 @@ class Daemon:
         self._in_process_worker: dramatiq.Worker | None = None
         self._restarts = 0
         self._last_wake = 0.0
+        # A tick every 250 ms and a wake per webhook batch: failures logged once per outage.
+        self._tick_outage = OutageLog(logger, "scheduler tick")
+        self._wake_outage = OutageLog(logger, "waking the event processor after a webhook")
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -138,8 +142,10 @@ class Daemon:
     def _send_wake(self) -> None:
         try:
             self.event_actor.send()
-        except Exception as exc:
-            logger.warning("could not wake the event processor (%s); the scheduler will", type(exc).__name__)
+        except Exception as exc:  # the scheduler's tick wakes it once the broker is back
+            self._wake_outage.failed(exc)
+        else:
+            self._wake_outage.succeeded()
 
     def _request_stop(self, sig: signal.Signals) -> None:
         if not self._stopping.is_set():
@@ -206,7 +212,9 @@ class Daemon:
             started = time.monotonic()
             try:
                 await asyncio.to_thread(self.scheduler.tick)
-            except Exception:
+            except Exception as exc:
                 # The database or broker is away: the rows stay planned, the next tick tries again.
-                logger.exception("scheduler tick failed")
+                self._tick_outage.failed(exc, logging.ERROR)
+            else:
+                self._tick_outage.succeeded()
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

@@ -1,0 +1,131 @@
+"""A broker outage is told once, not once per attempt: under a real daemon whose RabbitMQ is cut
+off by a TCP proxy, the log carries a line when a part of the daemon loses the broker, a summary
+while the outage lasts, and a line when it comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.outage_log import CollapseRepeats, OutageLog
+from db.database import close_database, init_database
+from db.migrate import migrate
+from tests.conftest import amqp_url_for
+from tests.support.daemon import DaemonProcess, base_env
+from tests.support.services import RABBITMQ
+from tests.support.tcp_proxy import TcpProxy
+from tests.test_daemon import plan_sends, status_counts, wait_until
+from tests.test_ingress_daemon import fire
+from tests.test_webhooks import STANDARD_SECRET
+
+OUTAGE_S = 13.0  # the length of the outage in the report: the stimulus, not a synchronisation
+
+
+@pytest.mark.slow
+def test_a_broker_outage_is_logged_once_not_once_per_attempt(
+        pg_url: str, rabbitmq_vhost: str, amqp_url: str, tmp_path: Path, daemons: list) -> None:
+    init_database(pg_url)
+    migrate()
+    proxy = TcpProxy(RABBITMQ)
+    try:
+        # Given a daemon with a worker process, on RabbitMQ behind a proxy the test controls
+        env = base_env(DATABASE_URL=pg_url, SOURCE_APP_SECRET=STANDARD_SECRET, RATE_SMS="unlimited",
+                       BROKER_URL=amqp_url_for(rabbitmq_vhost, proxy.url_host_port()))
+        daemon = DaemonProcess(env, tmp_path, "--processes", "1")
+        daemons.append(daemon.start())
+        daemon.wait_for("/health/ready", 200, 10)
+        before = len(daemon.stderr())
+
+        # When RabbitMQ is away for 13 s while sends are planned and webhooks arrive every second
+        proxy.cut()
+        daemon.wait_for("/health/ready", 503, 15)
+        ends = time.monotonic() + OUTAGE_S
+        round_ = 0
+        while time.monotonic() < ends:
+            plan_sends(2, prefix=f"out{round_}-")
+            assert set(asyncio.run(fire(daemon.port, 3, 3, f"out{round_}")).values()) == {202}
+            round_ += 1
+            time.sleep(1.0)
+        during = daemon.stderr()[before:]
+        proxy.restore()
+        daemon.wait_for("/health/ready", 200, 30)
+        wait_until(lambda: status_counts()["sent"] == 2 * round_, 60, "the sends planned during the outage")
+        after = daemon.stderr()[before:]
+
+        # Then the outage is told in a few lines, not in one line (and one traceback) per attempt
+        lines = [line for line in during.splitlines() if line.strip()]
+        tracebacks = during.count("Traceback (most recent call last)")
+        assert tracebacks <= 2, f"{tracebacks} tracebacks in a {OUTAGE_S:.0f} s outage:\n{during[-5000:]}"
+        assert len(lines) <= 12, f"{len(lines)} lines in a {OUTAGE_S:.0f} s outage:\n{during[-5000:]}"
+        # ...and it says so when the broker is back
+        assert "recovered after" in after[len(during):], after[-3000:]
+        assert daemon.stop() == 0
+    finally:
+        proxy.close()
+        close_database()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_outage_is_one_line_a_summary_a_minute_and_one_line_when_it_ends(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.outage")
+    clock = Clock()
+    outage = OutageLog(logging.getLogger("test.outage"), "relaying sends", summary_every_s=60, clock=clock)
+    # Given a retry loop that fails 4 times a second for 150 s
+    for _ in range(600):
+        outage.failed(ConnectionRefusedError(111, "Connection refused"))
+        clock.now += 0.25
+    # When it works again, and again
+    outage.succeeded()
+    outage.succeeded()
+    # Then the log has the start, two summaries, and the end; no traceback for a refused connection
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 4, messages
+    assert messages[0].startswith("relaying sends failed: ConnectionRefusedError")
+    assert "still failing after 60 s: 240 more failure(s)" in messages[1]
+    assert "still failing after 120 s" in messages[2]
+    assert messages[3] == "relaying sends recovered after 150 s (600 failed attempt(s))"
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_an_unexpected_error_keeps_its_traceback_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.outage")
+    outage = OutageLog(logging.getLogger("test.outage"), "the tick", clock=Clock())
+    for _ in range(5):
+        try:
+            {}["missing"]
+        except KeyError as exc:
+            outage.failed(exc)
+    assert len(caplog.records) == 1 and caplog.records[0].exc_info is not None
+
+
+def test_third_party_reconnect_lines_collapse_into_bursts() -> None:
+    clock = Clock()
+    collapse = CollapseRepeats(("pika",), summary_every_s=60, quiet_s=30, clock=clock)
+
+    def record(name: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, "Connection refused", (), None)
+
+    passed = []
+    for _ in range(244):  # a reconnect loop logging 8 lines a second for 61 s
+        for name in ("pika.adapters.blocking_connection", "pika.adapters.utils.connection_workflow"):
+            line = record(name)
+            if collapse.filter(line):
+                passed.append(line.getMessage())
+        clock.now += 0.25
+    assert len(passed) == 2, passed  # the first line, then one summary after 60 s
+    assert "still failing after 60 s: 479 similar pika message(s)" in passed[1]
+    assert collapse.filter(record("daemon.jobs"))  # other loggers untouched
+    clock.now += 31  # quiet for longer than a reconnect interval: the next line starts a new burst
+    assert collapse.filter(record("pika.connection"))
