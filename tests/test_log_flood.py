@@ -16,7 +16,7 @@ from db.database import close_database, init_database
 from db.migrate import migrate
 from tests.conftest import amqp_url_for
 from tests.support.daemon import DaemonProcess, base_env
-from tests.support.services import RABBITMQ
+from tests.support.services import POSTGRES, RABBITMQ
 from tests.support.tcp_proxy import TcpProxy
 from tests.test_daemon import plan_sends, status_counts, wait_until
 from tests.test_ingress_daemon import fire
@@ -67,6 +67,46 @@ def test_a_broker_outage_is_logged_once_not_once_per_attempt(
     finally:
         proxy.close()
         close_database()
+
+
+@pytest.mark.slow
+def test_a_database_outage_is_logged_once_not_once_per_tick_or_batch(
+        pg_url: str, amqp_url: str, tmp_path: Path, daemons: list) -> None:
+    init_database(pg_url)
+    migrate()
+    close_database()
+    proxy = TcpProxy(POSTGRES)
+    try:
+        # Given a daemon whose PostgreSQL is behind a proxy the test controls
+        proxied = pg_url.replace(f"{POSTGRES[0]}:{POSTGRES[1]}", proxy.url_host_port())
+        env = base_env(DATABASE_URL=proxied, BROKER_URL=amqp_url, DB_TIMEOUT_S="2",
+                       SOURCE_APP_SECRET=STANDARD_SECRET)
+        daemon = DaemonProcess(env, tmp_path, "--processes", "1")
+        daemons.append(daemon.start())
+        daemon.wait_for("/health/ready", 200, 10)
+        before = len(daemon.stderr())
+        # When the database is away for 13 s while webhooks keep arriving
+        proxy.cut()
+        daemon.wait_for("/health/ready", 503, 15)
+        ends, round_ = time.monotonic() + OUTAGE_S, 0
+        while time.monotonic() < ends:
+            assert set(asyncio.run(fire(daemon.port, 3, 3, f"db{round_}")).values()) == {503}
+            round_ += 1
+            time.sleep(1.0)
+        during = daemon.stderr()[before:]
+        proxy.restore()
+        daemon.wait_for("/health/ready", 200, 30)
+        # Then a few lines tell it, not one per tick and one per refused batch
+        lines = [line for line in during.splitlines() if line.strip()]
+        tracebacks = during.count("Traceback (most recent call last)")
+        assert tracebacks <= 2, f"{tracebacks} tracebacks in a {OUTAGE_S:.0f} s outage:\n{during[-5000:]}"
+        assert len(lines) <= 12, f"{len(lines)} lines in a {OUTAGE_S:.0f} s outage:\n{during[-5000:]}"
+        assert "committing inbound events failed" in during
+        # ...and one line says when the database is back
+        wait_until(lambda: "scheduler tick recovered after" in daemon.stderr()[before:], 30, "the recovery line")
+        assert daemon.stop() == 0
+    finally:
+        proxy.close()
 
 
 class Clock:
