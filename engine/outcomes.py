@@ -128,6 +128,11 @@ def log_outcomes(results: Iterable[Result]) -> None:
             logger.warning("send failed%s: %s", fallback, r.error or r.reason, extra=context)
 
 
+def log_failed_send(send_id: int | None, channel: str, campaign_id: int | None, reason: str) -> None:
+    """The line for a send that failed before any worker took it (a template error at planning)."""
+    logger.warning("send failed: %s", reason, extra={"send_id": send_id, "channel": channel, "campaign": campaign_id})
+
+
 def _decision(r: Result, now: dt.datetime) -> dict[str, Any]:
     reason = r.reason
     if r.outcome in ("failed", "retrying") and r.error:
@@ -205,6 +210,5 @@ def fail_exhausted(send_ids: Sequence[int], now: dt.datetime) -> list[int]:
                 for r in failed]).execute()
             advance_enrolments([r[5] for r in failed], now)
     for r in failed:
-        logger.warning("send failed: retries exhausted: %s", r[6] or "no error recorded",
-                       extra={"send_id": r[0], "channel": r[4], "campaign": r[2]})
+        log_failed_send(r[0], r[4], r[2], f"retries exhausted: {r[6] or 'no error recorded'}")
     return [r[0] for r in failed]

@@ -24,7 +24,7 @@ from db.database import database, db_session, is_postgres, rows
 from db.models import CampaignStep, Contact, Decision, Enrolment, Send
 from engine.checks import ADDRESS_FIELDS
 from engine.links import save_links
-from engine.outcomes import advance_enrolments
+from engine.outcomes import advance_enrolments, log_failed_send
 from engine.templates import Rendered, RenderJob, TemplateError, render_batch
 
 BATCH = 500
@@ -142,5 +142,7 @@ def _plan_batch(settings: Settings, claimed: Sequence[tuple[Any, ...]], now: dt.
                                 "reason": f"template error: {error}"[:255], "created_at": now}
                                for send_id, _, contact, step, error in failures]).execute()
         advance_enrolments([f[1] for f in failures], now)
+        for send_id, _, _, step, error in failures:
+            log_failed_send(send_id, step.channel, step.campaign_id, f"template error: {error}")
     report.failed += len(failures)
     report.planned += len(work) - len(failures)

@@ -128,3 +128,23 @@ def test_failed_sends_are_warnings_with_their_reason(pipeline, caplog) -> None: 
     [doomed_line] = _about(caplog, doomed.id)
     assert doomed_line.levelno == logging.WARNING and "retries exhausted" in doomed_line.getMessage()
     assert _about(caplog, fine.id) == []  # a sent message is the normal case: no line
+
+
+def test_a_send_that_fails_at_planning_says_so_once(migrated_db: str, caplog) -> None:  # type: ignore[no-untyped-def]
+    from db.models import Send, utcnow
+    from engine.campaigns import enrol
+    from engine.planner import plan_due_steps
+    from tests.test_planner import SETTINGS, campaign_with, contacts
+
+    caplog.set_level(logging.INFO, logger="engine.outcomes")
+    # Given a campaign step whose template names a field no contact has
+    campaign = campaign_with("Hi {{ contact.nme }}")
+    enrol(contacts(1), campaign)
+    # When the scheduler plans it
+    plan_due_steps(SETTINGS, utcnow() + dt.timedelta(seconds=1))
+    # Then one WARNING line names the send, its channel and campaign, and the error
+    failed = Send.get()
+    [record] = _about(caplog, failed.id)
+    assert record.levelno == logging.WARNING and "template error" in record.getMessage()
+    assert "nme" in record.getMessage()
+    assert (record.channel, record.campaign) == ("sms", campaign.id)  # type: ignore[attr-defined]
