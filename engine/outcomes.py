@@ -117,8 +117,7 @@ def log_outcomes(results: Iterable[Result]) -> None:
     for r in results:
         context = {"send_id": r.send.id, "channel": r.send.channel, "campaign": r.send.campaign_id}
         if r.outcome == "deferred":
-            until = r.until.isoformat(timespec="seconds") if r.until is not None else "later"
-            logger.info("send deferred until %s: %s", until, r.reason, extra=context)
+            logger.info("send deferred until %s: %s", _utc(r.until), r.reason, extra=context)
         elif r.outcome == "skipped":
             logger.info("send skipped: %s", r.reason, extra=context)
         elif r.outcome == "fell_back":
@@ -126,6 +125,15 @@ def log_outcomes(results: Iterable[Result]) -> None:
         elif r.outcome == "failed":
             fallback = f" (falling back to {r.fallback_channel})" if r.fallback_channel else ""
             logger.warning("send failed%s: %s", fallback, r.error or r.reason, extra=context)
+
+
+def _utc(at: dt.datetime | None) -> str:
+    """A due time as a reader wants it: UTC, said so (the database keeps naive UTC)."""
+    if at is None:
+        return "later"
+    if at.tzinfo is not None:
+        at = at.astimezone(dt.UTC)
+    return f"{at:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def log_failed_send(send_id: int | None, channel: str, campaign_id: int | None, reason: str) -> None:

@@ -102,7 +102,7 @@ def test_a_send_deferred_by_quiet_hours_says_so_once(pipeline, caplog) -> None: 
     assert record.levelno == logging.INFO
     assert (record.channel, record.campaign) == ("sms", send.campaign_id)  # type: ignore[attr-defined]
     message = record.getMessage()
-    assert "deferred" in message and "quiet hours" in message and "until" in message
+    assert "deferred" in message and "quiet hours" in message and "until" in message and "UTC" in message
 
 
 def test_a_skipped_send_says_so_once(pipeline, caplog) -> None:  # type: ignore[no-untyped-def]
