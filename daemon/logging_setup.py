@@ -77,6 +77,8 @@ class BadRequestsWithoutBytes(logging.Filter):
             record.args = (remote, exc.code, type(exc).__name__)
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.INFO, "INFO"
+            # the logger let it through as an ERROR: at INFO it must pass LOG_LEVEL again
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
         return True
 
 
