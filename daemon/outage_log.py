@@ -112,19 +112,46 @@ class _Burst:
     suppressed: int = 0
 
 
-# Loggers that log each failed attempt of a retry loop, and never that it worked again.
-NOISY_LOGGERS = ("pika", "dramatiq.worker.ConsumerThread", "dramatiq.brokers.rabbitmq")
+@dataclass(frozen=True)
+class Family:
+    """Records collapsed together: a logger-name prefix, the level from which it applies, and
+    whether only records carrying a connection error count (a bug must still be told each time)."""
+
+    prefix: str
+    level: int = logging.INFO
+    connection_errors_only: bool = False
+
+    def matches(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefix) or record.levelno < self.level:
+            return False
+        return not self.connection_errors_only or (
+            record.exc_info is not None and is_connection_error(record.exc_info[1]))
+
+
+# Loggers that log each failed attempt of a retry loop, and never that it worked again. A
+# channel's WARNINGs (a queue probed before it is declared, one per queue at start) are a burst of
+# their own, apart from pika's connection ERRORs; a consumer's INFO "restarting in 3 s" is part of
+# an outage; an actor failing on a lost database or broker connection is, once per message and
+# retry, but an actor's other failures are each told in full. The first matching family counts.
+NOISY_LOGGERS: tuple[Family, ...] = (
+    Family("pika.channel", logging.WARNING),
+    Family("pika", logging.ERROR),
+    Family("dramatiq.worker.ConsumerThread"),
+    Family("dramatiq.brokers.rabbitmq", logging.WARNING),
+    Family("dramatiq.worker.WorkerThread", logging.ERROR, connection_errors_only=True),
+    Family("dramatiq.middleware.retries"),
+)
 
 
 class CollapseRepeats(logging.Filter):
-    """For records of ``prefixes`` loggers at WARNING and above (and their INFO 'restarting in 3 s'):
-    the first of a burst passes (without a connection error's traceback), the rest are counted, and
-    a summary passes every ``summary_every_s`` while the burst lasts."""
+    """For records of the ``families``: the first of a burst passes (its first line only, without
+    a connection error's traceback), the rest are counted, and a summary passes every
+    ``summary_every_s`` while the burst lasts. A burst ends after ``quiet_s`` without records."""
 
-    def __init__(self, prefixes: tuple[str, ...] = NOISY_LOGGERS, summary_every_s: float = SUMMARY_EVERY_S,
+    def __init__(self, families: tuple[Family, ...] = NOISY_LOGGERS, summary_every_s: float = SUMMARY_EVERY_S,
                  quiet_s: float = QUIET_S, clock: Clock = time.monotonic) -> None:
         super().__init__()
-        self.prefixes = prefixes
+        self.families = families
         self.summary_every_s = summary_every_s
         self.quiet_s = quiet_s
         self.clock = clock
@@ -132,7 +159,7 @@ class CollapseRepeats(logging.Filter):
         self._bursts: dict[str, _Burst] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        family = next((p for p in self.prefixes if record.name.startswith(p)), None)
+        family = next((f.prefix for f in self.families if f.matches(record)), None)
         if family is None:
             return True
         now = self.clock()
@@ -151,11 +178,13 @@ class CollapseRepeats(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None and is_connection_error(exc):
             record.exc_info, record.exc_text = None, None
-        message = record.getMessage()
+        # pika puts a whole stack inside some messages ("Caller's stack: ..."): the first line says it
+        lines = record.getMessage().strip().splitlines()
+        message = lines[0] if lines else ""
         if summary is None:
-            record.msg = f"{message} (repeats of {family} messages are summarised every {self.summary_every_s:.0f} s)"
+            record.msg = f"{message} (repeats of {family} lines are summarised every {self.summary_every_s:.0f} s)"
         else:
-            record.msg = (f"{message} (still failing after {summary[0]:.0f} s: {summary[1]} similar {family} "
-                          f"message(s) in the last {self.summary_every_s:.0f} s)")
+            record.msg = (f"{message} ({summary[1]} similar {family} line(s) in the last "
+                          f"{self.summary_every_s:.0f} s; repeating for {summary[0]:.0f} s)")
         record.args = ()
         return True

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.outage_log import CollapseRepeats, OutageLog
+from daemon.outage_log import CollapseRepeats, Family, OutageLog
 from db.database import close_database, init_database
 from db.migrate import migrate
 from tests.conftest import amqp_url_for
@@ -152,7 +152,7 @@ def test_an_unexpected_error_keeps_its_traceback_once(caplog: pytest.LogCaptureF
 
 def test_third_party_reconnect_lines_collapse_into_bursts() -> None:
     clock = Clock()
-    collapse = CollapseRepeats(("pika",), summary_every_s=60, quiet_s=30, clock=clock)
+    collapse = CollapseRepeats((Family("pika", logging.ERROR),), summary_every_s=60, quiet_s=30, clock=clock)
 
     def record(name: str) -> logging.LogRecord:
         return logging.LogRecord(name, logging.ERROR, __file__, 1, "Connection refused", (), None)
@@ -165,7 +165,32 @@ def test_third_party_reconnect_lines_collapse_into_bursts() -> None:
                 passed.append(line.getMessage())
         clock.now += 0.25
     assert len(passed) == 2, passed  # the first line, then one summary after 60 s
-    assert "still failing after 60 s: 479 similar pika message(s)" in passed[1]
+    assert "479 similar pika line(s) in the last 60 s; repeating for 60 s" in passed[1]
     assert collapse.filter(record("daemon.jobs"))  # other loggers untouched
+    warning = record("pika.channel")
+    warning.levelno = logging.WARNING
+    assert collapse.filter(warning) and warning.getMessage() == "Connection refused"  # below ERROR: untouched
     clock.now += 31  # quiet for longer than a reconnect interval: the next line starts a new burst
     assert collapse.filter(record("pika.connection"))
+
+
+def test_actor_failures_collapse_only_when_a_server_is_away() -> None:
+    import peewee
+
+    collapse = CollapseRepeats(clock=Clock())
+
+    def failure(exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException as raised:
+            info = (type(raised), raised, raised.__traceback__)
+        return logging.LogRecord("dramatiq.worker.WorkerThread", logging.ERROR, __file__, 1,
+                                 "Failed to process message with unhandled exception.", (), info)
+
+    # an actor's bug is told every time, with its traceback
+    bugs = [failure(KeyError("x")) for _ in range(3)]
+    assert all(collapse.filter(r) and r.exc_info for r in bugs)
+    # the database away: the first failure is told (without a traceback), the rest are counted
+    away = [failure(peewee.OperationalError("connection refused")) for _ in range(3)]
+    assert [collapse.filter(r) for r in away] == [True, False, False]
+    assert away[0].exc_info is None
