@@ -69,9 +69,10 @@ class OutageLog:
     def failing(self) -> bool:
         return self._since is not None
 
-    def failed(self, exc: BaseException, level: int = logging.WARNING) -> None:
+    def failed(self, exc: BaseException, level: int = logging.WARNING, expected: bool = False) -> None:
         """An attempt failed. The first failure of an outage is logged (with its traceback unless
-        the server simply cannot be reached); later ones are counted into the summaries."""
+        the server simply cannot be reached, or the failure is ``expected``, such as load being
+        shed); later ones are counted into the summaries."""
         now = self.clock()
         with self._lock:
             self._failures += 1
@@ -87,7 +88,7 @@ class OutageLog:
         if first:
             self.logger.log(level, "%s failed: %s (logged once until it works again, with a summary every %.0f s)",
                             self.what, _describe(exc), self.summary_every_s,
-                            exc_info=None if is_connection_error(exc) else exc)
+                            exc_info=None if expected or is_connection_error(exc) else exc)
         elif summary is not None:
             self.logger.log(level, "%s still failing after %.0f s: %d more failure(s) in the last %.0f s; latest: %s",
                             self.what, summary[0], summary[1], self.summary_every_s, _describe(exc))

@@ -12,13 +12,13 @@ import html
 import json
 import logging
 import secrets
-import time
 
 import peewee
 from aiohttp import web
 
-from daemon.ingest import IncomingEvent
+from daemon.ingest import IncomingEvent, Overloaded
 from daemon.metrics import WEBHOOK_EVENTS
+from daemon.outage_log import OutageLog
 from daemon.routes_webhooks import COMMITTER, SETTINGS
 from db.database import db_session
 from db.models import Suppression, TrackedLink, UnsubscribeToken, utcnow
@@ -87,10 +87,11 @@ async def tracked_link(request: web.Request) -> web.Response:
     committer = request.app[COMMITTER]
     try:
         url = await asyncio.to_thread(_link_url, token)
-    except peewee.PeeweeException:
-        logger.warning("tracked link lookup failed: database unavailable")
+    except peewee.PeeweeException as exc:
+        _lookups.failed(exc)
         raise web.HTTPServiceUnavailable(text="try again shortly",
                                          headers={"Retry-After": str(committer.retry_after_s)}) from None
+    _lookups.succeeded()
     if url is None:
         raise web.HTTPNotFound(text="unknown link")
     click = IncomingEvent(CLICK_SOURCE, secrets.token_hex(16), "click",
@@ -101,25 +102,13 @@ async def tracked_link(request: web.Request) -> web.Response:
     except Exception as exc:
         # Overloaded: never written. A failed commit: written by nothing either (rolled back).
         WEBHOOK_EVENTS.labels(CLICK_SOURCE, "dropped").inc()
-        _drops.note(type(exc).__name__)
+        _drops.failed(exc, expected=isinstance(exc, Overloaded))
+    else:
+        _drops.succeeded()
     raise web.HTTPFound(url)
 
 
-class _DropLog:
-    """One warning per interval while clicks are being dropped, with the count: an outage under
-    heavy traffic must not turn into a line per reader."""
-
-    def __init__(self, interval_s: float = 30.0) -> None:
-        self.interval_s = interval_s
-        self._since = 0
-        self._last = -interval_s
-
-    def note(self, reason: str) -> None:
-        self._since += 1
-        now = time.monotonic()
-        if now - self._last >= self.interval_s:
-            logger.warning("%d click(s) not recorded (%s); readers redirected anyway", self._since, reason)
-            self._since, self._last = 0, now
-
-
-_drops = _DropLog()
+# A database outage under heavy traffic must not turn into a log line per reader: one line when
+# lookups or click records start failing, a summary a minute, one line when they work again.
+_lookups = OutageLog(logger, "tracked-link lookups (readers answered 503)")
+_drops = OutageLog(logger, "click records (readers redirected, clicks not recorded)")

@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Iterator
 
 import psycopg2
+import pytest
 from prometheus_client import REGISTRY
 
 from daemon.routes_webhooks import COMMITTER
@@ -117,7 +118,7 @@ async def test_webhooks_get_503_with_retry_after_and_nothing_stored_while_the_da
 
 
 async def test_a_click_still_redirects_while_the_database_is_locked(
-        aiohttp_client, migrated_db: str) -> None:  # type: ignore[no-untyped-def]
+        aiohttp_client, migrated_db: str, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
     ada = Contact.create(email="ada@example.com")
     TrackedLink.create(token="tok-locked", url="https://example.com/offer", contact=ada.id)
     client = await aiohttp_client(build_app(settings_for(migrated_db)))
@@ -129,6 +130,12 @@ async def test_a_click_still_redirects_while_the_database_is_locked(
         # Then the reader is redirected all the same, and the click is counted as dropped
         assert response.status == 302 and response.headers["Location"] == "https://example.com/offer"
         assert dropped_clicks() == before + 1
+        # and more readers meanwhile are redirected too, with one log line for all of them
+        for _ in range(2):
+            response = await asyncio.wait_for(client.get("/t/tok-locked", allow_redirects=False), GUARD_S)
+            assert response.status == 302
+        assert dropped_clicks() == before + 3
+        assert len([r for r in caplog.records if "click records" in r.getMessage()]) == 1
     # and, once the database is back, that click was not written behind the reader's back
     await wait_until_idle(client)
     assert stored_event_ids("tracked-link") == set()
@@ -136,4 +143,6 @@ async def test_a_click_still_redirects_while_the_database_is_locked(
     response = await client.get("/t/tok-locked", allow_redirects=False)
     assert response.status == 302
     assert InboundEvent.select().where(InboundEvent.source == "tracked-link").count() == 1
-    assert dropped_clicks() == before + 1
+    assert dropped_clicks() == before + 3
+    # and the log says the click records work again
+    assert any("click records" in r.getMessage() and "recovered" in r.getMessage() for r in caplog.records)
