@@ -114,7 +114,8 @@ def _tokens_out(text: str | None) -> str | None:
 @pytest.fixture
 def delivery(migrated_db: str) -> Iterator[tuple[InProcessPipeline, RecordingProvider]]:
     provider = RecordingProvider()
-    pipeline = InProcessPipeline({"sms": provider, "email": provider})
+    # checks that would hold sends back (daily cap, quiet hours) off: every send must go out
+    pipeline = InProcessPipeline({"sms": provider, "email": provider}, DAILY_CAP="0", QUIET_HOURS="off")
     yield pipeline, provider
     pipeline.close()
 

@@ -10,17 +10,15 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import dramatiq
 import pytest
 
-from actors.broker import build_broker
 from actors.providers import OutboundMessage, ProviderResult
 from actors.providers.console import ConsoleProvider
 from daemon.errors import PermanentChannelError, ProviderRateLimited, TransientChannelError
 from daemon.metrics import SENDS
 from daemon.outbox import relay_planned_sends
 from db.models import RateLimit, Send
-from tests.conftest import make_settings
+from tests.support.pipeline import InProcessPipeline
 
 
 @dataclass
@@ -46,36 +44,12 @@ class ScriptedProvider:
         return None
 
 
-class Pipeline:
-    """An in-process broker with a running worker, over the migrated test database."""
-
-    def __init__(self, providers: dict, **env: str) -> None:
-        env = {"RATE_SMS": "unlimited", "RATE_EMAIL": "unlimited", "RETRY_MIN_BACKOFF_MS": "10",
-               "RETRY_MAX_BACKOFF_MS": "50", "MAX_RETRIES": "3", **env}
-        self.settings = make_settings(**env)
-        self.broker = build_broker(self.settings, providers=providers)
-        self.actors = {name: self.broker.get_actor(f"send_{name}") for name in self.settings.rates}
-        self.worker = dramatiq.Worker(self.broker, worker_threads=2, worker_timeout=50)
-        self.worker.start()
-
-    def relay_and_wait(self) -> int:
-        relayed = relay_planned_sends(self.settings, self.actors)
-        self.broker.join("retentiond.sms", fail_fast=False)
-        self.broker.join("retentiond.email", fail_fast=False)
-        self.worker.join()
-        return relayed
-
-    def close(self) -> None:
-        self.worker.stop()
-        self.broker.close()
-
-
 @pytest.fixture
 def pipeline(migrated_db: str) -> Iterator:
-    made: list[Pipeline] = []
+    made: list[InProcessPipeline] = []
 
-    def make(providers: dict | None = None, **env: str) -> Pipeline:
-        made.append(Pipeline(providers or {}, **env))
+    def make(providers: dict | None = None, **env: str) -> InProcessPipeline:
+        made.append(InProcessPipeline(providers or {}, **env))
         return made[-1]
 
     yield make

@@ -32,12 +32,12 @@ class RecordingProvider:
 
 
 class InProcessPipeline:
-    """The channel actors on a stub broker with a running worker. Checks that would hold sends back
-    (daily cap, quiet hours) are off unless ``env`` sets them; retries are fast."""
+    """The channel actors on a stub broker with a running worker; sms and email unthrottled,
+    retries fast. ``env`` adds or overrides settings."""
 
     def __init__(self, providers: dict[str, Provider], **env: str) -> None:
         env = {"RATE_SMS": "unlimited", "RATE_EMAIL": "unlimited", "RETRY_MIN_BACKOFF_MS": "10",
-               "RETRY_MAX_BACKOFF_MS": "50", "MAX_RETRIES": "3", "DAILY_CAP": "0", "QUIET_HOURS": "off", **env}
+               "RETRY_MAX_BACKOFF_MS": "50", "MAX_RETRIES": "3", **env}
         self.settings = make_settings(**env)
         self.broker = build_broker(self.settings, providers=providers)
         self.actors = {name: self.broker.get_actor(f"send_{name}") for name in self.settings.rates}
