@@ -84,6 +84,8 @@ class Settings:
 
     database_url: str = "sqlite:///var/retentiond.db"
     broker_url: str = "memory://"
+    # RabbitMQ queue type (actors/rabbitmq.py): "auto" = quorum when BROKER_URL lists several nodes
+    queue_type: str = "auto"
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     public_url: str = "http://127.0.0.1:8080"
@@ -186,6 +188,7 @@ def _redact_one(url: str) -> str:
 _SCALARS: dict[str, tuple[str, type]] = {
     "DATABASE_URL": ("database_url", str),
     "BROKER_URL": ("broker_url", str),
+    "QUEUE_TYPE": ("queue_type", str),
     "HTTP_HOST": ("http_host", str),
     "HTTP_PORT": ("http_port", int),
     "PUBLIC_URL": ("public_url", str),
@@ -402,13 +405,15 @@ def _validate(s: Settings) -> None:
                           "expected sqlite:///path/to.db or postgresql://user@host:port/db")
     if db.scheme == "sqlite" and not (db.path or db.netloc):
         raise ConfigError(f"{PREFIX}DATABASE_URL", "a sqlite URL needs a file path: sqlite:///var/retentiond.db")
-    if db.scheme != "sqlite" and not db.path.strip("/"):
-        raise ConfigError(f"{PREFIX}DATABASE_URL", "a postgresql URL needs a database name")
-    try:
-        if db.scheme != "sqlite":
-            _ = db.port
-    except ValueError:
-        raise ConfigError(f"{PREFIX}DATABASE_URL", "the port is not a number") from None
+    if db.scheme != "sqlite":
+        # libpq's own parser (the one that connects) reads it: several hosts and ports
+        # (postgresql://u:p@db1:5432,db2:5433/app), query parameters; the message never quotes the URL.
+        from db.database import postgres_params  # imported here: only validation needs the driver
+
+        try:
+            postgres_params(s.database_url)
+        except ValueError as exc:
+            raise ConfigError(f"{PREFIX}DATABASE_URL", str(exc)) from None
     # Several RabbitMQ URLs may be given, separated by ';' (tried in order): check each.
     brokers = s.broker_url.split(";")
     for url in brokers:
@@ -420,6 +425,9 @@ def _validate(s: Settings) -> None:
         if broker.scheme not in ("amqp", "amqps") and not (broker.scheme == "memory" and len(brokers) == 1):
             raise ConfigError(f"{PREFIX}BROKER_URL", "expected amqp://user:pass@host:5672/vhost (several: "
                                                      "separated by ';') or memory://")
+    if s.queue_type.lower() not in ("auto", "classic", "quorum"):
+        raise ConfigError(f"{PREFIX}QUEUE_TYPE", "expected 'auto' (quorum when BROKER_URL lists several nodes), "
+                                                 "'classic' or 'quorum'")
     if not 0 < s.http_port < 65536:
         raise ConfigError(f"{PREFIX}HTTP_PORT", "must be between 1 and 65535")
     public = urlsplit(s.public_url)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import peewee
+import psycopg2
 from playhouse.pool import PooledPostgresqlDatabase
 
 database = peewee.DatabaseProxy()
@@ -54,21 +55,57 @@ def open_database(url: str, *, pool_size: int = 3, timeout_s: float = 10.0) -> p
             },
         )
     if parts.scheme in ("postgresql", "postgres"):
-        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        params = postgres_params(url)
+        dbname = params.pop("dbname")
+        params.setdefault("application_name", "retentiond")
+        params.setdefault("connect_timeout", str(max(1, int(timeout_s))))  # per host when several
         return PooledPostgresqlDatabase(
-            unquote(parts.path.lstrip("/")),
-            user=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            host=parts.hostname,
-            port=parts.port,
+            dbname,
             max_connections=pool_size,
             stale_timeout=300,
             timeout=timeout_s,  # wait this long for a free pooled connection
-            connect_timeout=max(1, int(timeout_s)),
-            application_name=options.pop("application_name", "retentiond"),
-            **options,
+            **params,
         )
     raise ValueError(f"unsupported database URL scheme {parts.scheme!r}")
+
+
+# libpq's values (PostgreSQL 14+); libpq itself only checks them when it connects.
+SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+
+
+def postgres_params(url: str) -> dict[str, str]:
+    """libpq's own reading of a ``postgresql://`` URL (``PQconninfoParse``): user, password, dbname,
+    ``host`` and ``port`` as libpq's comma-separated lists when the URL names several hosts
+    (``postgresql://u:p@db1:5432,db2:5433/app``), and every query parameter.
+
+    With several hosts and no ``target_session_attrs``, ``read-write`` is added: libpq then skips a
+    standby (or any server that says ``transaction_read_only = on``) and a failed-over primary
+    that came back as a standby, instead of connecting to the first host that answers.
+    Raises ValueError with a message that never quotes the URL (it may carry a password).
+    """
+    try:
+        params: dict[str, str] = dict(psycopg2.extensions.parse_dsn(url))
+    except psycopg2.ProgrammingError as exc:
+        reason = str(exc).strip().splitlines()[0].removeprefix("invalid dsn: ") if str(exc).strip() else ""
+        password = urlsplit(url).password if "@" in url else None
+        if not reason or "://" in reason or (password and password in reason):
+            reason = "libpq cannot read it"
+        raise ValueError(reason) from None
+    if not params.get("dbname"):
+        raise ValueError("a postgresql URL needs a database name")
+    hosts = params.get("host", "").split(",")
+    ports = params["port"].split(",") if "port" in params else []
+    if len(ports) > 1 and len(ports) != len(hosts):
+        raise ValueError(f"{len(ports)} port(s) for {len(hosts)} host(s): give one port for each host, or one for all")
+    for port in ports:
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError("a port is not a number between 1 and 65535")
+    attrs = params.get("target_session_attrs")
+    if attrs is not None and attrs not in SESSION_ATTRS:
+        raise ValueError(f"target_session_attrs must be one of {', '.join(SESSION_ATTRS)}")
+    if attrs is None and len(hosts) > 1:
+        params["target_session_attrs"] = "read-write"
+    return params
 
 
 def init_database(url: str, *, pool_size: int = 3, timeout_s: float = 10.0) -> peewee.Database:

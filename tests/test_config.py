@@ -247,3 +247,33 @@ def test_cli_refuses_a_short_admin_token_with_one_line_and_exit_2(tmp_path: Path
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("retentiond: error: RETENTIOND_ADMIN_TOKEN:")
     assert "s3cret" not in result.stderr
+
+
+# -- several PostgreSQL hosts (libpq multi-host URLs) ---------------------------------------------
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://app:pw@db1:5432,db2:5433/retentiond?target_session_attrs=read-write",
+    "postgresql://app@db1,db2,db3/retentiond",  # the default port on each
+    "postgresql://app@db1:5432,[::1]:5433/retentiond",
+    "postgres://app@db1:6432,db2/retentiond?target_session_attrs=any&sslmode=prefer",
+])
+def test_a_url_listing_several_postgresql_hosts_is_accepted(url: str) -> None:
+    assert settings(DATABASE_URL=url).database_url == url
+
+
+@pytest.mark.parametrize("url, said", [
+    ("postgresql://app:pg-secret@db1:5432,db2:nope/retentiond", "port"),
+    ("postgresql://app:pg-secret@db1:5432,db2:70000/retentiond", "port"),
+    ("postgresql://app:pg-secret@db1,db2,db3/retentiond?port=5432,5433", "port"),  # 2 ports for 3 hosts
+    ("postgresql://app:pg-secret@db1,db2/retentiond?target_session_attrs=writable", "target_session_attrs"),
+    ("postgresql://app:pg-secret@db1,db2/retentiond?no_such_option=1", "no_such_option"),
+    ("postgresql://app:pg-secret@db1,db2/", "database name"),
+])
+def test_a_bad_multi_host_url_names_the_setting_and_the_fault_without_the_password(url: str, said: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings(DATABASE_URL=url)
+    message = str(caught.value)
+    assert message.startswith("RETENTIOND_DATABASE_URL:") and "\n" not in message
+    assert said in message
+    assert "pg-secret" not in message

@@ -1,0 +1,212 @@
+"""Several PostgreSQL hosts in ``DATABASE_URL`` (libpq multi-host), and a daemon that outlives a
+PostgreSQL restart or failover: real servers, a second cluster of the test's own, a TCP proxy the
+test controls to cut every connection."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from db.database import close_database, init_database, open_database
+from db.migrate import migrate
+from db.models import Contact, InboundEvent
+from tests.support.daemon import DaemonProcess, base_env, cli, free_port
+from tests.support.pg_cluster import PgCluster, pg_cluster
+from tests.support.services import POSTGRES
+from tests.support.tcp_proxy import TcpProxy
+from tests.test_daemon import console_keys, plan_sends, status_counts, wait_until
+from tests.test_ingress_daemon import fire
+from tests.test_webhooks import STANDARD_SECRET
+
+REAL = f"{POSTGRES[0]}:{POSTGRES[1]}"
+OUTAGE_S = 6.0  # the stimulus, not a synchronisation
+# What a dead pooled connection says when it is used again (psycopg2 through peewee)
+CONNECTION_ERRORS = re.compile(r"connection already closed|server closed the connection|InterfaceError|"
+                               r"OperationalError|could not connect|Connection refused")
+
+
+def dbname_of(pg_url: str) -> str:
+    return pg_url.rsplit("/", 1)[1]
+
+
+def multi_host(pg_url: str, *host_ports: str, query: str = "") -> str:
+    return f"postgresql://postgres@{','.join(host_ports)}/{dbname_of(pg_url)}{query}"
+
+
+def tables_on(host: str, port: int, dbname: str, **options: str) -> set[str]:
+    connection = psycopg2.connect(host=host, port=port, user="postgres", dbname=dbname, **options)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            return {name for (name,) in cursor.fetchall()}
+    finally:
+        connection.close()
+
+
+# -- the URL -----------------------------------------------------------------------------------------
+
+
+def test_several_hosts_reach_libpq_as_its_lists_with_read_write_by_default() -> None:
+    engine = open_database("postgresql://app:s%40cret@db1:5432,db2:5433/retentiond?sslmode=prefer")
+    params = engine.connect_params
+    assert engine.database == "retentiond"
+    assert (params["host"], params["port"]) == ("db1,db2", "5432,5433")
+    assert params["target_session_attrs"] == "read-write"  # said in the README: the default with several hosts
+    assert (params["user"], params["password"], params["sslmode"]) == ("app", "s@cret", "prefer")
+    # an explicit choice is kept, and one host gets no default at all
+    assert open_database("postgresql://db1,db2/r?target_session_attrs=any").connect_params[
+        "target_session_attrs"] == "any"
+    assert "target_session_attrs" not in open_database("postgresql://db1:5432/r").connect_params
+
+
+# -- a first host that is down ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_first_host_that_is_down_is_skipped_by_migrate_and_by_the_daemon(
+        pg_url: str, amqp_url: str, tmp_path: Path, daemons: list) -> None:
+    # Given a URL whose first host refuses connections (a closed port) and whose second is the server
+    url = multi_host(pg_url, f"127.0.0.1:{free_port()}", REAL)
+    env = base_env(DATABASE_URL=url, BROKER_URL=amqp_url, RATE_SMS="unlimited", DB_TIMEOUT_S="2",
+                   SOURCE_APP_SECRET=STANDARD_SECRET)
+    # When the operator migrates and runs the daemon
+    migrated = cli("migrate", env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    init_database(pg_url)
+    try:
+        assert "send" in tables_on(POSTGRES[0], POSTGRES[1], dbname_of(pg_url))
+        daemon = DaemonProcess(env, tmp_path, "--processes", "1")
+        daemons.append(daemon.start())
+        daemon.wait_for("/health/ready", 200, 10)
+        # Then sends go out and webhooks are taken and processed
+        plan_sends(5)
+        assert set(asyncio.run(fire(daemon.port, 5, 5, "mh")).values()) == {202}
+        wait_until(lambda: status_counts()["sent"] == 5, 30, "5 sends sent")
+        wait_until(lambda: InboundEvent.select().where(InboundEvent.status == "processed").count() == 5, 30,
+                   "5 processed events")
+        assert console_keys(daemon) == Counter({f"s{i}": 1 for i in range(5)})
+        assert daemon.stop() == 0
+    finally:
+        close_database()
+
+
+# -- a read-only server listed first ----------------------------------------------------------------
+
+
+@pytest.fixture
+def read_only_cluster() -> Iterator[PgCluster]:
+    with pg_cluster(read_only=True) as cluster:
+        yield cluster
+
+
+@pytest.mark.slow
+def test_read_write_skips_a_read_only_server_listed_first(pg_url: str, read_only_cluster: PgCluster) -> None:
+    # Given a read-only server (a standby, as libpq sees it) with the same database, listed first
+    name = dbname_of(pg_url)
+    read_only_cluster.create_database(name)
+    hosts = (read_only_cluster.host_port(), REAL)
+    # Without read-write, libpq takes the first server that answers, and the migration cannot write
+    refused = cli("migrate", env=base_env(DATABASE_URL=multi_host(pg_url, *hosts, query="?target_session_attrs=any"),
+                                          DB_TIMEOUT_S="2"))
+    assert refused.returncode != 0
+    # When the URL lists both, with target_session_attrs=read-write or with none (the default)
+    for query in ("?target_session_attrs=read-write", ""):
+        migrated = cli("migrate", env=base_env(DATABASE_URL=multi_host(pg_url, *hosts, query=query),
+                                               DB_TIMEOUT_S="2"))
+        assert migrated.returncode == 0, migrated.stderr
+    init_database(multi_host(pg_url, *hosts))
+    try:
+        Contact.create(external_id="written-here")
+    finally:
+        close_database()
+    # Then every write went to the read-write server, none to the read-only one
+    assert "send" in tables_on(POSTGRES[0], POSTGRES[1], name)
+    assert tables_on(read_only_cluster.host, read_only_cluster.port, name) == set()
+    connection = psycopg2.connect(host=POSTGRES[0], port=POSTGRES[1], user="postgres", dbname=name)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM contact WHERE external_id = 'written-here'")
+            assert cursor.fetchone() == (1,)
+    finally:
+        connection.close()
+
+
+# -- a restart or a failover under a running daemon --------------------------------------------------
+
+
+def outage_subjects(text: str) -> Counter:
+    """How often each of our loops said it started failing (OutageLog's first line)."""
+    return Counter(m.group(1) for m in re.finditer(r"\] (?:\S+: )?(.+?) failed: .*\(logged once until", text))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["restart", "failover"])
+def test_sends_and_webhooks_work_again_after_postgresql_returns_without_a_restart(
+        fault: str, pg_url: str, amqp_url: str, tmp_path: Path, daemons: list) -> None:
+    init_database(pg_url)
+    migrate()
+    primary, standby = TcpProxy(POSTGRES), TcpProxy(POSTGRES)
+    try:
+        # Given a daemon whose pooled connections all go through a proxy the test controls
+        # ("failover": the URL also lists a second host, the server the first one fails over to)
+        hosts = [primary.url_host_port()] + ([standby.url_host_port()] if fault == "failover" else [])
+        env = base_env(DATABASE_URL=multi_host(pg_url, *hosts), BROKER_URL=amqp_url, RATE_SMS="unlimited",
+                       DB_TIMEOUT_S="2", SOURCE_APP_SECRET=STANDARD_SECRET)
+        daemon = DaemonProcess(env, tmp_path, "--processes", "1")
+        daemons.append(daemon.start())
+        daemon.wait_for("/health/ready", 200, 10)
+        # ...that has used its pool everywhere: sends, webhooks, their processing
+        plan_sends(5, prefix="before-")
+        assert set(asyncio.run(fire(daemon.port, 6, 6, "before")).values()) == {202}
+        wait_until(lambda: status_counts()["sent"] == 5, 30, "the sends before the outage")
+        wait_until(lambda: InboundEvent.select().where(InboundEvent.status == "processed").count() == 6, 30,
+                   "the events before the outage")
+        before = len(daemon.stderr())
+
+        # When every connection to the first host dies (a restart: it comes back after a while;
+        # a failover: it never does, and the second host takes over)
+        primary.cut()
+        if fault == "restart":
+            daemon.wait_for("/health/ready", 503, 15)
+            ends = time.monotonic() + OUTAGE_S
+            while time.monotonic() < ends:
+                asyncio.run(fire(daemon.port, 2, 2, f"during{int(ends - time.monotonic())}"))
+                time.sleep(0.5)
+            primary.restore()
+        daemon.wait_for("/health/ready", 200, 30)
+        during = daemon.stderr()[before:]
+        wait_until(lambda: "recovered after" in daemon.stderr()[before:] or fault == "failover", 30,
+                   "the recovery line")
+        after_recovery = len(daemon.stderr())
+
+        # Then, with no restart, webhooks are taken and processed and sends go out...
+        answers = asyncio.run(fire(daemon.port, 12, 6, "after"))
+        assert set(answers.values()) == {202}, Counter(answers.values())
+        plan_sends(8, prefix="after-")
+        wait_until(lambda: status_counts()["sent"] == 13, 30, "the sends after the outage")
+        wait_until(lambda: InboundEvent.select().where(InboundEvent.event_id.startswith("after"),
+                                                       InboundEvent.status == "processed").count() == 12, 30,
+                   "the events after the outage")
+        assert console_keys(daemon) == Counter({f"{p}{i}": 1 for p, n in (("before-", 5), ("after-", 8))
+                                                for i in range(n)})
+        # ...no connection error surfaces once the database is back (a dead pooled connection
+        # handed out again would say "connection already closed")...
+        after = daemon.stderr()[after_recovery:]
+        assert not CONNECTION_ERRORS.search(after), after[-3000:]
+        assert "Traceback" not in after, after[-3000:]
+        # ...and the outage was told once per failing part, in a few lines
+        lines = [line for line in during.splitlines() if line.strip()]
+        assert len(lines) <= 15, f"{len(lines)} lines for one outage:\n{during[-5000:]}"
+        assert all(n == 1 for n in outage_subjects(during).values()), outage_subjects(during)
+        assert daemon.stop() == 0
+    finally:
+        primary.close()
+        standby.close()
+        close_database()
