@@ -120,6 +120,9 @@ class Send(BaseModel):
     created_at = peewee.DateTimeField(default=utcnow)
     queued_at = peewee.DateTimeField(null=True)
     claimed_at = peewee.DateTimeField(null=True)
+    # the worker process holding a 'sending' claim (WorkerHeartbeat.instance): the reconciler
+    # re-offers the send only once that worker stopped beating
+    claimed_by = peewee.CharField(max_length=100, null=True)
     finished_at = peewee.DateTimeField(null=True)
 
     class Meta:
@@ -173,6 +176,14 @@ class Lease(BaseModel):
     expires_at = peewee.DateTimeField(null=True)
     acquired_at = peewee.DateTimeField(null=True)
     renewed_at = peewee.DateTimeField(null=True)
+
+
+class WorkerHeartbeat(BaseModel):
+    """A worker process that may hold claims, and when it last said it was alive (engine/workers.py)."""
+
+    instance = peewee.CharField(max_length=100, primary_key=True)  # host:pid:random, see engine/workers.py
+    started_at = peewee.DateTimeField(default=utcnow)
+    beat_at = peewee.DateTimeField(default=utcnow)
 
 
 class JobRun(BaseModel):
@@ -285,5 +296,5 @@ class Attribution(BaseModel):
 
 ALL_MODELS: list[type[BaseModel]] = [
     Contact, Campaign, CampaignStep, Enrolment, Send, InboundEvent, Suppression,
-    Lease, JobRun, OpsAlert, RateLimit, TrackedLink, UnsubscribeToken, Decision, Attribution,
+    Lease, WorkerHeartbeat, JobRun, OpsAlert, RateLimit, TrackedLink, UnsubscribeToken, Decision, Attribution,
 ]
