@@ -23,6 +23,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import peewee
+
 from daemon.config import Settings
 from daemon.metrics import EVENTS_PROCESSED
 from db.bulk import insert_many
@@ -108,6 +110,8 @@ def _process_run(settings: Settings, kind: str, run: Run) -> Counter:
             bulk_update("inbound_event", ("status", "processed_at", "contact_id", "error"), updates,
                         casts={"processed_at": "timestamp", "contact_id": "integer"}, guard=("status", "pending"))
         return Counter(processed=len(run))
+    except _DATABASE_AWAY:
+        raise
     except Exception:
         logger.warning("a run of %d %s events failed set-based; applying them one at a time", len(run), kind,
                        exc_info=True)
@@ -158,6 +162,12 @@ def _apply_deliveries(run: Run, now: Any) -> list[EventUpdate]:
     return updates
 
 
+# The database failed, not the event (connection lost or refused, "database is locked"): the
+# batch's transaction is gone, so nothing can be marked; the actor's retry (and the scheduler's
+# next wake) takes the still-pending events again, instead of a traceback per event.
+_DATABASE_AWAY = (peewee.OperationalError, peewee.InterfaceError)
+
+
 # Event kinds applied set-based: how, and the data field that identifies what they concern.
 _SET_BASED = {"click": (_apply_clicks, "token"), "delivery": (_apply_deliveries, "provider_message_id")}
 
@@ -173,6 +183,8 @@ def _process_one(settings: Settings, event: InboundEvent) -> str:
                                  error="; ".join(notes)[:2000] or None)
              .where(InboundEvent.id == event.id).execute())
         return "processed"
+    except _DATABASE_AWAY:
+        raise
     except Exception as exc:  # one bad event must not stop the others
         logger.exception("inbound event %d from %s failed", event.id, event.source)
         (InboundEvent.update(status="failed", processed_at=utcnow(), error=f"{type(exc).__name__}: {exc}"[:2000])
