@@ -51,6 +51,12 @@ def mask_bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
 
 
 class MaskPersonalData(logging.Filter):
+    """Masks a record's message, traceback and stack for any formatter on the handler.
+
+    Formatters do not all read the masked ``exc_text``: python-json-logger formats ``exc_info``
+    again itself, so the formatters set up here mask what they format too (_MaskingFormatter).
+    """
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         masked = mask_bounded(message)
@@ -59,7 +65,19 @@ class MaskPersonalData(logging.Filter):
         if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
             record.exc_text = mask_bounded(logging.Formatter().formatException(record.exc_info),
                                            MAX_TRACEBACK_CHARS)
+        if record.stack_info:  # its source lines may quote anything, an address literal included
+            record.stack_info = mask_bounded(record.stack_info, MAX_TRACEBACK_CHARS)
         return True
+
+
+class _MaskingFormatter(logging.Formatter):
+    """A formatter whose tracebacks and stacks are masked and bounded, whoever calls it."""
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802
+        return mask_bounded(super().formatException(ei), MAX_TRACEBACK_CHARS)
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+        return mask_bounded(super().formatStack(stack_info), MAX_TRACEBACK_CHARS)
 
 
 class BadRequestsWithoutBytes(logging.Filter):
@@ -82,7 +100,7 @@ class BadRequestsWithoutBytes(logging.Filter):
         return True
 
 
-class UtcJsonFormatter(JsonFormatter):
+class UtcJsonFormatter(_MaskingFormatter, JsonFormatter):
     """JSON lines whose time is RFC 3339 in UTC (``2026-01-31T06:13:00.123Z``)."""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
@@ -90,7 +108,7 @@ class UtcJsonFormatter(JsonFormatter):
                 .replace("+00:00", "Z"))
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(_MaskingFormatter):
     """Plain lines, with a send's context (``send_id=12 channel=sms``) after the message."""
 
     def __init__(self) -> None:
@@ -139,12 +157,24 @@ def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
 # What Sentry may keep of a request: never headers (tokens, signatures, cookies), the body, the
 # query string (the ``token`` scheme's secret can be there) or cookies.
 _REQUEST_KEPT = ("method", "url")
+# /u/<token> (unsubscribe) and /t/<token> (tracked link): the path segment is a capability, as
+# good as a password for that contact's subscription or link: it never leaves the server.
+_CAPABILITY_PATH = re.compile(r"(/[ut]/)[^/?#\s\"']+")
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with every ``/u/<token>`` and ``/t/<token>`` path made ``/u/[token]``."""
+    return _CAPABILITY_PATH.sub(r"\1[token]", text)
+
+
+def _scrub_text(text: str) -> str:
+    return scrub_paths(mask_bounded(text))
 
 
 def _scrub_event(event: Any, hint: dict[str, Any]) -> Any:
     for entry in event.get("exception", {}).get("values", []):
         if isinstance(entry.get("value"), str):
-            entry["value"] = mask_bounded(entry["value"])
+            entry["value"] = _scrub_text(entry["value"])
         for frame in (entry.get("stacktrace") or {}).get("frames", []):
             frame.pop("vars", None)  # also off by option; a second guard costs nothing
     for thread in event.get("threads", {}).get("values", []):
@@ -154,15 +184,17 @@ def _scrub_event(event: Any, hint: dict[str, Any]) -> Any:
     if isinstance(logentry, dict):
         for key in ("message", "formatted"):
             if isinstance(logentry.get(key), str):
-                logentry[key] = mask_bounded(logentry[key])
+                logentry[key] = _scrub_text(logentry[key])
         logentry.pop("params", None)  # unmasked arguments; the formatted message is masked
     if isinstance(event.get("request"), dict):
         event["request"] = {k: v for k, v in event["request"].items() if k in _REQUEST_KEPT}
         if isinstance(event["request"].get("url"), str):
-            event["request"]["url"] = event["request"]["url"].split("?", 1)[0]
+            event["request"]["url"] = scrub_paths(event["request"]["url"].split("?", 1)[0])
+    if isinstance(event.get("transaction"), str):  # the route's name, or its path by another style
+        event["transaction"] = scrub_paths(event["transaction"])
     for crumb in event.get("breadcrumbs", {}).get("values", []):
         if isinstance(crumb.get("message"), str):
-            crumb["message"] = mask_bounded(crumb["message"])
+            crumb["message"] = _scrub_text(crumb["message"])
         crumb.pop("data", None)
     event.pop("extra", None)  # sys.argv and logging extras: nothing an error report needs
     return event

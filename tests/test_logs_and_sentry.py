@@ -246,3 +246,83 @@ async def test_a_500_sends_sentry_no_token(aiohttp_client, sentry_events: list[d
     sent = json.dumps(sentry_events)
     assert "the handler broke" in sent
     assert ADMIN_SECRET not in sent and WEBHOOK_SECRET not in sent
+
+
+# -- tracebacks and stacks are masked in both formats (JSON formats exc_info on its own) ----------
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_traceback_in_the_log_never_carries_an_address(fmt: str, capfd: pytest.CaptureFixture[str]) -> None:
+    from daemon.logging_setup import setup_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    setup_logging("INFO", fmt)
+    try:
+        # Given an error whose message (and so its traceback) holds an address and a phone number
+        try:
+            raise ValueError("refused john.doe@example.com phone +12015550123")
+        except ValueError:
+            # When it is logged with its traceback, and another line with the stack
+            logging.getLogger("test.tracebacks").exception("provider refused")
+        def deep(address: str) -> None:
+            logging.getLogger("test.tracebacks").warning("stack", stack_info=True)
+
+        deep("jane.roe@example.com")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    err = capfd.readouterr().err
+    # Then the traceback is there, masked
+    assert "Traceback" in err and "ValueError: refused j***@example.com phone +120******23" in err
+    assert "john.doe@example.com" not in err and "+12015550123" not in err
+    if fmt == "json":
+        records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        assert any("j***@example.com" in r.get("exc_info", "") for r in records)
+        assert all("stack_info" in r for r in records[1:])
+
+
+def test_a_stack_in_the_log_never_carries_an_address(capfd: pytest.CaptureFixture[str]) -> None:
+    from daemon.logging_setup import setup_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    for fmt in ("json", "text"):
+        setup_logging("INFO", fmt)
+        try:
+            # A stack's source lines may quote a literal address: the one on the next line does
+            logging.getLogger("test.stacks").warning("here", stack_info=True); _ = "ada@example.com"  # noqa: E702
+        finally:
+            root.handlers[:] = saved[0]
+            root.setLevel(saved[1])
+    err = capfd.readouterr().err
+    # Then both lines carry the stack, with the address masked
+    assert err.count("test_a_stack_in_the_log") == 2
+    assert "ada@example.com" not in err and err.count("a***@example.com") == 2
+
+
+# -- Sentry: capability tokens in paths ----------------------------------------------------------
+
+
+async def test_sentry_gets_no_unsubscribe_or_link_token(aiohttp_client,  # type: ignore[no-untyped-def]
+                                                        sentry_events: list[dict]) -> None:
+    from aiohttp import web
+
+    # Given the public paths whose last segment is a capability (unsubscribe, tracked link)
+    async def explode(request: web.Request) -> web.Response:
+        raise RuntimeError("the handler broke")
+
+    app = web.Application()
+    app.router.add_get("/u/{token}", explode)
+    app.router.add_get("/t/{token}", explode)
+    client = await aiohttp_client(app)
+    unsubscribe_token, link_token = "U" * 24 + "-unsub", "T" * 24 + "-link"
+    # When their handlers fail and Sentry reports it
+    assert (await client.get(f"/u/{unsubscribe_token}")).status == 500
+    assert (await client.get(f"/t/{link_token}?utm=x")).status == 500
+    sentry_sdk.flush()
+    # Then the reports arrived, and neither capability is in them
+    assert len([e for e in sentry_events if e.get("exception")]) == 2
+    sent = json.dumps(sentry_events)
+    assert unsubscribe_token not in sent and link_token not in sent
+    assert "/u/[token]" in sent and "/t/[token]" in sent
