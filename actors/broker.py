@@ -6,7 +6,6 @@ import threading
 from collections.abc import Mapping
 
 import dramatiq
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import (
     AgeLimit,
@@ -21,6 +20,7 @@ from dramatiq.middleware import (
 from actors.events import declare_event_actor
 from actors.middleware import DeadLetterSends, StopFlag
 from actors.providers import Provider
+from actors.rabbitmq import rabbitmq_broker
 from actors.registry import declare_channel_actors
 from daemon.config import Settings
 
@@ -49,7 +49,8 @@ def build_broker(settings: Settings, providers: Mapping[str, Provider] | None = 
     else:
         # Publisher confirms: an enqueue returns once RabbitMQ has the message (and Dramatiq can
         # re-declare a queue an operator deleted). Messages carry batches, so the cost is small.
-        broker = RabbitmqBroker(url=settings.broker_url, middleware=middleware, confirm_delivery=True)
+        # Classic or quorum queues (replicated over a cluster): actors/rabbitmq.py.
+        broker = rabbitmq_broker(settings, middleware, confirm_delivery=True)
     declare_channel_actors(broker, settings, stopping, providers)
     declare_event_actor(broker, settings, stopping)
     dramatiq.set_broker(broker)

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from actors.broker import build_broker
 from actors.events import ACTOR_NAME as EVENT_ACTOR
+from actors.rabbitmq import check_queues
 from daemon import metrics
 from daemon.config import PREFIX, Settings, redact_url
 from daemon.errors import ConfigError
@@ -77,6 +78,8 @@ class Daemon:
 
         metrics.initialise_labels(self.settings.sources)
         self.broker = build_broker(self.settings)
+        # A queue of another type than the one asked for (classic vs quorum) stops the start: exit 2.
+        check_queues(self.broker)
         self.actors = {name: self.broker.get_actor(f"send_{name}") for name in self.settings.rates}
         self.scheduler = Scheduler(self.settings, self.actors, self.broker.get_actor(EVENT_ACTOR), self.instance_id)
 
