@@ -11,6 +11,7 @@ import base64
 import binascii
 import datetime as dt
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -64,6 +65,8 @@ class Rate:
         if not match:
             raise ConfigError(setting, f"expected a rate such as '10/s', '300/m' or 'unlimited', got {text!r}")
         count, multiple, unit = float(match[1]), int(match[2] or 1), match[3]
+        if not math.isfinite(count) or multiple > 1_000_000:  # 400 digits read as infinity
+            raise ConfigError(setting, "too large a number: use 'unlimited' to lift the limit")
         if count <= 0 or multiple <= 0:
             raise ConfigError(setting, "a rate must be positive (use 'unlimited' to lift the limit)")
         return cls(count, multiple * _PERIODS_S[unit])
@@ -365,9 +368,26 @@ def _convert(setting: str, text: str, kind: type) -> Any:
     if kind is Secret:
         return Secret(text)
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
-        raise ConfigError(setting, f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        raise ConfigError(setting, f"expected {'an integer' if kind is int else 'a number'}, got {_quote(text)}") from None
+    if kind is float:
+        # float() reads "nan", "inf" and "1e999" (and TOML has nan and inf): no timer can use them
+        # (a NaN compares false with everything, int(inf) raises OverflowError mid-shutdown).
+        if not math.isfinite(value):
+            raise ConfigError(setting, f"expected a finite number, got {_quote(text)}")
+        # Every number setting is a duration in seconds; past a year, timedelta, sleep and thread
+        # waits overflow (1e12 s) long before anyone could mean it.
+        if abs(value) > MAX_SECONDS:
+            raise ConfigError(setting, f"at most {MAX_SECONDS:.0f} (a year, in seconds), got {_quote(text)}")
+    return value
+
+
+MAX_SECONDS = 366 * 86400.0
+
+
+def _quote(text: str) -> str:
+    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
 
 
 def _channel(setting: str, name: str) -> str:
@@ -439,6 +459,11 @@ def _validate(s: Settings) -> None:
     for name in ("shutdown_timeout_s", "scheduler_interval_s", "db_timeout_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{PREFIX}{name.upper()}", "must be positive")
+    # SQLite's busy_timeout is a 32-bit count of milliseconds; a tick or a stop waiting longer than
+    # an hour is a typo for minutes or milliseconds, never a plan.
+    for name in ("scheduler_interval_s", "db_timeout_s", "shutdown_timeout_s"):
+        if getattr(s, name) > 3600:
+            raise ConfigError(f"{PREFIX}{name.upper()}", "at most 3600 (an hour, in seconds)")
     if s.daily_cap < 0:
         raise ConfigError(f"{PREFIX}DAILY_CAP", "must be >= 0 (0 turns the cap off)")
     if s.cooldown_s < 0:

@@ -277,3 +277,62 @@ def test_a_bad_multi_host_url_names_the_setting_and_the_fault_without_the_passwo
     assert message.startswith("RETENTIOND_DATABASE_URL:") and "\n" not in message
     assert said in message
     assert "pg-secret" not in message
+
+
+# -- numbers that are not numbers: NaN and infinity (issue 10, follow-up defect 7) ---------------
+
+def _float_settings() -> list[str]:
+    from daemon.config import _SCALARS
+
+    return sorted(name for name, (_, kind) in _SCALARS.items() if kind is float)
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "infinity", "1e999"])
+@pytest.mark.parametrize("name", _float_settings())
+def test_every_number_setting_must_be_finite(name: str, value: str) -> None:
+    # Given a number setting that Python's float() reads but no timer can use
+    with pytest.raises(ConfigError) as caught:
+        settings(**{name: value})
+    # Then it is refused at start, naming the variable
+    assert str(caught.value).startswith(f"RETENTIOND_{name}:")
+    assert "finite" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", _float_settings())
+def test_every_number_setting_has_a_ceiling(name: str) -> None:
+    # 1e12 seconds: finite, but past what a timedelta, a sleep or a thread wait can take
+    with pytest.raises(ConfigError) as caught:
+        settings(**{name: "1e12"})
+    assert str(caught.value).startswith(f"RETENTIOND_{name}:")
+
+
+@pytest.mark.parametrize(("name", "value"), [("DB_TIMEOUT_S", "86400"), ("SCHEDULER_INTERVAL_S", "86400"),
+                                             ("SHUTDOWN_TIMEOUT_S", "1e7")])
+def test_timers_that_break_when_huge_are_bounded_tighter(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings(**{name: value})
+    assert str(caught.value).startswith(f"RETENTIOND_{name}:")
+
+
+def test_a_rate_too_large_for_a_number_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings(RATE_SMS="9" * 400 + "/s")
+    assert str(caught.value).startswith("RETENTIOND_RATE_SMS:")
+
+
+def test_nan_in_a_toml_file_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("scheduler_interval_s = nan\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={}, config_file=str(config))
+    assert str(caught.value).startswith("RETENTIOND_SCHEDULER_INTERVAL_S:")
+
+
+@pytest.mark.parametrize(("command", "env"), [("migrate", {"DB_TIMEOUT_S": "nan"}),
+                                              ("run", {"SHUTDOWN_TIMEOUT_S": "inf"}),
+                                              ("run", {"SCHEDULER_INTERVAL_S": "nan"})])
+def test_cli_refuses_a_number_that_is_not_finite(command: str, env: dict[str, str], tmp_path: Path) -> None:
+    result = cli(command, env=base_env(DATABASE_URL=f"sqlite:///{tmp_path / 'r.db'}", **env), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"retentiond: error: RETENTIOND_{next(iter(env))}:"), result.stderr
