@@ -44,8 +44,10 @@ OPENAPI: dict[str, Any] = {
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/api/v1/") and request.path != "/api/v1/openapi.json":
         expected = request.app[SETTINGS].admin_token
-        given = request.headers.get("Authorization", "")
-        if not expected or not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+        # surrogateescape: undecodable header bytes come as lone surrogates; compared as the bytes
+        # they were (never equal to the token), not a UnicodeEncodeError and a 500
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if not expected or not hmac.compare_digest(given, f"Bearer {expected}".encode()):
             raise web.HTTPUnauthorized(text='{"error": "missing or bad bearer token"}', content_type="application/json",
                                        headers={"WWW-Authenticate": "Bearer"})
     return await handler(request)

@@ -10,6 +10,11 @@ exists. Every failure is one ``InvalidSignature`` (-> 401); comparisons are cons
   so it holds behind a proxy) and the form parameters — the ``twilio`` package's RequestValidator.
 * ``calcom``: ``X-Cal-Signature-256``, hex HMAC-SHA256 of the body.
 * ``token``: a shared secret in ``X-Webhook-Token`` or the ``token`` query parameter.
+
+Signature headers are ASCII in every scheme (hex, base64, decimal timestamps): a value that is not
+(aiohttp hands undecodable bytes on as lone surrogates) is refused before any library sees it, since
+the libraries' comparisons raise on such text (``hmac.compare_digest`` refuses non-ASCII ``str``)
+and an unauthenticated request must get a 401, never a 500.
 """
 
 from __future__ import annotations
@@ -41,13 +46,19 @@ def verify(source: Source, request: WebhookRequest, public_url: str, tolerance_s
     if not secret:
         raise InvalidSignature("no secret configured")
     check = _SCHEMES[source.scheme]
-    check(secret, request, public_url, tolerance_s)
+    try:
+        check(secret, request, public_url, tolerance_s)
+    except (TypeError, ValueError, UnicodeError) as exc:
+        # Fail closed: input a library could not even compare is not a valid signature.
+        raise InvalidSignature(type(exc).__name__) from None
 
 
 def _standard(secret: str, request: WebhookRequest, public_url: str, tolerance_s: int) -> None:
     from standardwebhooks.webhooks import WebhookVerificationError
 
-    headers = {name: request.headers.get(name, "") for name in ("webhook-id", "webhook-timestamp", "webhook-signature")}
+    # the id is the sender's to choose (the library refuses what it cannot sign); the rest is ASCII
+    headers = {"webhook-id": request.headers.get("webhook-id", ""),
+               **{name: _ascii_header(request, name) for name in ("webhook-timestamp", "webhook-signature")}}
     if not all(headers.values()):
         raise InvalidSignature("missing webhook-id, webhook-timestamp or webhook-signature")
     try:
@@ -68,7 +79,7 @@ def _standard_verifier(secret: str) -> Any:
 def _stripe(secret: str, request: WebhookRequest, public_url: str, tolerance_s: int) -> None:
     import stripe
 
-    header = request.headers.get("Stripe-Signature")
+    header = _ascii_header(request, "Stripe-Signature")
     if not header:
         raise InvalidSignature("missing Stripe-Signature")
     try:
@@ -88,7 +99,7 @@ def _stripe(secret: str, request: WebhookRequest, public_url: str, tolerance_s: 
 def _twilio(secret: str, request: WebhookRequest, public_url: str, tolerance_s: int) -> None:
     from twilio.request_validator import RequestValidator
 
-    signature = request.headers.get("X-Twilio-Signature")
+    signature = _ascii_header(request, "X-Twilio-Signature")
     if not signature:
         raise InvalidSignature("missing X-Twilio-Signature")
     url = public_url.rstrip("/") + request.path_qs
@@ -98,7 +109,7 @@ def _twilio(secret: str, request: WebhookRequest, public_url: str, tolerance_s: 
 
 
 def _calcom(secret: str, request: WebhookRequest, public_url: str, tolerance_s: int) -> None:
-    given = request.headers.get("X-Cal-Signature-256", "")
+    given = _ascii_header(request, "X-Cal-Signature-256")
     expected = hmac.new(secret.encode(), request.body, hashlib.sha256).hexdigest()
     if not given or not hmac.compare_digest(_raw(given), expected.encode()):
         raise InvalidSignature("bad X-Cal-Signature-256")
@@ -108,6 +119,14 @@ def _token(secret: str, request: WebhookRequest, public_url: str, tolerance_s: i
     given = request.headers.get("X-Webhook-Token") or request.query.get("token") or ""
     if not given or not hmac.compare_digest(_raw(given), secret.encode()):
         raise InvalidSignature("bad or missing token")
+
+
+def _ascii_header(request: WebhookRequest, name: str) -> str:
+    """A signature header's value, "" when absent; ``InvalidSignature`` when it is not printable ASCII."""
+    value = request.headers.get(name, "")
+    if not (value.isascii() and value.isprintable()):
+        raise InvalidSignature(f"{name} is not ASCII")
+    return value
 
 
 def _raw(header: str) -> bytes:

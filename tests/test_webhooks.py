@@ -15,6 +15,7 @@ import pytest
 from daemon.side_server import build_app
 from db.models import Attribution, Campaign, CampaignStep, Contact, Enrolment, InboundEvent, Send, Suppression
 from engine.processing import process_pending
+from tests.support.raw_http import raw_request
 from tests.support.signing import (
     CAL_SECRET,
     STANDARD_SECRET,  # noqa: F401 - other test modules import it from here
@@ -451,30 +452,36 @@ def test_a_run_of_clicks_or_receipts_takes_the_same_statements_for_10_or_300(mig
     assert process(10) == process(300)  # one run each: no statement per event
 
 
-async def _raw_request(client, head: bytes, body: bytes = b"") -> int:  # type: ignore[no-untyped-def]
-    """Send bytes no well-behaved client would (non-UTF-8 header values); return the status."""
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    try:
-        writer.write(head + b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
-        await writer.drain()
-        status_line = await reader.readline()
-        return int(status_line.split()[1])
-    finally:
-        writer.close()
-        await writer.wait_closed()
+_FRESH = b"webhook-id: m1\r\nwebhook-timestamp: {now}\r\n"  # so the signature itself is what gets compared
 
 
-@pytest.mark.parametrize("header", [b"X-Webhook-Token: \xff\xfe", b"X-Cal-Signature-256: \xc3("])
-async def test_header_bytes_that_are_not_utf8_are_refused_not_a_500(client, header: bytes) -> None:  # type: ignore[no-untyped-def]
-    path = b"/webhooks/zap" if b"Token" in header else b"/webhooks/cal"
-    status = await _raw_request(client, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n"
+@pytest.mark.parametrize(("target", "header"), [
+    (b"/webhooks/zap", b"X-Webhook-Token: \xff\xfe"),
+    (b"/webhooks/zap?token=%ff%fe", b"X-Other: 1"),
+    (b"/webhooks/cal", b"X-Cal-Signature-256: \xc3("),
+    (b"/webhooks/cal", b"X-Cal-Signature-256: \xc3\xa9"),
+    (b"/webhooks/stripe", b"Stripe-Signature: t={now},v1=\xc3\xa9"),  # UTF-8, but not ASCII
+    (b"/webhooks/stripe", b"Stripe-Signature: t={now},v1=\xff\xfe"),
+    (b"/webhooks/stripe", b"Stripe-Signature: t=\xff,v1=00"),
+    (b"/webhooks/twilio", b"X-Twilio-Signature: \xff\xfe"),
+    (b"/webhooks/twilio", b"X-Twilio-Signature: \xc3\xa9"),
+    (b"/webhooks/twilio?x=%ff%C3%A9", b"X-Twilio-Signature: AAAA"),  # the signed URL itself is not UTF-8
+    (b"/webhooks/app", _FRESH + b"webhook-signature: v1,\xff\xfe"),
+    (b"/webhooks/app", _FRESH + b"webhook-signature: v1,\xc3\xa9"),
+])
+async def test_header_bytes_that_are_not_utf8_are_refused_not_a_500(client, target: bytes, header: bytes) -> None:  # type: ignore[no-untyped-def]
+    # Given signature material that is not ASCII (raw bytes no well-behaved sender sends)
+    header = header.replace(b"{now}", str(int(time.time())).encode())
+    # When it reaches a source of that scheme, Then it is an ordinary bad signature: 401, nothing stored
+    status = await raw_request(client, b"POST " + target + b" HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n"
                                 b"Content-Type: application/json\r\n", b"{}")
     assert status == 401
+    assert InboundEvent.select().count() == 0
 
 
 async def test_an_event_id_header_that_is_not_utf8_is_a_400(client) -> None:  # type: ignore[no-untyped-def]
     body = json.dumps({"type": "click", "data": {"token": "t"}}).encode()
-    status = await _raw_request(client, b"POST /webhooks/zap HTTP/1.1\r\nHost: x\r\nX-Webhook-Token: " + TOKEN.encode()
+    status = await raw_request(client, b"POST /webhooks/zap HTTP/1.1\r\nHost: x\r\nX-Webhook-Token: " + TOKEN.encode()
                                 + b"\r\nX-Event-Id: ev\xff\r\nContent-Type: application/json\r\n", body)
     assert status == 400
     assert InboundEvent.select().count() == 0
