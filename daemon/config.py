@@ -308,6 +308,8 @@ def _build(raw: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
             source, _, part = name[7:].rpartition("_")
             if not re.fullmatch(r"[A-Z0-9][A-Z0-9_-]*", source):
                 raise ConfigError(setting, "a source name is letters, digits, '-' and '_'")
+            if len(source) > MAX_SOURCE_NAME_CHARS:  # it is stored with every event it sends
+                raise ConfigError(setting, f"a source name is at most {MAX_SOURCE_NAME_CHARS} characters")
             source_parts.setdefault(source.lower(), {})[part.lower()] = text
         else:
             known = list(_SCALARS) + [f + "<NAME>" for f in _FAMILIES]
@@ -337,6 +339,7 @@ def _build(raw: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
     return settings
 
 
+MAX_SOURCE_NAME_CHARS = 64  # inbound_event.source (db/models.py)
 MIN_SECRET_CHARS = 16  # ADMIN_TOKEN and source secrets: 16 random characters are beyond guessing online
 MIN_STANDARD_KEY_BYTES = 16  # a `standard` source's whsec_ key: 128 bits once base64-decoded
 _WHSEC_PREFIX = "whsec_"

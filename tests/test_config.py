@@ -336,3 +336,24 @@ def test_cli_refuses_a_number_that_is_not_finite(command: str, env: dict[str, st
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"retentiond: error: RETENTIOND_{next(iter(env))}:"), result.stderr
+
+
+def test_a_source_name_longer_than_the_database_column_is_refused() -> None:
+    # Given a source whose name does not fit inbound_event.source (64 characters on PostgreSQL)
+    name = "S" * 65
+    with pytest.raises(ConfigError) as caught:
+        settings(**{f"SOURCE_{name}_SCHEME": "token", f"SOURCE_{name}_SECRET": "t" * 32})
+    # Then the daemon does not start (instead of answering 503 to every webhook to it)
+    assert str(caught.value).startswith(f"RETENTIOND_SOURCE_{name}_")
+    assert "64" in str(caught.value)
+    # and 64 characters are fine
+    assert "s" * 64 in settings(**{f"SOURCE_{'S' * 64}_SCHEME": "token", f"SOURCE_{'S' * 64}_SECRET": "t" * 32}).sources
+
+
+def test_cli_refuses_a_long_source_name_in_one_line(tmp_path: Path) -> None:
+    name = "LONG" * 17
+    result = cli("run", env=base_env(DATABASE_URL=f"sqlite:///{tmp_path / 'r.db'}",
+                                     **{f"SOURCE_{name}_SCHEME": "token", f"SOURCE_{name}_SECRET": "t" * 32}),
+                 cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and f"RETENTIOND_SOURCE_{name}" in result.stderr
