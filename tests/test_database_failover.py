@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import psycopg2
 import pytest
 
-from db.database import close_database, init_database, open_database
+from db.database import close_database, database, db_session, init_database, open_database, pool_in_use
 from db.migrate import migrate
 from db.models import Contact, InboundEvent
 from tests.support.daemon import DaemonProcess, base_env, cli, free_port
@@ -64,6 +66,45 @@ def test_several_hosts_reach_libpq_as_its_lists_with_read_write_by_default() -> 
     assert open_database("postgresql://db1,db2/r?target_session_attrs=any").connect_params[
         "target_session_attrs"] == "any"
     assert "target_session_attrs" not in open_database("postgresql://db1:5432/r").connect_params
+
+
+# -- the pool after its connections died -------------------------------------------------------------
+
+
+def test_pooled_connections_killed_by_the_server_are_dropped_not_handed_out_again(pg_url: str) -> None:
+    # Given a pool of 3 whose connections have all been used, and sit idle in the pool
+    init_database(pg_url, pool_size=3)
+    try:
+        migrate()
+        barrier = threading.Barrier(3)
+
+        def use() -> None:
+            with db_session():
+                barrier.wait(timeout=10)  # all three checked out at once: three connections
+                Contact.select().count()
+        threads = [threading.Thread(target=use) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        database.close()  # the main thread's migration connection, back to the pool
+        # When the server ends every one of those sessions (a restart or a failover does)
+        admin = psycopg2.connect(host=POSTGRES[0], port=POSTGRES[1], user="postgres", dbname="postgres")
+        admin.autocommit = True
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                           "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname_of(pg_url),))
+            assert cursor.fetchone()[0] >= 3
+        admin.close()
+        # Then the next blocks of work, more of them than the pool holds, each get a live connection
+        for i in range(6):
+            with db_session():
+                Contact.create(external_id=f"after-{i}")
+        assert pool_in_use() == 0
+        with db_session():
+            assert Contact.select().count() == 6
+    finally:
+        close_database()
 
 
 # -- a first host that is down ------------------------------------------------------------------------
@@ -149,18 +190,50 @@ def outage_subjects(text: str) -> Counter:
     return Counter(m.group(1) for m in re.finditer(r"\] (?:\S+: )?(.+?) failed: .*\(logged once until", text))
 
 
+class Fault:
+    """Where the daemon's database is, and how the test takes it away and gives it back."""
+
+    def __init__(self, kind: str, pg_url: str, stack: ExitStack) -> None:
+        self.kind = kind
+        if kind == "server restart":
+            # a real fast shutdown and start of a cluster of the test's own: PostgreSQL itself
+            # terminates every session ("terminating connection due to administrator command")
+            self.cluster = stack.enter_context(pg_cluster())
+            self.cluster.create_database(dbname_of(pg_url))
+            self.url = self.daemon_url = self.cluster.url(dbname_of(pg_url))
+            return
+        # through a proxy the test controls; "failover": the URL also lists a second host, the server
+        # the first one fails over to (the same server behind another proxy, so the data is there)
+        self.primary = stack.enter_context(closing(TcpProxy(POSTGRES)))
+        self.standby = stack.enter_context(closing(TcpProxy(POSTGRES)))
+        hosts = [self.primary.url_host_port()] + ([self.standby.url_host_port()] if kind == "failover" else [])
+        self.url, self.daemon_url = pg_url, multi_host(pg_url, *hosts)
+
+    def cut(self) -> None:
+        if self.kind == "server restart":
+            self.cluster.stop()
+        else:
+            self.primary.cut()
+
+    def restore(self) -> None:
+        if self.kind == "server restart":
+            self.cluster.start()
+        elif self.kind == "proxy cut":
+            self.primary.restore()
+        # a failover never gives the first host back
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["restart", "failover"])
+@pytest.mark.parametrize("kind", ["proxy cut", "server restart", "failover"])
 def test_sends_and_webhooks_work_again_after_postgresql_returns_without_a_restart(
-        fault: str, pg_url: str, amqp_url: str, tmp_path: Path, daemons: list) -> None:
-    init_database(pg_url)
-    migrate()
-    primary, standby = TcpProxy(POSTGRES), TcpProxy(POSTGRES)
-    try:
-        # Given a daemon whose pooled connections all go through a proxy the test controls
-        # ("failover": the URL also lists a second host, the server the first one fails over to)
-        hosts = [primary.url_host_port()] + ([standby.url_host_port()] if fault == "failover" else [])
-        env = base_env(DATABASE_URL=multi_host(pg_url, *hosts), BROKER_URL=amqp_url, RATE_SMS="unlimited",
+        kind: str, pg_url: str, amqp_url: str, tmp_path: Path, daemons: list) -> None:
+    with ExitStack() as stack:
+        stack.callback(close_database)
+        fault = Fault(kind, pg_url, stack)
+        init_database(fault.url)
+        migrate()
+        # Given a daemon whose pooled connections all go to a server the test can take away
+        env = base_env(DATABASE_URL=fault.daemon_url, BROKER_URL=amqp_url, RATE_SMS="unlimited",
                        DB_TIMEOUT_S="2", SOURCE_APP_SECRET=STANDARD_SECRET)
         daemon = DaemonProcess(env, tmp_path, "--processes", "1")
         daemons.append(daemon.start())
@@ -174,20 +247,22 @@ def test_sends_and_webhooks_work_again_after_postgresql_returns_without_a_restar
         before = len(daemon.stderr())
 
         # When every connection to the first host dies (a restart: it comes back after a while;
-        # a failover: it never does, and the second host takes over)
-        # (right after a burst of webhooks, so the event processor is busy with them when it happens)
+        # a failover: it never does, and the second host takes over), right after a burst of
+        # webhooks, so that the event processor is busy with them when it happens
         assert set(asyncio.run(fire(daemon.port, 300, 30, "burst")).values()) == {202}
-        primary.cut()
-        if fault == "restart":
+        fault.cut()
+        if kind != "failover":
             daemon.wait_for("/health/ready", 503, 15)
             ends = time.monotonic() + OUTAGE_S
             while time.monotonic() < ends:
                 asyncio.run(fire(daemon.port, 2, 2, f"during{int(ends - time.monotonic())}"))
                 time.sleep(0.5)
-            primary.restore()
+            fault.restore()
         daemon.wait_for("/health/ready", 200, 30)
         during = daemon.stderr()[before:]
-        wait_until(lambda: "recovered after" in daemon.stderr()[before:] or fault == "failover", 30,
+        close_database()  # the test's own connection (outside any pool checkout) died with the others
+        init_database(fault.url)
+        wait_until(lambda: "recovered after" in daemon.stderr()[before:] or kind == "failover", 30,
                    "the recovery line")
         after_recovery = len(daemon.stderr())
 
@@ -214,7 +289,3 @@ def test_sends_and_webhooks_work_again_after_postgresql_returns_without_a_restar
         assert len(lines) <= 15, f"{len(lines)} lines for one outage:\n{during[-5000:]}"
         assert all(n == 1 for n in outage_subjects(during).values()), outage_subjects(during)
         assert daemon.stop() == 0
-    finally:
-        primary.close()
-        standby.close()
-        close_database()

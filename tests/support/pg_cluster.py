@@ -39,10 +39,25 @@ def _as_postgres(command: list[str]) -> list[str]:
 
 
 class PgCluster:
-    def __init__(self, datadir: Path, port: int) -> None:
+    def __init__(self, datadir: Path, port: int, pg_ctl: str) -> None:
         self.datadir = datadir
         self.port = port
         self.host = "127.0.0.1"
+        self.pg_ctl = pg_ctl
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql://postgres@{self.host_port()}/{dbname}"
+
+    def stop(self) -> None:
+        """A fast shutdown, as a restart or a failover does: every session is told to go and closed."""
+        subprocess.run(_as_postgres([self.pg_ctl, "-D", str(self.datadir), "-m", "fast", "-w", "stop"]),
+                       check=True, capture_output=True)
+
+    def start(self) -> None:
+        """Start again with the options of the first start (pg_ctl keeps them in postmaster.opts)."""
+        subprocess.run(_as_postgres([self.pg_ctl, "-D", str(self.datadir), "-l", str(self.datadir.parent / "server.log"),
+                                     "-w", "-t", str(START_TIMEOUT_S), "restart"]),
+                       check=True, capture_output=True)
 
     def host_port(self) -> str:
         return f"{self.host}:{self.port}"
@@ -84,7 +99,7 @@ def pg_cluster(read_only: bool = False) -> Iterator[PgCluster]:
                "-c fsync=off", "-c max_connections=30", "-c shared_buffers=16MB"]
     if read_only:
         options.append("-c default_transaction_read_only=on")
-    cluster = PgCluster(datadir, port)
+    cluster = PgCluster(datadir, port, pg_ctl)
     try:
         subprocess.run(_as_postgres([pg_ctl, "-D", str(datadir), "-l", str(base / "server.log"), "-w",
                                      "-t", str(START_TIMEOUT_S), "-o", " ".join(options), "start"]),
