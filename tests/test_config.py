@@ -357,3 +357,21 @@ def test_cli_refuses_a_long_source_name_in_one_line(tmp_path: Path) -> None:
                  cwd=tmp_path)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and f"RETENTIOND_SOURCE_{name}" in result.stderr
+
+
+# -- RabbitMQ queue type (actors/rabbitmq.py) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["auto", "classic", "quorum", "Quorum"])
+def test_queue_type_is_auto_classic_or_quorum(value: str) -> None:
+    assert settings(QUEUE_TYPE=value).queue_type == value
+    assert settings().queue_type == "auto"
+
+
+@pytest.mark.parametrize("value", ["mirrored", "stream", ""])
+def test_a_bad_queue_type_names_the_setting_and_the_choices(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings(QUEUE_TYPE=value)
+    message = str(caught.value)
+    assert message.startswith("RETENTIOND_QUEUE_TYPE:") and "\n" not in message
+    assert "'auto'" in message and "'classic'" in message and "'quorum'" in message
