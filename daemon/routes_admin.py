@@ -79,6 +79,10 @@ async def history(request: web.Request) -> web.Response:
     key = {k: v for k, v in request.query.items() if k in ("external_id", "email", "phone") and v}
     if not key:
         raise web.HTTPBadRequest(text='{"error": "give external_id, email or phone"}', content_type="application/json")
+    # No contact key holds a NUL (PostgreSQL cannot store one, and refuses it in a query with an error)
+    if bad := sorted(k for k, v in key.items() if "\x00" in v):
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"{bad[0]}: contains a NUL character"}),
+                                 content_type="application/json")
     try:
         found = await asyncio.to_thread(_history, key, request.app[SETTINGS].default_region)
     except InvalidContact as exc:

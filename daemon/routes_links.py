@@ -11,6 +11,8 @@ import asyncio
 import html
 import json
 import logging
+import math
+import re
 import secrets
 
 import peewee
@@ -22,10 +24,23 @@ from daemon.outage_log import OutageLog
 from daemon.routes_webhooks import COMMITTER, SETTINGS
 from db.database import db_session
 from db.models import Suppression, TrackedLink, UnsubscribeToken, utcnow
+from engine.templates import TOKEN_BYTES
 
 logger = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 CLICK_SOURCE = "tracked-link"  # the inbound_event source of clicks on /t/<token>
+# Every token is ``secrets.token_urlsafe(TOKEN_BYTES)`` (links and unsubscribe alike): unpadded
+# base64url of a fixed length. Anything else is unknown without asking the database — a NUL
+# (which PostgreSQL refuses with an error) or a megabyte of path never reaches a query.
+_TOKEN = re.compile(rf"[A-Za-z0-9_-]{{{math.ceil(TOKEN_BYTES * 4 / 3)}}}")
+
+
+def _token(request: web.Request, unknown: str) -> str:
+    """The path's token, or 404 when it cannot be one."""
+    token = request.match_info["token"]
+    if not _TOKEN.fullmatch(token):
+        raise web.HTTPNotFound(text=unknown)
+    return token
 
 
 def _unsubscribe(token: str) -> str | None:
@@ -46,7 +61,7 @@ def _known_unsubscribe(token: str) -> bool:
 
 @routes.get("/u/{token}")
 async def unsubscribe_page(request: web.Request) -> web.Response:
-    token = request.match_info["token"]
+    token = _token(request, "unknown or expired link")
     if not await asyncio.to_thread(_known_unsubscribe, token):
         raise web.HTTPNotFound(text="unknown or expired link")
     action = html.escape(request.path, quote=True)
@@ -58,7 +73,7 @@ async def unsubscribe_page(request: web.Request) -> web.Response:
 
 @routes.post("/u/{token}")
 async def unsubscribe(request: web.Request) -> web.Response:
-    channel = await asyncio.to_thread(_unsubscribe, request.match_info["token"])
+    channel = await asyncio.to_thread(_unsubscribe, _token(request, "unknown or expired link"))
     if channel is None:
         raise web.HTTPNotFound(text="unknown or expired link")
     return web.Response(content_type="text/html",
@@ -83,7 +98,7 @@ async def tracked_link(request: web.Request) -> web.Response:
     ``retentiond_webhook_events_total{source="tracked-link",outcome="dropped"}``. Only when the link
     itself cannot be looked up (database unreachable) is the answer 503 with ``Retry-After``.
     """
-    token = request.match_info["token"]
+    token = _token(request, "unknown link")
     committer = request.app[COMMITTER]
     try:
         url = await asyncio.to_thread(_link_url, token)

@@ -27,6 +27,7 @@ from db.models import Contact, InboundEvent, TrackedLink
 from tests.conftest import make_settings
 
 TOKEN = "overload-test-token-0123456789abcdef"
+LINK = "tok-locked-0123456789abc"  # a tracked-link token has the renderer's shape: 24 base64url characters
 QUEUE_MAX = 40
 REQUESTS = 200
 # A guard against hanging, far above the configured deadlines; not a measure of speed.
@@ -120,19 +121,19 @@ async def test_webhooks_get_503_with_retry_after_and_nothing_stored_while_the_da
 async def test_a_click_still_redirects_while_the_database_is_locked(
         aiohttp_client, migrated_db: str, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
     ada = Contact.create(email="ada@example.com")
-    TrackedLink.create(token="tok-locked", url="https://example.com/offer", contact=ada.id)
+    TrackedLink.create(token=LINK, url="https://example.com/offer", contact=ada.id)
     client = await aiohttp_client(build_app(settings_for(migrated_db)))
     before = dropped_clicks()
     # Given the database locked by another connection
     with database_locked(migrated_db):
         # When a reader clicks a tracked link
-        response = await asyncio.wait_for(client.get("/t/tok-locked", allow_redirects=False), GUARD_S)
+        response = await asyncio.wait_for(client.get(f"/t/{LINK}", allow_redirects=False), GUARD_S)
         # Then the reader is redirected all the same, and the click is counted as dropped
         assert response.status == 302 and response.headers["Location"] == "https://example.com/offer"
         assert dropped_clicks() == before + 1
         # and more readers meanwhile are redirected too, with one log line for all of them
         for _ in range(2):
-            response = await asyncio.wait_for(client.get("/t/tok-locked", allow_redirects=False), GUARD_S)
+            response = await asyncio.wait_for(client.get(f"/t/{LINK}", allow_redirects=False), GUARD_S)
             assert response.status == 302
         assert dropped_clicks() == before + 3
         assert len([r for r in caplog.records if "click records" in r.getMessage()]) == 1
@@ -140,7 +141,7 @@ async def test_a_click_still_redirects_while_the_database_is_locked(
     await wait_until_idle(client)
     assert stored_event_ids("tracked-link") == set()
     # When the reader clicks again, the click is recorded as usual
-    response = await client.get("/t/tok-locked", allow_redirects=False)
+    response = await client.get(f"/t/{LINK}", allow_redirects=False)
     assert response.status == 302
     assert InboundEvent.select().where(InboundEvent.source == "tracked-link").count() == 1
     assert dropped_clicks() == before + 3

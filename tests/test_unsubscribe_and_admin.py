@@ -4,11 +4,19 @@ admin API's stats and a contact's decision log, behind the bearer token."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
+
+import pytest
 
 from daemon.side_server import build_app
 from db.models import Contact, Decision, InboundEvent, Send, Suppression, TrackedLink
 from engine.links import make_unsubscribe_tokens
+from engine.templates import TOKEN_BYTES
 from tests.conftest import make_settings
+from tests.support.raw_http import raw_request
+
+ADMIN_TOKEN = "s3cret-admin-token"
 
 
 def app_for(db_url: str, **env: str):  # type: ignore[no-untyped-def]
@@ -28,15 +36,18 @@ async def test_get_shows_a_page_and_post_unsubscribes(aiohttp_client, migrated_d
     again = await client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
     assert again.status == 200
     assert [(s.contact_id, s.channel, s.reason) for s in Suppression.select()] == [(ada.id, "email", "unsubscribed")]
-    assert (await client.get("/u/no-such-token")).status == 404
-    assert (await client.post("/u/no-such-token")).status == 404
+    unknown = secrets.token_urlsafe(TOKEN_BYTES)  # well-formed, and in no row
+    for path in ("/u/no-such-token", f"/u/{unknown}"):
+        assert (await client.get(path)).status == 404
+        assert (await client.post(path)).status == 404
 
 
 async def test_a_tracked_link_redirects_to_its_recorded_url(aiohttp_client, migrated_db: str) -> None:  # type: ignore[no-untyped-def]
     ada = Contact.create(email="ada@example.com")
-    TrackedLink.create(token="tok123", url="https://example.com/offer?x=1", contact=ada.id)
+    token = secrets.token_urlsafe(TOKEN_BYTES)  # the shape the renderer gives a link
+    TrackedLink.create(token=token, url="https://example.com/offer?x=1", contact=ada.id)
     client = await aiohttp_client(app_for(migrated_db))
-    response = await client.get("/t/tok123?url=https://evil.example", allow_redirects=False)
+    response = await client.get(f"/t/{token}?url=https://evil.example", allow_redirects=False)
     assert response.status == 302 and response.headers["Location"] == "https://example.com/offer?x=1"
     assert InboundEvent.get().type == "click"
     assert (await client.get("/t/unknown", allow_redirects=False)).status == 404
@@ -66,3 +77,35 @@ async def test_a_contacts_history_says_why(aiohttp_client, migrated_db: str) -> 
     assert body["decisions"][0]["reason"].startswith("daily cap")
     assert (await client.get("/api/v1/contacts/history?email=nobody@example.com", headers=auth)).status == 404
     assert (await client.get("/api/v1/contacts/history", headers=auth)).status == 400
+
+
+@pytest.mark.parametrize("authorization", [b"Bearer \xff\xfe", b"Bearer \xc3\xa9", b"\xff"])
+async def test_an_authorization_header_that_is_not_ascii_is_a_401(aiohttp_client, migrated_db: str,  # type: ignore[no-untyped-def]
+                                                                  authorization: bytes) -> None:
+    client = await aiohttp_client(app_for(migrated_db, ADMIN_TOKEN=ADMIN_TOKEN))
+    status = await raw_request(client, b"GET /api/v1/stats HTTP/1.1\r\nHost: x\r\nAuthorization: " + authorization
+                               + b"\r\n")
+    assert status == 401
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/t/%00", 404),
+    ("GET", "/u/%00", 404),
+    ("POST", "/u/%00", 404),
+    ("GET", "/t/abc%00def", 404),
+    ("GET", "/t/" + "A" * 200, 404),  # longer than any token (and than the column)
+    ("POST", "/u/%C3%A9t%C3%A9", 404),
+    ("GET", "/api/v1/contacts/history?external_id=%00", 400),
+    ("GET", "/api/v1/contacts/history?external_id=u%00&email=ada@example.com", 400),
+])
+async def test_a_nul_or_a_malformed_token_is_refused_before_the_database(  # type: ignore[no-untyped-def]
+        aiohttp_client, migrated_db: str, caplog: pytest.LogCaptureFixture, method: str, path: str,
+        status: int) -> None:
+    # Given a reader link or an admin query that no token or contact can have (PostgreSQL refuses NUL)
+    client = await aiohttp_client(app_for(migrated_db, ADMIN_TOKEN=ADMIN_TOKEN))
+    # When it is requested, Then it is an unknown link (or a bad query), not a 500 with a traceback
+    response = await client.request(method, path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                                    allow_redirects=False)
+    assert response.status == status, await response.text()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert InboundEvent.select().count() == 0 and Suppression.select().count() == 0

@@ -132,9 +132,9 @@ async def test_a_click_is_attributed_to_its_send_step_and_campaign(client) -> No
     step = CampaignStep.create(campaign=campaign.id, position=0, channel="sms", body="b")
     ada = Contact.create(phone="+12015550100")
     send = Send.create(idempotency_key="k", channel="sms", contact=ada.id, campaign=campaign.id, step=step.id)
-    TrackedLink.create(token="tok-click", url="https://example.com/x", contact=ada.id, send=send.id,
+    TrackedLink.create(token="tok-click-0123456789abcd", url="https://example.com/x", contact=ada.id, send=send.id,
                        campaign=campaign.id, step=step.id)
-    response = await client.get("/t/tok-click", allow_redirects=False)
+    response = await client.get("/t/tok-click-0123456789abcd", allow_redirects=False)
     assert response.status == 302
     await asyncio.to_thread(process_pending, client.settings)
     click = Attribution.get()
