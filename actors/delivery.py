@@ -5,15 +5,21 @@ work; the provider calls run concurrently on the process's event loop (Dramatiq'
 middleware), each starting at its own rate-limit slot, at most ``concurrency`` in flight per
 channel and process. So a worker thread is never limited to one provider call at a time.
 
-Exactly once, as far as a crash allows: a send is claimed (``queued``/``retrying`` -> ``sending``)
-in one UPDATE before any provider call, so a redelivered message finds nothing to claim for sends
-already being sent or finished, and never calls the provider for them again. The one window left
-is a crash (kill -9, power loss) after a provider accepted a call and before its result was
-written. Results are written as calls finish (at most ``SETTLE_EVERY_S`` late), not when the whole
-batch is done, so that window is the calls on the wire plus a fraction of a second. Such a send
-stays ``sending`` until ``CLAIM_TIMEOUT_S``, then the reconciler offers it again and it is sent
-a second time, with the same idempotency key, which providers that honour one (Twilio's
-I-Twilio-Idempotency-Token, the simulator) use to drop the repeat.
+Exactly once, as far as a crash allows: a send is claimed (``queued``/``retrying`` -> ``sending``,
+with this worker's instance id) in one UPDATE before any provider call, so a redelivered message
+finds nothing to claim for sends already being sent or finished, and never calls the provider for
+them again. Results are written as calls finish (at most ``SETTLE_EVERY_S`` late).
+
+Outcomes are never forgotten: each slice of results is appended to this process's journal
+(engine/journal.py, fsync'd) BEFORE its database write is tried. When the database fails, the
+write is retried with backoff (0.2 s doubling to 5 s) for as long as the process lives, the message
+stays unacknowledged, no new call of the batch starts, and the sends not yet called are put back
+(``sending`` -> ``queued``) and handed to the queue the moment the database answers again. A worker
+killed before the write leaves the journal, which the next start replays. Claims and checks that
+fail on the database are retried the same way. The one window left is a crash between a provider
+accepting a call and its result reaching the journal: the calls on the wire. Their sends are
+re-offered once the worker stops beating (engine/workers.py), with the same idempotency key, which
+providers that honour one (Twilio's I-Twilio-Idempotency-Token, the simulator) use to drop the repeat.
 
 Per send, what happens is one of: sent; failed (permanent: recorded, never retried, the step's
 fallback channel tried when there is one); retried (transient: Dramatiq retries the message with
@@ -28,13 +34,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import dramatiq
+import peewee
+from playhouse.pool import MaxConnectionsExceeded
 
 from actors.providers.base import OutboundMessage, Provider
 from actors.rate_limit import GlobalRateLimiter
@@ -46,16 +56,28 @@ from daemon.errors import (
     UnbuildableMessage,
 )
 from daemon.metrics import PROVIDER_LATENCY, RATE_LIMIT_WAIT, SENDS
+from daemon.outage_log import OutageLog
 from db.database import db_session, rows
-from db.models import CampaignStep, Contact, Send, utcnow
-from engine.checks import ADDRESS_FIELDS, Candidate, SendChecks, Verdict
+from db.models import CampaignStep, Send, utcnow
+from engine.checks import Candidate, SendChecks, Verdict
 from engine.links import make_unsubscribe_tokens, unsubscribe_url
 from engine.outcomes import ClaimedSend, Result, settle
+from engine.workers import ThisProcess
+from engine.workers import current as this_process
 
 logger = logging.getLogger(__name__)
 
 CLAIMABLE = ("queued", "retrying")
 SETTLE_EVERY_S = 0.1  # while a batch's calls run, the finished ones are recorded at least this often
+# A database write that failed is tried again after 0.2 s, doubling up to 5 s: quick enough that a
+# blip costs a fraction of a second, slow enough that eight threads of each worker do not hammer a
+# recovering server (or a pool waiting on connect timeouts).
+RETRY_FIRST_S = 0.2
+RETRY_MAX_S = 5.0
+# What "the database is away" looks like to claims and checks: no connection, a dropped one, a
+# pool with none free, a read-only or full server. Anything else is a bug and fails the message.
+_DATABASE_DOWN = (peewee.OperationalError, peewee.InterfaceError, peewee.InternalError, MaxConnectionsExceeded, OSError)
+_T = TypeVar("_T")
 _METRIC_STATUS = {"sent": "sent", "failed": "failed", "retrying": "retried", "deferred": "deferred",
                   "skipped": "skipped", "fell_back": "skipped"}
 
@@ -91,46 +113,84 @@ class ChannelSender:
         self._in_flight: asyncio.Semaphore | None = None
         self.actor: dramatiq.Actor  # set once the actor wrapping this sender is declared
         self.__name__ = f"send_{channel}"  # Dramatiq names loggers after the callable
+        # eight threads per worker meet the same outage: told once, with a summary a minute
+        self._claim_outage = OutageLog(logger, f"claiming {channel} sends")
+        self._write_outage = OutageLog(logger, f"writing {channel} send results")
 
     def __call__(self, send_ids: list[int]) -> None:
-        with db_session():
-            claimed = self._claim(send_ids)
-            if not claimed:
-                logger.debug("nothing to claim on %s for %d send(s)", self.channel, len(send_ids))
-                return
-            now = utcnow()
-            fallbacks = self._step_fallbacks(claimed)
-            verdicts = self.checks.evaluate([self._candidate(s, fallbacks) for s in claimed], now)
-            held = [self._held(s, verdicts[s.id]) for s in claimed if verdicts[s.id].action != "send"]
-            to_send = [s for s in claimed if verdicts[s.id].action == "send"]
-            headers = self._headers(to_send)
-            settle(held, now)
-        self._count(held)
+        me = this_process()
+        claimed = self._with_database(lambda: self._claim(send_ids, me.instance), self._claim_outage)
+        if not claimed:
+            logger.debug("nothing to claim on %s for %d send(s)", self.channel, len(send_ids))
+            return
+        _hold(claimed)
+        unwritten: set[int] = set()
+        try:
+            unwritten = self._process(claimed, me)
+        finally:
+            # sends whose results wait in the journal stay held: no retried claim takes them back
+            _let_go([s for s in claimed if s.id not in unwritten])
 
+    def _process(self, claimed: list[ClaimedSend], me: ThisProcess) -> set[int]:
+        """Check, call, write; returns the sends whose results are left to the journal (shutdown)."""
+        to_send, headers, fallbacks = self._with_database(lambda: self._prepare(claimed, me.instance),
+                                                          self._claim_outage)
+        batch = _Batch(me, fallbacks)
         by_id = {s.id: s for s in to_send}
-        calls = self._deliver([self._message(s, headers.get(s.id, {})) for s in to_send],
-                              lambda finished: self._settle_calls(finished, by_id, fallbacks)) if to_send else []
+        calls = self._deliver([self._message(s, headers.get(s.id, {})) for s in to_send], batch,
+                              lambda finished: self._settle_calls(finished, by_id, batch)) if to_send else []
+        if not self._write_all(batch):
+            logger.warning("shutting down with %d %s result(s) not yet written: kept in the journal for the "
+                           "next start", len(batch.unwritten), self.channel)
+            return {r.send.id for r, _ in batch.unwritten}
 
-        released = [c.send_id for c in calls if c.status == "released"]
+        released = sorted(batch.released)
         if released:
-            # The worker is shutting down and these were never handed to the provider: a fresh
-            # message (confirmed by RabbitMQ before this one is acked) takes them to the next
-            # worker without spending a retry. If the broker refuses, raising leaves this
-            # message unacked, and RabbitMQ redelivers it.
+            # Never handed to the provider (a shutdown, or the database failed mid-batch): now
+            # 'queued' again, a fresh message (confirmed by RabbitMQ before this one is acked)
+            # takes them to the next free worker without spending a retry. If the broker refuses,
+            # raising leaves this message unacked, and RabbitMQ redelivers it.
             self.actor.send(released)
-            logger.info("shutting down: handed %d %s send(s) back to the queue", len(released), self.channel)
+            logger.info("%s: handed %d %s send(s) back to the queue",
+                        "shutting down" if self.stopping.is_set() else "database failed mid-batch",
+                        len(released), self.channel)
         retries = [c for c in calls if c.status == "retrying"]
         if retries:
             # Dramatiq retries the message with backoff and jitter; only the sends put back to
             # 'retrying' are claimed again, the sent ones are not called twice.
             raise TransientChannelError(f"{len(retries)} of {len(calls)} {self.channel} send(s) will be retried")
+        return set()
+
+    def _with_database(self, work: Callable[[], _T], outage: OutageLog) -> _T:
+        """Run ``work`` in a database session, retried with backoff while the database is away
+        (the message stays unacknowledged); at shutdown the last failure is raised."""
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                with db_session():
+                    value = work()
+            except _DATABASE_DOWN as exc:
+                outage.failed(exc)
+                if self.stopping.wait(delay):
+                    raise
+                delay = min(RETRY_MAX_S, delay * 2)
+            else:
+                outage.succeeded()
+                return value
 
     # -- claim and checks -------------------------------------------------------------------------
 
-    def _claim(self, send_ids: list[int]) -> list[ClaimedSend]:
+    def _claim(self, send_ids: list[int], instance: str) -> list[ClaimedSend]:
+        """Claim the sends still waiting, and our own claims no thread of ours holds: a claim whose
+        commit went through while its answer was lost to a dropped connection would otherwise sit
+        ``sending`` under a live worker, whose claims the reconciler never re-offers."""
         now = utcnow()
-        claimed = rows(Send.update(status="sending", claimed_at=now, attempts=Send.attempts + 1)
-                       .where(Send.id.in_(send_ids), Send.status.in_(CLAIMABLE), Send.channel == self.channel)
+        orphaned = (Send.status == "sending") & (Send.claimed_by == instance)
+        in_hand = _in_hand(send_ids)
+        if in_hand:
+            orphaned &= Send.id.not_in(in_hand)
+        claimed = rows(Send.update(status="sending", claimed_at=now, claimed_by=instance, attempts=Send.attempts + 1)
+                       .where(Send.id.in_(send_ids), Send.status.in_(CLAIMABLE) | orphaned, Send.channel == self.channel)
                        .returning(Send.id, Send.idempotency_key, Send.recipient, Send.subject, Send.body,
                                   Send.contact, Send.campaign, Send.step, Send.enrolment, Send.fallback_of,
                                   Send.attempts, Send.deferrals, Send.due_at, Send.queued_at, Send.claimed_at))
@@ -139,6 +199,19 @@ class ChannelSender:
                             fallback_of_id=r[9], attempts=r[10], deferrals=r[11], due_at=_as_dt(r[12]) or now,
                             queued_at=_as_dt(r[13]), claimed_at=_as_dt(r[14]))
                 for r in claimed]
+
+    def _prepare(self, claimed: list[ClaimedSend],
+                 instance: str) -> tuple[list[ClaimedSend], dict[int, dict[str, str]], dict[int, str]]:
+        """Checks: the sends held back are settled here, the others come back with their headers.
+        Safe to run again after a failure (settle is idempotent)."""
+        now = utcnow()
+        fallbacks = self._step_fallbacks(claimed)
+        verdicts = self.checks.evaluate([self._candidate(s, fallbacks) for s in claimed], now)
+        held = [self._held(s, verdicts[s.id]) for s in claimed if verdicts[s.id].action != "send"]
+        to_send = [s for s in claimed if verdicts[s.id].action == "send"]
+        headers = self._headers(to_send)
+        self._count(settle(held, now, claimant=instance))
+        return to_send, headers, fallbacks
 
     @staticmethod
     def _step_fallbacks(claimed: list[ClaimedSend]) -> dict[int, str]:
@@ -181,11 +254,12 @@ class ChannelSender:
 
     # -- deliver ----------------------------------------------------------------------------------
 
-    def _deliver(self, messages: list[OutboundMessage],
+    def _deliver(self, messages: list[OutboundMessage], batch: _Batch,
                  settle_slice: Callable[[list[CallOutcome]], None]) -> list[CallOutcome]:
         """Start each call at its rate-limit slot; while calls run, write the results of the finished
         ones at least every SETTLE_EVERY_S. A crash then repeats only the calls of its last moments,
-        not every call of the batch. Returns every outcome, in the order they finished."""
+        not every call of the batch. Once the database fails (``batch.halted``), no further call
+        starts: the rest are released. Returns every outcome, in the order they finished."""
         loop = self._event_loop()
         running: list[concurrent.futures.Future[CallOutcome]] = []
         finished: list[CallOutcome] = []
@@ -220,37 +294,51 @@ class ChannelSender:
         def pause(seconds: float) -> None:
             """Wait, settling meanwhile; returns within SETTLE_EVERY_S of the worker stopping."""
             until = time.monotonic() + seconds
-            while not self.stopping.is_set() and (left := until - time.monotonic()) > 0:
+            while not self._halting(batch) and (left := until - time.monotonic()) > 0:
                 settle_finished(min(SETTLE_EVERY_S, left))
 
         position = 0
         if self.limiter.unlimited:
-            with db_session():
-                hold = self.limiter.hold_s()
+            hold = self._limiter_call(self.limiter.hold_s, batch)
             if hold:
                 pause(hold)  # a 429 holds the channel, limited or not
         while position < len(messages):
-            if self.stopping.is_set():
+            if self._halting(batch):
                 running.extend(_done(CallOutcome(m.send_id, "released")) for m in messages[position:])
                 break
             if self.limiter.unlimited:
                 slots = [time.monotonic()] * (len(messages) - position)
             else:
-                with db_session():
-                    reservation = self.limiter.try_reserve(len(messages) - position)
+                reservation = self._limiter_call(functools.partial(self.limiter.try_reserve, len(messages) - position),
+                                                 batch)
+                if reservation is None:
+                    continue  # the database failed: the loop releases the rest
                 if isinstance(reservation, float):
                     pause(reservation)
                     continue
                 slots = [reservation.slot_at(i) for i in range(reservation.count)]
             for slot_at in slots:
-                coroutine = self._send_one(messages[position], slot_at)
+                coroutine = self._send_one(messages[position], slot_at, batch.halted)
                 running.append(asyncio.run_coroutine_threadsafe(coroutine, loop))
                 position += 1
         while running:
             settle_finished(SETTLE_EVERY_S)
         return finished
 
-    async def _send_one(self, message: OutboundMessage, slot_at: float) -> CallOutcome:
+    def _halting(self, batch: _Batch) -> bool:
+        return self.stopping.is_set() or batch.halted.is_set()
+
+    def _limiter_call(self, call: Callable[[], _T], batch: _Batch) -> _T | None:
+        """A rate-limiter query; when the database fails, the batch halts (None)."""
+        try:
+            with db_session():
+                return call()
+        except _DATABASE_DOWN as exc:
+            self._write_outage.failed(exc)
+            batch.halted.set()
+            return None
+
+    async def _send_one(self, message: OutboundMessage, slot_at: float, halted: threading.Event) -> CallOutcome:
         waited = max(0.0, slot_at - time.monotonic())
         if waited:
             await asyncio.sleep(waited)
@@ -258,7 +346,7 @@ class ChannelSender:
         if self._in_flight is None:
             self._in_flight = asyncio.Semaphore(self.concurrency)
         async with self._in_flight:
-            if self.stopping.is_set():
+            if self.stopping.is_set() or halted.is_set():  # not handed to the provider: put back
                 return CallOutcome(message.send_id, "released")
             started = time.perf_counter()
             try:
@@ -281,15 +369,51 @@ class ChannelSender:
 
     # -- settle -----------------------------------------------------------------------------------
 
-    def _settle_calls(self, calls: list[CallOutcome], by_id: dict[int, ClaimedSend], fallbacks: dict[int, str]) -> None:
+    def _settle_calls(self, calls: list[CallOutcome], by_id: dict[int, ClaimedSend], batch: _Batch) -> None:
+        """Journal the provider's answers (durably, first), then try to write what is unwritten."""
         results = [self._result(by_id[c.send_id], c) for c in calls]
-        with db_session():
-            results = self._with_fallbacks(results, fallbacks)
-            settle(results, utcnow())
-            waits = [c.retry_after_s for c in calls if c.status == "rate_limited" and c.retry_after_s]
-            if waits:
-                self.limiter.penalize(max(waits))
-        self._count(results)
+        answered = [r for r in results if r.outcome != "released"]
+        seqs = batch.me.journal.record([(r, batch.fallbacks.get(r.send.step_id or 0)) for r in answered])
+        batch.unwritten.extend(zip(answered, seqs, strict=True))
+        batch.unwritten.extend((r, None) for r in results if r.outcome == "released")
+        batch.waits.extend(c.retry_after_s for c in calls if c.status == "rate_limited" and c.retry_after_s)
+        if time.monotonic() >= batch.next_try_at:
+            self._write(batch)
+
+    def _write(self, batch: _Batch) -> bool:
+        """One attempt at writing the batch's unwritten results; on failure the batch halts and
+        the next attempt waits (0.2 s doubling to 5 s). Any failure counts: a database that is
+        away, read-only or full must not make a provider's answer be forgotten."""
+        if not batch.unwritten:
+            return True
+        results = [r for r, _ in batch.unwritten]
+        try:
+            with db_session():
+                applied = settle(results, utcnow(), claimant=batch.me.instance, step_fallbacks=batch.fallbacks)
+                if batch.waits:
+                    self.limiter.penalize(max(batch.waits))
+        except Exception as exc:
+            self._write_outage.failed(exc)
+            batch.halted.set()
+            batch.next_try_at = time.monotonic() + batch.backoff_s
+            batch.backoff_s = min(RETRY_MAX_S, batch.backoff_s * 2)
+            return False
+        self._write_outage.succeeded()
+        batch.me.journal.settled(seq for _, seq in batch.unwritten if seq is not None)
+        batch.released.update(r.send.id for r in applied if r.outcome == "released")
+        batch.unwritten, batch.waits = [], []
+        batch.backoff_s, batch.next_try_at = RETRY_FIRST_S, 0.0
+        self._count(applied)
+        return True
+
+    def _write_all(self, batch: _Batch) -> bool:
+        """Write what is left, retrying while the process lives; False if it shuts down first."""
+        while batch.unwritten:
+            wait_s = batch.next_try_at - time.monotonic()
+            if self.stopping.wait(wait_s) if wait_s > 0 else self.stopping.is_set():
+                return self._write(batch)  # one last try, then the journal keeps them
+            self._write(batch)
+        return True
 
     def _result(self, s: ClaimedSend, call: CallOutcome) -> Result:
         provider = self.provider.name
@@ -308,31 +432,46 @@ class ChannelSender:
             return Result(s, "failed", provider=provider, error=call.error, reason=call.reason or "provider refused")
         return Result(s, "retrying", provider=provider, error=call.error)
 
-    @staticmethod
-    def _with_fallbacks(results: list[Result], fallbacks: dict[int, str]) -> list[Result]:
-        """A permanent failure tries the step's fallback channel, when the contact has that address."""
-        failing = {r.send.id for r in results if r.outcome == "failed" and r.send.step_id in fallbacks
-                   and r.send.fallback_of_id is None and r.send.contact_id is not None}
-        if not failing:
-            return results
-        contact_ids = [r.send.contact_id for r in results if r.send.id in failing]
-        contacts = {c.id: c for c in Contact.select().where(Contact.id.in_(contact_ids))}
-        out = []
-        for r in results:
-            channel = fallbacks.get(r.send.step_id) if r.send.id in failing and r.send.step_id is not None else None
-            contact = contacts.get(r.send.contact_id) if channel and r.send.contact_id is not None else None
-            address = getattr(contact, ADDRESS_FIELDS[channel]) if contact is not None and channel else None
-            if channel and address:
-                r = Result(r.send, r.outcome, reason=f"provider refused; falling back to {channel}", error=r.error,
-                           provider=r.provider, fallback_channel=channel, fallback_recipient=address)
-            out.append(r)
-        return out
-
-    def _count(self, results: list[Result]) -> None:
+    def _count(self, results: Iterable[Result]) -> None:
         for r in results:
             status = _METRIC_STATUS.get(r.outcome)
             if status:
                 SENDS.labels(self.channel, status).inc()
+
+
+@dataclass
+class _Batch:
+    """One message's sends between their provider calls and the database."""
+
+    me: ThisProcess
+    fallbacks: dict[int, str]  # step id -> fallback channel
+    halted: threading.Event = field(default_factory=threading.Event)  # the database failed: no new call
+    unwritten: list[tuple[Result, int | None]] = field(default_factory=list)  # with their journal seq
+    waits: list[float] = field(default_factory=list)  # Retry-After of 429s, for the limiter
+    released: set[int] = field(default_factory=set)  # back to 'queued', to hand to the queue
+    next_try_at: float = 0.0
+    backoff_s: float = RETRY_FIRST_S
+
+
+# Send ids some thread of this process holds (claimed and not yet finished with), so a claim
+# retried after a lost answer takes back only our claims that nobody here is working on.
+_held_ids: set[int] = set()
+_held_lock = threading.Lock()
+
+
+def _hold(claimed: list[ClaimedSend]) -> None:
+    with _held_lock:
+        _held_ids.update(s.id for s in claimed)
+
+
+def _let_go(claimed: list[ClaimedSend]) -> None:
+    with _held_lock:
+        _held_ids.difference_update(s.id for s in claimed)
+
+
+def _in_hand(send_ids: list[int]) -> list[int]:
+    with _held_lock:
+        return [i for i in send_ids if i in _held_ids]
 
 
 def _done(outcome: CallOutcome) -> concurrent.futures.Future[CallOutcome]:

@@ -127,7 +127,10 @@ class Settings:
     sentry_dsn: Secret | None = None  # errors to Sentry when set  # phone numbers written without a country code are read as this country's
     # outbox recovery (engine/reconciler.py)
     reconcile_after_s: float = 300.0  # queued/retrying this long without progress: offered again
-    claim_timeout_s: float = 900.0  # sending this long (worker killed): offered again
+    claim_timeout_s: float = 900.0  # sending this long with no known claimant (older claims): offered again
+    # outcomes never forgotten (engine/journal.py, engine/workers.py)
+    journal_dir: str = "var/journal"  # provider results not yet in the database, one file per worker process
+    heartbeat_interval_s: float = 5.0  # a worker's liveness row; 3 missed beats and its claims are re-offered
     failover_after_errors: int = 5  # consecutive primary failures before the backup provider takes over
     failover_cooloff_s: float = 30.0  # then the primary is tried again
     rates: Mapping[str, Rate] = field(default_factory=dict)
@@ -227,6 +230,8 @@ _SCALARS: dict[str, tuple[str, type]] = {
     "SENTRY_DSN": ("sentry_dsn", Secret),
     "RECONCILE_AFTER_S": ("reconcile_after_s", float),
     "CLAIM_TIMEOUT_S": ("claim_timeout_s", float),
+    "JOURNAL_DIR": ("journal_dir", str),
+    "HEARTBEAT_INTERVAL_S": ("heartbeat_interval_s", float),
     "FAILOVER_AFTER_ERRORS": ("failover_after_errors", int),
     "FAILOVER_COOLOFF_S": ("failover_cooloff_s", float),
 }
@@ -483,6 +488,10 @@ def _validate(s: Settings) -> None:
 
     if s.default_region.upper() not in phonenumbers.SUPPORTED_REGIONS:
         raise ConfigError(f"{PREFIX}DEFAULT_REGION", "expected a two-letter region code such as US, GB or FR")
+    if not 0 < s.heartbeat_interval_s <= 60:
+        raise ConfigError(f"{PREFIX}HEARTBEAT_INTERVAL_S", "must be positive and at most 60 (seconds)")
+    if not s.journal_dir.strip():
+        raise ConfigError(f"{PREFIX}JOURNAL_DIR", "must name a directory")
     for name in ("reconcile_after_s", "claim_timeout_s", "failover_cooloff_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{PREFIX}{name.upper()}", "must be positive")

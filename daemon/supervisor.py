@@ -95,6 +95,7 @@ class Daemon:
             await runner.cleanup()
             self.broker.close()
             raise _bind_error(self.settings.http_host, self.settings.http_port, exc) from None
+        await asyncio.to_thread(self._replay_journals)
         self._start_workers()
         logger.info("retentiond %s started: side server on http://%s:%d, database %s, broker %s, %s",
                     self.instance_id, self.settings.http_host, self.settings.http_port,
@@ -157,8 +158,24 @@ class Daemon:
 
     # -- workers ----------------------------------------------------------------------------------
 
+    def _replay_journals(self) -> None:
+        """Before any worker starts or the reconciler runs: results that workers of this host got
+        from providers but never wrote (killed, or stopped during a database outage) are written
+        now, so their sends are settled instead of re-offered and sent twice. If the database is
+        away, the files stay and the workers' heartbeats replay them once it answers."""
+        from engine.journal import replay_orphans
+
+        try:
+            replay_orphans(self.settings.journal_dir)
+        except Exception as exc:
+            logger.warning("replaying the journals of stopped workers failed (%s); the workers retry",
+                           type(exc).__name__)
+
     def _start_workers(self) -> None:
         if self.settings.is_memory_broker:
+            from daemon.worker_process import Liveness
+
+            self._liveness = Liveness(self.settings).start()  # the worker threads claim under this process
             self._in_process_worker = dramatiq.Worker(self.broker, worker_threads=self.settings.threads)
             self._in_process_worker.start()
             return
@@ -189,6 +206,7 @@ class Daemon:
         if self._in_process_worker is not None:
             remaining_ms = max(1000, int((deadline - time.monotonic()) * 1000))
             self._in_process_worker.stop(timeout=remaining_ms)
+            self._liveness.stop()
             return 0
         for process in self._children.values():
             if process.is_alive() and process.pid:

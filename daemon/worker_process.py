@@ -8,14 +8,17 @@ A message still running when the timeout ends is not acknowledged: RabbitMQ rede
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import signal
 import threading
+import time
 
 from daemon.config import Settings
 from daemon.exit_codes import RET_OK
 from daemon.logging_setup import setup_logging, setup_sentry
+from daemon.outage_log import OutageLog
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ def worker_main(settings: Settings, index: int) -> int:
 
     init_database(settings.database_url, pool_size=settings.db_pool_size, timeout_s=settings.db_timeout_s)
     metrics.initialise_labels()
+    liveness = Liveness(settings).start()  # before the first claim: claims carry its instance id
     broker = build_broker(settings)
     worker = Worker(broker, worker_threads=settings.threads)
     worker.start()
@@ -46,9 +50,85 @@ def worker_main(settings: Settings, index: int) -> int:
     # Leave a second of the supervisor's budget for closing connections.
     worker.stop(timeout=max(1000, int((settings.shutdown_timeout_s - 1) * 1000)))
     broker.close()
+    liveness.stop()
     close_database()
     logger.info("worker %d stopped", index)
     return RET_OK
+
+
+class Liveness:
+    """This process's identity on its claims, its journal of unwritten results, and a heartbeat
+    thread: every ``HEARTBEAT_INTERVAL_S`` it renews the process's row (engine/workers.py) and
+    replays the journals of this host's dead workers (engine/journal.py), so a crashed sibling's
+    results are written by whoever is alive, as soon as the database answers."""
+
+    def __init__(self, settings: Settings) -> None:
+        from engine import workers
+
+        self.settings = settings
+        self.process = workers.install(settings.journal_dir)
+        self._done = threading.Event()
+        self._alive_since: dt.datetime | None = None
+        self._last_beat = 0.0
+        self._beat_outage = OutageLog(logger, "worker heartbeat")
+        self._replay_outage = OutageLog(logger, "replaying the journals of stopped workers")
+        self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
+
+    def start(self) -> Liveness:
+        self.tick()
+        self._thread.start()
+        return self
+
+    def tick(self) -> None:
+        from db.database import db_session
+        from db.models import utcnow
+        from engine.journal import replay_orphans
+        from engine.workers import beat
+
+        now, started = utcnow(), time.monotonic()
+        # A gap in the beats (an outage, a stalled thread) starts a new run: the reconciler counts
+        # a claimant dead only after another worker beat without a break for 3 intervals.
+        if self._alive_since is None or started - self._last_beat > 2 * self.settings.heartbeat_interval_s:
+            self._alive_since = now
+        try:
+            with db_session():
+                beat(self.process.instance, now, self._alive_since)
+        except Exception as exc:
+            self._alive_since = None
+            self._beat_outage.failed(exc)
+            return
+        self._last_beat = started
+        self._beat_outage.succeeded()
+        try:
+            replay_orphans(self.settings.journal_dir, own=self.process.journal.path)
+        except Exception as exc:  # the files stay; the next beat tries again
+            self._replay_outage.failed(exc)
+        else:
+            self._replay_outage.succeeded()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.settings.heartbeat_interval_s):
+            self.tick()
+
+    def stop(self) -> None:
+        """After the worker stopped: no more beats; the row goes, and the journal if all was written."""
+        from db.database import db_session
+        from engine.workers import retire
+
+        self._done.set()
+        self._thread.join(timeout=self.settings.heartbeat_interval_s + 1)
+        if self.process.journal.pending:
+            # results left unwritten (the database is away): the next start replays the journal;
+            # the row stays as the date of our last sign of life
+            logger.warning("%d result(s) not yet written stay in %s for the next start",
+                           self.process.journal.pending, self.process.journal.path)
+        else:
+            try:
+                with db_session():
+                    retire(self.process.instance)
+            except Exception as exc:
+                logger.warning("could not remove this worker's heartbeat row: %s", type(exc).__name__)
+        self.process.journal.close()
 
 
 def _watch_parent(parent_pid: int, stopping: threading.Event) -> None:

@@ -184,6 +184,8 @@ class WorkerHeartbeat(BaseModel):
     instance = peewee.CharField(max_length=100, primary_key=True)  # host:pid:random, see engine/workers.py
     started_at = peewee.DateTimeField(default=utcnow)
     beat_at = peewee.DateTimeField(default=utcnow)
+    # first beat of the current unbroken run of beats: it reached the database all along since then
+    alive_since = peewee.DateTimeField(default=utcnow)
 
 
 class JobRun(BaseModel):

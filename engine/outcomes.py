@@ -11,14 +11,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from db.bulk import insert_many
-from db.database import database, rows
-from db.models import CampaignStep, Decision, Enrolment, Send
+from db.database import database, is_postgres, rows
+from db.models import CampaignStep, Contact, Decision, Enrolment, Send
 from db.queries import settle_sends
+from engine.checks import ADDRESS_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -91,22 +92,85 @@ _DECISION_NAMES = {"sent": "sent", "failed": "failed", "retrying": "retried", "d
                    "skipped": "skipped", "fell_back": "fell_back"}
 
 
-def settle(results: Sequence[Result], now: dt.datetime) -> None:
-    """Record a batch's outcomes (rows still ``sending`` only), decisions, fallbacks, progress."""
+def settle(results: Sequence[Result], now: dt.datetime, claimant: str | None = None,
+           step_fallbacks: Mapping[int, str] | None = None) -> list[Result]:
+    """Record outcomes, decisions, fallbacks and progress for the sends still ``sending`` (under
+    ``claimant``, when given); return the results that applied.
+
+    Idempotent, so it is safe to retry after any failure (a commit whose answer was lost, a
+    journal replayed after a restart): the sends still held are locked and picked first, and only
+    their results write a decision, a fallback or an enrolment's progress. A send settled
+    meanwhile (by an earlier attempt, or re-offered by the reconciler) keeps its first outcome.
+    ``step_fallbacks`` (step id -> channel) turns a permanent failure into a fallback send when
+    the contact has an address on that channel."""
     if not results:
-        return
+        return []
     with database.atomic():
-        settle_sends([_row(r, now) for r in results])
-        decisions = [_decision(r, now) for r in results if r.outcome in _DECISION_NAMES]
-        if decisions:
-            insert_many(Decision, decisions).execute()
-        fallbacks = [r for r in results if r.fallback_channel and r.outcome in ("fell_back", "failed")]
-        if fallbacks:
-            create_fallbacks(fallbacks, now)
-        done = [r.send.enrolment_id for r in results
-                if r.send.enrolment_id is not None and r.outcome in _FINAL and not r.fallback_channel]
-        advance_enrolments(done, now)
+        held = _still_held([r.send.id for r in results], claimant)
+        results = [r for r in results if r.send.id in held]
+        if step_fallbacks:
+            results = resolve_fallbacks(results, step_fallbacks)
+        if results:
+            settle_sends([_row(r, now) for r in results])
+            decisions = [_decision(r, now) for r in results if r.outcome in _DECISION_NAMES]
+            if decisions:
+                insert_many(Decision, decisions).execute()
+            fallbacks = [r for r in results if r.fallback_channel and r.outcome in ("fell_back", "failed")]
+            if fallbacks:
+                create_fallbacks(fallbacks, now)
+            done = [r.send.enrolment_id for r in results
+                    if r.send.enrolment_id is not None and r.outcome in _FINAL and not r.fallback_channel]
+            advance_enrolments(done, now)
     log_outcomes(results)
+    return results
+
+
+def _still_held(send_ids: list[int], claimant: str | None) -> set[int]:
+    """The sends among ``send_ids`` still ``sending`` (by ``claimant``), locked until the
+    transaction ends on PostgreSQL (SQLite's BEGIN IMMEDIATE already excludes other writers)."""
+    query = Send.select(Send.id).where(Send.id.in_(send_ids), Send.status == "sending")
+    if claimant is not None:
+        query = query.where(Send.claimed_by == claimant)
+    if is_postgres():
+        query = query.for_update()
+    return {r[0] for r in rows(query)}
+
+
+def resolve_fallbacks(results: list[Result], step_fallbacks: Mapping[int, str]) -> list[Result]:
+    """A permanent failure tries the step's fallback channel, when the contact has that address."""
+    failing = {r.send.id for r in results if r.outcome == "failed" and r.send.step_id in step_fallbacks
+               and r.send.fallback_of_id is None and r.send.contact_id is not None}
+    if not failing:
+        return results
+    contact_ids = [r.send.contact_id for r in results if r.send.id in failing]
+    contacts = {c.id: c for c in Contact.select().where(Contact.id.in_(contact_ids))}
+    out = []
+    for r in results:
+        channel = step_fallbacks.get(r.send.step_id) if r.send.id in failing and r.send.step_id is not None else None
+        contact = contacts.get(r.send.contact_id) if channel and r.send.contact_id is not None else None
+        address = getattr(contact, ADDRESS_FIELDS[channel]) if contact is not None and channel else None
+        if channel and address:
+            r = Result(r.send, r.outcome, reason=f"provider refused; falling back to {channel}", error=r.error,
+                       provider=r.provider, fallback_channel=channel, fallback_recipient=address)
+        out.append(r)
+    return out
+
+
+def settle_journaled(by_claimant: Mapping[str, Sequence[tuple[Result, str | None]]], now: dt.datetime) -> list[Result]:
+    """Write results replayed from a dead worker's journal (engine/journal.py), each group under
+    the claimant that wrote it: only sends that worker still holds change. Their subject and body,
+    never journaled, come back from the send rows (a fallback send copies them)."""
+    applied: list[Result] = []
+    for claimant, entries in by_claimant.items():
+        ids = [r.send.id for r, _ in entries]
+        texts = {r[0]: (r[1], r[2], r[3]) for r in rows(Send.select(Send.id, Send.recipient, Send.subject, Send.body)
+                                                         .where(Send.id.in_(ids)))}
+        results = [replace(r, send=replace(r.send, recipient=texts[r.send.id][0], subject=texts[r.send.id][1],
+                                           body=texts[r.send.id][2]))
+                   for r, _ in entries if r.send.id in texts]
+        step_fallbacks = {r.send.step_id: fb for r, fb in entries if fb and r.send.step_id is not None}
+        applied += settle(results, now, claimant=claimant, step_fallbacks=step_fallbacks)
+    return applied
 
 
 def log_outcomes(results: Iterable[Result]) -> None:

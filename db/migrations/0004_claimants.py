@@ -10,6 +10,7 @@ def up(migrator, db):
         instance = CharField(primary_key=True, max_length=100)
         started_at = DateTimeField()
         beat_at = DateTimeField()
+        alive_since = DateTimeField()
 
         class Meta:
             database = db
