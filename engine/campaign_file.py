@@ -171,6 +171,10 @@ class _Validator:
         if not isinstance(value, str) or not value.strip():
             self.error(where, f"expected non-empty text, got {_kind(value)}")
             return None
+        if "\x00" in value:
+            # YAML's "\0": PostgreSQL text cannot hold it, and no message or name needs it.
+            self.error(where, "holds a NUL character (\\0)")
+            return None
         return value
 
     def template(self, value: object, where: str) -> str | None:

@@ -106,7 +106,15 @@ def _text(data: Mapping[str, Any], name: str, limit: int) -> str | None:
     text = str(value).strip()
     if len(text) > limit:
         raise InvalidContact(name, f"longer than {limit} characters")
+    _refuse_nul(name, text)
     return text or None
+
+
+def _refuse_nul(name: str, text: str) -> None:
+    # PostgreSQL text cannot hold U+0000 (the driver raises, the whole batch fails) and SQLite
+    # would store a value nothing else reads back whole: a NUL is refused on both engines.
+    if "\x00" in text:
+        raise InvalidContact(name, "holds a NUL character (\\0)")
 
 
 def parse_contact(data: Mapping[str, Any], default_region: str) -> ContactInput:
@@ -151,7 +159,13 @@ def _check_attributes(attributes: Mapping[str, Any]) -> None:
     while stack:
         value, depth = stack.pop()
         children = value.values() if isinstance(value, Mapping) else value if isinstance(value, list | tuple) else ()
+        if isinstance(value, Mapping):
+            for key in value:  # rendered into messages, which PostgreSQL stores as text
+                if isinstance(key, str):
+                    _refuse_nul("attributes", key)
         for child in children:
+            if isinstance(child, str):
+                _refuse_nul("attributes", child)
             if isinstance(child, Mapping | list | tuple):
                 if depth + 1 > ATTRIBUTES_MAX_DEPTH:
                     raise InvalidContact("attributes", f"nested deeper than {ATTRIBUTES_MAX_DEPTH} levels")
@@ -296,7 +310,9 @@ def _existing(merged: Sequence[ContactInput]) -> list[Contact]:
 def find_contact(key: Mapping[str, Any], default_region: str) -> Contact | None:
     """The contact with this external_id, email or phone (normalised first), if any."""
     if key.get("external_id"):
-        return Contact.get_or_none(Contact.external_id == str(key["external_id"]).strip())
+        external_id = str(key["external_id"]).strip()
+        _refuse_nul("external_id", external_id)
+        return Contact.get_or_none(Contact.external_id == external_id)
     if key.get("email"):
         return Contact.get_or_none(Contact.email == normalise_email(str(key["email"])))
     if key.get("phone"):

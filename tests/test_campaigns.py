@@ -456,3 +456,32 @@ def test_campaign_apply_warns_about_a_template_typo_and_still_applies(sqlite_url
     assert "typo: created (version 1)" in result.stdout
     warned = [line for line in result.stderr.splitlines() if line.startswith("retentiond: warning: ")]
     assert any("steps[0].subject" in line and "'nme'" in line for line in warned), result.stderr
+
+
+# -- a NUL character (YAML's "\0"): PostgreSQL text cannot hold one (issue 10, follow-up defect 6) --
+
+@pytest.mark.parametrize(("line", "where"), [
+    ('name: "Nul\\0name"', "name"),
+    ('subject: "a\\0b"', "steps[0].subject"),
+    ('body: "hi\\0"', "steps[0].body"),
+])
+def test_a_nul_character_in_a_campaign_file_is_refused(line: str, where: str) -> None:
+    fields = {"name": 'name: "N"', "subject": 'subject: "S"', "body": 'body: "hi"'}
+    fields[line.split(":")[0]] = line
+    text = (f"slug: nul\n{fields['name']}\ntrigger: manual\nsteps:\n  - channel: email\n    delay: 0s\n"
+            f"    {fields['subject']}\n    {fields['body']}\n")
+    assert problems(text, "nul.yaml") == [f"nul.yaml: {where}: holds a NUL character (\\0)"]
+
+
+@pytest.mark.postgres
+def test_campaign_apply_of_a_nul_on_postgresql_exits_2_with_one_line(pg_url: str, tmp_path: Path) -> None:
+    from tests.support.daemon import base_env, cli
+
+    env = base_env(DATABASE_URL=pg_url)
+    assert cli("migrate", env=env).returncode == 0
+    path = tmp_path / "nul.yaml"
+    path.write_text('slug: nul\nname: N\ntrigger: manual\nsteps:\n  - channel: email\n    delay: 0s\n'
+                    '    subject: "a\\0b"\n    body: "hi"\n')
+    result = cli("campaign", "apply", str(path), env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"retentiond: error: {path}: steps[0].subject: holds a NUL character (\\0)"]

@@ -191,3 +191,36 @@ def test_a_huge_line_is_never_held_in_memory_whole(migrated_db: str, tmp_path: P
     assert [(line, field) for line, field, _ in report.invalid] == [(3, "row")]
     assert names_by_id() == {"u1": "Ada", "u3": "Cy"}
     assert peak < 10_000_000, f"peak {peak} bytes"
+
+
+# -- a NUL character: PostgreSQL text cannot hold one (issue 10, follow-up defect 6) -------------
+
+NUL_CSV = ("email,name,attributes.plan\n"
+           "before@example.com,Before,free\n"
+           "nul@example.com,a\x00b,free\n"  # line 3: NUL in the name
+           "attr@example.com,Attr,pro\x00\n"  # line 4: NUL in an attribute
+           "after@example.com,After,free\n")
+
+
+def test_a_nul_character_rejects_its_row_and_the_rest_is_imported(migrated_db: str, tmp_path: Path) -> None:
+    # Given a CSV whose rows hold a NUL character (on both engines: SQLite took it, PostgreSQL crashed)
+    path = tmp_path / "nul.csv"
+    path.write_text(NUL_CSV)
+    # When it is imported
+    report = import_csv(path, default_region="US", progress=False)
+    # Then those rows are reported, and the others are in
+    assert [(line, field) for line, field, _ in report.invalid] == [(3, "name"), (4, "attributes")]
+    assert sorted(c.email for c in Contact.select()) == ["after@example.com", "before@example.com"]
+
+
+@pytest.mark.postgres
+def test_cli_import_of_a_nul_row_on_postgresql_exits_6(pg_url: str, tmp_path: Path) -> None:
+    env = base_env(DATABASE_URL=pg_url)
+    assert cli("migrate", env=env).returncode == 0
+    path = tmp_path / "nul.csv"
+    path.write_text(NUL_CSV)
+    result = cli("contacts", "import", "--no-progress", str(path), env=env)
+    assert result.returncode == RET_REJECTED, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "4 row(s): 2 created, 0 updated, 2 invalid" in result.stdout
+    assert "line 3: name:" in result.stderr and "line 4: attributes:" in result.stderr
