@@ -106,11 +106,12 @@ def rabbitmq_queue_depths(vhost: str) -> dict[str, int]:
 
 @pytest.fixture
 def amqp_url(rabbitmq_vhost: str) -> Iterator[str]:
-    """The suite's vhost with every retentiond queue deleted before the test."""
+    """The suite's vhost with every retentiond queue deleted before the test (a test may declare
+    them quorum, another classic: actors/rabbitmq.py)."""
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url_for(rabbitmq_vhost)))
     try:
         channel = connection.channel()
-        for channel_name in CHANNELS:
+        for channel_name in (*CHANNELS, "events"):
             for suffix in ("", ".DQ", ".XQ"):
                 channel.queue_delete(f"{QUEUE_PREFIX}{channel_name}{suffix}")
     finally:

@@ -113,28 +113,15 @@ def queue_types(vhost: str) -> dict[str, str]:
     return dict(line.split()[:2] for line in listed.strip().splitlines()[1:])
 
 
-@pytest.fixture
-def vhost_without_queues(amqp_url: str, rabbitmq_vhost: str) -> Iterator[str]:
-    """The suite's vhost with the events queues deleted too (amqp_url deletes the channel ones)."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        for suffix in ("", ".DQ", ".XQ"):
-            channel.queue_delete(f"retentiond.events{suffix}")
-    finally:
-        connection.close()
-    yield amqp_url
-
-
 @pytest.mark.parametrize("existing, asked, hint", [
     ("classic", "quorum", "RETENTIOND_QUEUE_TYPE=classic"),
     ("quorum", "classic", "RETENTIOND_QUEUE_TYPE=quorum"),
 ])
 def test_a_queue_of_the_other_type_stops_the_start_with_exit_2_and_one_line_saying_what_to_do(
-        existing: str, asked: str, hint: str, vhost_without_queues: str, rabbitmq_vhost: str,
+        existing: str, asked: str, hint: str, amqp_url: str, rabbitmq_vhost: str,
         tmp_path: Path) -> None:
     # Given queues a daemon of the other type left on the broker
-    settings = make_settings(BROKER_URL=vhost_without_queues, QUEUE_TYPE=existing)
+    settings = make_settings(BROKER_URL=amqp_url, QUEUE_TYPE=existing)
     broker = build_broker(settings)
     try:
         for queue in sorted(broker.get_declared_queues()):
@@ -143,7 +130,7 @@ def test_a_queue_of_the_other_type_stops_the_start_with_exit_2_and_one_line_sayi
         broker.close()
     assert queue_types(rabbitmq_vhost)["retentiond.sms"] == existing
     # When the operator starts a daemon asking for the other type
-    env = base_env(DATABASE_URL=f"sqlite:///{tmp_path / 'r.db'}", BROKER_URL=vhost_without_queues,
+    env = base_env(DATABASE_URL=f"sqlite:///{tmp_path / 'r.db'}", BROKER_URL=amqp_url,
                    QUEUE_TYPE=asked, HTTP_PORT=str(free_port()))
     assert cli("migrate", env=env, cwd=tmp_path).returncode == 0
     result = cli("run", "--processes", "1", env=env, cwd=tmp_path, timeout_s=60)
@@ -160,16 +147,16 @@ def test_a_queue_of_the_other_type_stops_the_start_with_exit_2_and_one_line_sayi
 
 
 def test_a_message_redelivered_past_the_delivery_limit_is_dead_lettered_not_looped(
-        vhost_without_queues: str, rabbitmq_vhost: str) -> None:
+        amqp_url: str, rabbitmq_vhost: str) -> None:
     # Given the quorum sms queue, and a message on it that never gets acknowledged (a poison message
     # that kills whatever worker takes it)
-    broker = build_broker(make_settings(BROKER_URL=vhost_without_queues, QUEUE_TYPE="quorum"))
+    broker = build_broker(make_settings(BROKER_URL=amqp_url, QUEUE_TYPE="quorum"))
     try:
         broker.declare_queue("retentiond.sms", ensure=True)
     finally:
         broker.close()
     assert queue_types(rabbitmq_vhost)["retentiond.sms.XQ"] == "quorum"
-    connection = pika.BlockingConnection(pika.URLParameters(vhost_without_queues))
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         channel = connection.channel()
         channel.basic_publish("", "retentiond.sms", b"poison", pika.BasicProperties(delivery_mode=2))
