@@ -25,12 +25,17 @@ logger = logging.getLogger(__name__)
 
 def worker_main(settings: Settings, index: int) -> int:
     """Entry point of worker process ``index``; returns its exit code."""
+    # SIGTERM is taken by the main thread when it asks for it (sigtimedwait), never by a Python
+    # handler: a handler that sets a threading.Event deadlocks when it lands while the main thread
+    # holds that Event's own lock — a window that GIL contention at start-up (a dozen threads
+    # starting) widens enough that a worker once ignored SIGTERM for the whole shutdown timeout.
+    # Blocked before any thread starts, so every thread inherits the mask and the signal waits
+    # for the main thread.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
     setup_logging(settings.log_level, settings.log_format)
     setup_sentry(settings.sentry_dsn)
-    stopping = threading.Event()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    threading.Thread(target=_watch_parent, args=(os.getppid(), stopping), daemon=True, name="parent-watch").start()
 
     from dramatiq import Worker
 
@@ -46,7 +51,7 @@ def worker_main(settings: Settings, index: int) -> int:
     worker.start()
     logger.info("worker %d (pid %d) started with %d threads", index, os.getpid(), settings.threads)
 
-    stopping.wait()
+    wait_for_stop(parent)
     # Leave a second of the supervisor's budget for closing connections.
     worker.stop(timeout=max(1000, int((settings.shutdown_timeout_s - 1) * 1000)))
     broker.close()
@@ -131,12 +136,15 @@ class Liveness:
         self.process.journal.close()
 
 
-def _watch_parent(parent_pid: int, stopping: threading.Event) -> None:
-    """A worker whose supervisor died (kill -9) stops on its own instead of running orphaned."""
-    while not stopping.wait(1.0):
+def wait_for_stop(parent_pid: int, poll_s: float = 1.0) -> str:
+    """Block until SIGTERM (blocked in every thread, see worker_main) or until the supervisor is
+    gone (kill -9: this worker stops on its own instead of running orphaned). Returns which."""
+    while True:
+        if signal.sigtimedwait({signal.SIGTERM}, poll_s) is not None:
+            return "SIGTERM"
         if os.getppid() != parent_pid:
             logger.error("the supervisor (pid %d) is gone: stopping this worker", parent_pid)
-            stopping.set()
+            return "orphaned"
 
 
 def spawn_entry(settings: Settings, index: int) -> None:  # multiprocessing target
