@@ -20,6 +20,10 @@ a dropped entry when it reaches it. Once a request's batch has started it waits 
 outcome, and the commit itself waits at most ``max_wait_s`` for the database's write lock (SQLite
 ``busy_timeout``, PostgreSQL ``lock_timeout``/``statement_timeout``), so no answer takes much
 longer than twice ``max_wait_s`` and a database locked for minutes costs bounded memory.
+
+A caller that must not wait for a commit at all (a reader's click, ``submit_within``) stops
+waiting at its own deadline even when its batch is under way; the batch then still decides whether
+the event is written, and reports it to the caller's callback (``StillWriting``).
 """
 
 from __future__ import annotations
@@ -57,6 +61,15 @@ class Overloaded(Exception):
     def __init__(self, reason: str, retry_after_s: int) -> None:
         super().__init__(reason)
         self.retry_after_s = retry_after_s
+
+
+class StillWriting(Exception):
+    """The caller's deadline passed while the event's batch was being written: it may yet be stored.
+    ``outcome`` settles when that commit does (True new, False a duplicate, or the commit's error)."""
+
+    def __init__(self, outcome: asyncio.Future[bool]) -> None:
+        super().__init__("the event's batch is still being written")
+        self.outcome = outcome
 
 
 @dataclass(eq=False)
@@ -108,26 +121,43 @@ class GroupCommitter:
     async def submit(self, event: IncomingEvent, max_wait_s: float | None = None) -> bool:
         """True when stored now, False when it duplicates an event stored before. Raises
         ``Overloaded`` when the queue is full or the event's batch did not start within
-        ``max_wait_s`` (default: the committer's); then nothing of it is written."""
+        ``max_wait_s`` (default: the committer's); then nothing of it is written. Once its batch
+        has started, waits for that commit (bounded by the commit's own lock timeout)."""
+        pending = self._enqueue(event)
+        try:
+            return await self._wait(pending, self.max_wait_s if max_wait_s is None else max_wait_s)
+        except StillWriting:
+            # Its batch is being written: the commit decides (and gives up within its lock timeout).
+            return await pending.future
+
+    async def submit_within(self, event: IncomingEvent, max_wait_s: float) -> bool:
+        """Like ``submit``, but never waits longer than ``max_wait_s`` in all: when the deadline
+        passes with the event's batch under way, raises ``StillWriting``, whose ``outcome`` says
+        later whether the event was written."""
+        return await self._wait(self._enqueue(event), max_wait_s)
+
+    def _enqueue(self, event: IncomingEvent) -> _Pending:
         pending = _Pending(event, asyncio.get_running_loop().create_future())
         try:
             self._queue.put_nowait(pending)
         except asyncio.QueueFull:
             raise Overloaded("the ingest queue is full", self.retry_after_s) from None
         self.peak_queued = max(self.peak_queued, self._queue.qsize())
+        return pending
+
+    async def _wait(self, pending: _Pending, max_wait_s: float) -> bool:
         try:
-            async with asyncio.timeout(self.max_wait_s if max_wait_s is None else max_wait_s):
+            async with asyncio.timeout(max_wait_s):
                 return await asyncio.shield(pending.future)
         except TimeoutError:
             if not pending.taken:
                 pending.dropped = True
                 raise Overloaded("waited too long for the database", self.retry_after_s) from None
+            raise StillWriting(pending.future) from None
         except asyncio.CancelledError:  # the client went away: write it only if already under way
             pending.dropped = not pending.taken
             pending.future.cancel()
             raise
-        # Its batch is being written: the commit decides (and gives up within its lock timeout).
-        return await pending.future
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

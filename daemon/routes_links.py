@@ -18,7 +18,7 @@ import secrets
 import peewee
 from aiohttp import web
 
-from daemon.ingest import IncomingEvent, Overloaded
+from daemon.ingest import IncomingEvent, Overloaded, StillWriting
 from daemon.metrics import WEBHOOK_EVENTS
 from daemon.outage_log import OutageLog
 from daemon.routes_webhooks import COMMITTER, SETTINGS
@@ -92,11 +92,17 @@ async def tracked_link(request: web.Request) -> web.Response:
     """Record the click durably (group commit, like a webhook), then redirect to the URL recorded
     for the token — never one taken from the request.
 
-    Degraded mode: the reader is never kept waiting on the click record. When the click cannot be
-    committed within ``CLICK_MAX_WAIT_S`` (queue full, database locked or away), the reader is
-    redirected all the same and the click is dropped — never written later — and counted in
-    ``retentiond_webhook_events_total{source="tracked-link",outcome="dropped"}``. Only when the link
-    itself cannot be looked up (database unreachable) is the answer 503 with ``Retry-After``.
+    Degraded mode: the reader is never kept waiting on the click record longer than
+    ``CLICK_MAX_WAIT_S``; then the reader is redirected all the same, and the click:
+
+    * is dropped — never written later — when its group commit had not started (queue full, the
+      committer busy with a locked or absent database);
+    * is left to its batch when that commit had started: the batch may still write it (within
+      ``INGEST_MAX_WAIT_S``, its lock timeout), and a click written late is a click recorded.
+
+    ``retentiond_webhook_events_total{source="tracked-link",outcome="dropped"}`` counts the clicks
+    that were really not written, once that is known. Only when the link itself cannot be looked up
+    (database unreachable) is the answer 503 with ``Retry-After``.
     """
     token = _token(request, "unknown link")
     committer = request.app[COMMITTER]
@@ -113,14 +119,30 @@ async def tracked_link(request: web.Request) -> web.Response:
                           json.dumps({"events": [{"type": "click", "data": {"token": token}}]}))
     settings = request.app[SETTINGS]
     try:
-        await committer.submit(click, max_wait_s=settings.click_max_wait_s)
+        await committer.submit_within(click, settings.click_max_wait_s)
+    except StillWriting as writing:
+        writing.outcome.add_done_callback(_click_settled)  # counted when its batch settles
     except Exception as exc:
-        # Overloaded: never written. A failed commit: written by nothing either (rolled back).
-        WEBHOOK_EVENTS.labels(CLICK_SOURCE, "dropped").inc()
-        _drops.failed(exc, expected=isinstance(exc, Overloaded))
+        _click_dropped(exc)
     else:
         _drops.succeeded()
     raise web.HTTPFound(url)
+
+
+def _click_dropped(exc: BaseException) -> None:
+    # Overloaded: never written. A failed commit: written by nothing either (rolled back).
+    WEBHOOK_EVENTS.labels(CLICK_SOURCE, "dropped").inc()
+    _drops.failed(exc, expected=isinstance(exc, Overloaded))
+
+
+def _click_settled(outcome: asyncio.Future[bool]) -> None:
+    """The late outcome of a click whose reader was already redirected."""
+    if outcome.cancelled():  # the committer stopped before answering: nothing was written
+        _click_dropped(asyncio.CancelledError())
+    elif (exc := outcome.exception()) is not None:
+        _click_dropped(exc)
+    else:
+        _drops.succeeded()
 
 
 # A database outage under heavy traffic must not turn into a log line per reader: one line when
