@@ -60,7 +60,8 @@ def rabbitmq_broker(settings: Settings, middleware: list[Middleware], **kwargs: 
     """The broker for ``settings.broker_url`` with the queue type in force."""
     kind = queue_type(settings)
     setting = settings.queue_type.lower()
-    why = f"{SETTING}={setting}" + (f" and {len(settings.broker_url.split(';'))} broker URLs" if setting == "auto" else "")
+    urls = len(settings.broker_url.split(";"))
+    why = f"{SETTING}={setting}" + (f" and {urls} broker URL{'s' if urls > 1 else ''}" if setting == "auto" else "")
     return QueueTypeRabbitmqBroker(url=settings.broker_url, middleware=middleware, queue_type=kind, why=why, **kwargs)
 
 
