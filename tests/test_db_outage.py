@@ -13,6 +13,7 @@ import pytest
 
 from db.database import close_database, init_database
 from db.models import Send
+from engine.journal import SUFFIX, read_unsettled
 from tests.support.daemon import DaemonProcess, base_env
 from tests.support.services import POSTGRES
 from tests.support.simulator import SimulatorProcess
@@ -79,5 +80,55 @@ def test_a_database_cut_during_dispatch_repeats_nothing_and_recovers_at_once(
         finally:
             close_database()
         assert daemon.stop() == 0
+    finally:
+        simulator.stop()
+
+
+def journaled_sent(journal_dir: Path) -> set[int]:
+    """Sends whose 'sent' result sits in a worker's journal, not marked written."""
+    return {e.result.send.id for path in journal_dir.glob(f"*{SUFFIX}") for e in read_unsettled(path)
+            if e.result.outcome == "sent"}
+
+
+@pytest.mark.slow
+def test_results_journaled_during_an_outage_survive_a_kill_9_and_are_not_sent_again(
+        pg_url: str, amqp_url: str, tmp_path: Path, daemons: list, pg_proxy: TcpProxy) -> None:
+    simulator = SimulatorProcess(tmp_path, latency_ms=200).start()
+    try:
+        # Given a daemon dispatching a few hundred sms, whose database is cut off mid-dispatch
+        env = outage_env(pg_url, amqp_url, pg_proxy, simulator, HEARTBEAT_INTERVAL_S="1")
+        prepare(env, tmp_path, ONE_STEP, SENDS, "one-step")
+        first = DaemonProcess(env, tmp_path, "--processes", "2", name="first")
+        daemons.append(first.start())
+        wait_until(lambda: simulator.stats()["received"] >= 60, 60, "the dispatch to start", interval_s=0.05)
+        pg_proxy.cut()
+        init_database(pg_url)  # the test's own connection does not go through the proxy
+        try:
+            # ...so that every result the provider gave since is in the workers' journals only
+            journal_dir = tmp_path / "var" / "journal"
+
+            def accounted() -> bool:
+                written = {s.id for s in Send.select(Send.id).where(Send.status == "sent")}
+                return len(written | journaled_sent(journal_dir)) == simulator.stats()["received"]
+
+            wait_until(accounted, 20, "every delivery written or journaled", interval_s=0.2)
+            journaled = journaled_sent(journal_dir)
+            assert journaled, "no result waited in a journal when the daemon was killed"
+            # When the daemon is killed outright, the database comes back, and a new daemon starts
+            first.kill()
+            pg_proxy.restore()
+            second = DaemonProcess(env, tmp_path, "--processes", "2", name="second")
+            daemons.append(second.start())
+            # Then the journaled results are written, not sent again, and every send goes out once
+            wait_until(lambda: sent_count() == SENDS, 60, f"all {SENDS} sends recorded as sent", interval_s=0.25)
+            stats = simulator.stats()
+            print(f"\nkill -9 with {len(journaled)} result(s) only in the journal: {stats['duplicates']} "
+                  f"duplicate(s), {stats['received']} received")
+            assert stats["duplicates"] == 0
+            assert stats["received"] == SENDS
+            assert not any(read_unsettled(path) for path in journal_dir.glob(f"*{SUFFIX}"))
+        finally:
+            close_database()
+        assert second.stop() == 0
     finally:
         simulator.stop()
