@@ -175,7 +175,9 @@ def template_warnings(specs: Iterable[CampaignSpec]) -> list[str]:
             for field, source in (("subject", step.subject), ("body", step.body)):
                 if source is None:
                     continue
-                job = RenderJob(contact=sample, subject=None, body=source, channel=step.channel)
+                # A subject renders as a subject: its own bound (998 characters) applies.
+                job = RenderJob(contact=sample, subject=source if field == "subject" else None,
+                                body=source if field == "body" else "", channel=step.channel)
                 try:
                     render(job, _SAMPLE_PUBLIC_URL)
                 except TemplateError as exc:

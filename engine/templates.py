@@ -25,6 +25,14 @@ Bodies keep their line breaks.
 
 Autoescaping is off: sms, call and push bodies are plain text. Sandbox violations (``''.__class__``,
 mutating a list...) are TemplateErrors. Compiled templates are cached by source.
+
+A rendered message is bounded: a subject at most MAX_SUBJECT_CHARS (998, RFC 5322's line limit),
+a body at most MAX_BODY_CHARS (256 KiB); over that, the send fails with a TemplateError (permanent,
+never retried) and ``campaign apply`` warns. The output is counted as it is produced, and the
+constructs that make a few characters of template into megabytes are bounded before they build
+anything: repetition and powers (``'x' * 30000000``, ``10 ** 10 ** 8``), ``+`` and ``~``, padding
+(``center``, ``ljust``, ``indent``, ``%30000000s``, ``{:>30000000}``), ``replace`` and ``join``,
+and ``range`` (at most MAX_RANGE items). No value a template computes may be longer than a body.
 """
 
 from __future__ import annotations
@@ -38,7 +46,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jinja2
-from jinja2 import meta
+from jinja2 import meta, nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from daemon.errors import PermanentChannelError
@@ -49,6 +58,18 @@ TOKEN_BYTES = 18  # 144 bits, 24 URL-safe characters: unguessable, and fits Trac
 _CACHE_SIZE = 2048
 # What str.splitlines() breaks on (and so what Python's email headers refuse), with the blanks around it.
 _LINE_BREAKS = re.compile(r"[ \t]*[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]+[ \t]*")
+
+
+MAX_SUBJECT_CHARS = 998  # RFC 5322: a header line is at most 998 characters
+MAX_BODY_CHARS = 256 * 1024
+MAX_VALUE_CHARS = MAX_BODY_CHARS  # no value a template computes may be longer than a message
+MAX_RANGE = 10_000  # range() items (Jinja's sandbox allows 100,000: nested loops multiply them)
+MAX_EXPONENT = 1024  # ** beyond this builds numbers of thousands of digits
+# A width or precision of a million or more in a format string: "%30000000s", "{:>30000000}"
+_WIDE_FORMAT = re.compile(r"%[-#0 +]*(?:\d{7,}|\d*\.\d{7,})|\{[^{}]*:[^{}]*\d{7,}")
+# A width taken from the arguments: "%*s", "{:>{}}"
+_WIDTH_FROM_ARGUMENTS = re.compile(r"%[-#0 +]*\*|%[-#0 +]*\d*\.\*|\{[^{}]*\{")
+_PADDING = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs", "indent"})
 
 
 class TemplateError(PermanentChannelError):
@@ -102,12 +123,159 @@ class _Undefined(jinja2.StrictUndefined):
         return str(super()._undefined_message)
 
 
-_ENV = ImmutableSandboxedEnvironment(
+class _TooLarge(Exception):
+    """A value or an output over its bound; the message names the bound, never the value."""
+
+
+def _weight(value: object, budget: int = MAX_VALUE_CHARS) -> int:
+    """About how many characters ``str(value)`` has, counted until it passes ``budget``: a list
+    of the same long string 10,000 times weighs its printed size, not 10,000."""
+    total, stack = 0, [value]
+    while stack and total <= budget:
+        item = stack.pop()
+        if isinstance(item, str | bytes):
+            total += len(item)
+        elif isinstance(item, list | tuple | set | frozenset):
+            total += 2 + 2 * len(item)
+            stack.extend(item)
+        elif isinstance(item, dict):
+            total += 2 + 4 * len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        else:
+            total += 1
+    return total
+
+
+def _check_size(value: object) -> object:
+    if _weight(value) > MAX_VALUE_CHARS:
+        raise _TooLarge(f"a value longer than {MAX_VALUE_CHARS} characters")
+    return value
+
+
+def _check_widths(name: str, owner: object, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """Refuse, before they run, the calls whose result can be far larger than their inputs."""
+    if name in _PADDING:
+        if any(isinstance(a, int) and a > MAX_VALUE_CHARS for a in (*args, *kwargs.values())):
+            raise _TooLarge(f"{name}() wider than {MAX_VALUE_CHARS} characters")
+    elif name in ("format", "format_map") and isinstance(owner, str):
+        if _WIDE_FORMAT.search(owner):
+            raise _TooLarge("a format width of a million or more")
+        if _WIDTH_FROM_ARGUMENTS.search(owner) and any(
+                isinstance(a, int) and a > MAX_VALUE_CHARS for a in (*args, *kwargs.values())):
+            raise _TooLarge(f"a format width over {MAX_VALUE_CHARS}")
+    elif name == "replace" and isinstance(owner, str) and len(args) >= 2 \
+            and isinstance(args[0], str) and isinstance(args[1], str):
+        old, new = args[0], args[1]
+        # "" matches between every two characters: the new text goes in len + 1 times
+        inserted = owner.count(old) if old else len(owner) + 1
+        if len(owner) + inserted * (len(new) - len(old)) > MAX_VALUE_CHARS:
+            raise _TooLarge(f"replace() longer than {MAX_VALUE_CHARS} characters")
+
+
+def _check_join(separator: object, items: list[Any]) -> None:
+    if _weight(items) + len(str(separator)) * max(len(items) - 1, 0) > MAX_VALUE_CHARS:
+        raise _TooLarge(f"join() longer than {MAX_VALUE_CHARS} characters")
+
+
+def _bounded_filter(name: str, function: Any) -> Any:
+    """A built-in filter with the same bounds as the string methods it stands for."""
+
+    @functools.wraps(function)  # keeps Jinja's pass_context/pass_eval_context marks
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        # Marked filters get Jinja's context first: the filtered value is the first other argument.
+        first = next((i for i, a in enumerate(args) if not isinstance(
+            a, jinja2.runtime.Context | jinja2.Environment | nodes.EvalContext)), None)
+        if first is not None:
+            if name == "join":
+                args = (*args[:first], list(args[first]), *args[first + 1:])  # a generator is read once
+                separator = args[first + 1] if len(args) > first + 1 else kwargs.get("d", "")
+                if kwargs.get("attribute") is None and len(args) <= first + 2:
+                    _check_join(separator, args[first])
+            else:
+                _check_widths(name, args[first], tuple(args[first + 1:]), kwargs)
+        return _check_size(function(*args, **kwargs))
+
+    return bounded
+
+
+def _bounded_range(*args: int) -> range:
+    numbers = range(*args)
+    if len(numbers) > MAX_RANGE:
+        raise _TooLarge(f"range() of more than {MAX_RANGE} items")
+    return numbers
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """``a ~ b`` joins through the environment, so the result is bounded like ``a + b``."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:  # noqa: N802
+        self.write("environment.bounded_join((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, with every way to a huge value bounded (see the module's doc)."""
+
+    code_generator_class = _BoundedCodeGenerator
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            sequence, times = (left, right) if isinstance(right, int) else (right, left)
+            if isinstance(times, int) and _weight(sequence) * max(times, 0) > MAX_VALUE_CHARS:
+                raise _TooLarge(f"a repetition longer than {MAX_VALUE_CHARS}")
+        elif operator == "**":
+            if isinstance(right, int) and right > MAX_EXPONENT and isinstance(left, int) and abs(left) > 1:
+                raise _TooLarge(f"a power above {MAX_EXPONENT}")
+        elif operator == "%" and isinstance(left, str):
+            _check_widths("format", left, right if isinstance(right, tuple) else (right,), {})
+        return _check_size(super().call_binop(context, operator, left, right))
+
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any,  # noqa: N805
+             *args: Any, **kwargs: Any) -> Any:
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str):
+            name = getattr(__obj, "__name__", "")
+            if name == "join" and len(args) == 1:
+                args = (list(args[0]),)  # a generator is read once
+                _check_join(owner, args[0])
+            else:
+                _check_widths(name, owner, args, kwargs)
+        return _check_size(super().call(__context, __obj, *args, **kwargs))
+
+    def wrap_str_format(self, value: Any) -> Any:
+        # Jinja hands templates its own wrapper of str.format: bounded here, where it is made.
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        template = value.__self__
+
+        def bounded(*args: Any, **kwargs: Any) -> str:
+            _check_widths("format", template, args, kwargs)  # "{:>{}}".format(x, 30000000) too
+            return str(_check_size(wrapped(*args, **kwargs)))
+
+        return bounded
+
+    @staticmethod
+    def bounded_join(values: Iterable[object]) -> str:
+        parts = [str(v) for v in values]
+        if sum(map(len, parts)) > MAX_VALUE_CHARS:
+            raise _TooLarge(f"a value longer than {MAX_VALUE_CHARS} characters")
+        return "".join(parts)
+
+
+_ENV = _BoundedSandbox(
     undefined=_Undefined,
     autoescape=False,
     finalize=_finalize,
     keep_trailing_newline=True,
 )
+_ENV.globals["range"] = _bounded_range
+_ENV.filters.update({name: _bounded_filter(name, f) for name, f in _ENV.filters.items()})
 _ALLOWED_NAMES = TEMPLATE_NAMES | frozenset(_ENV.globals)
 
 
@@ -214,12 +382,23 @@ class _Links:
         return f"{self.base}/t/{token}"
 
 
-def _render_one(source: str, field: str, context: dict[str, Any]) -> str:
+def _render_one(source: str, field: str, context: dict[str, Any], limit: int) -> str:
     compiled = _compile(source)
     if isinstance(compiled, jinja2.TemplateSyntaxError):
         raise TemplateError(field, _syntax_problem(compiled))
     try:
-        return compiled.render(context)
+        # Counted as it is produced: a loop of small pieces stops at the limit, not at the end.
+        pieces, size = [], 0
+        for piece in compiled.generate(context):
+            size += len(piece)
+            if size > limit:
+                raise TemplateError(field, f"renders longer than {limit} characters")
+            pieces.append(piece)
+        return "".join(pieces)
+    except TemplateError:
+        raise
+    except _TooLarge as exc:
+        raise TemplateError(field, f"renders too large: {exc}") from None
     except _LinkRejected as exc:
         raise TemplateError(field, str(exc)) from None
     except jinja2.TemplateError as exc:
@@ -241,8 +420,14 @@ def render(job: RenderJob, public_url: str) -> Rendered:
     """Render one message; raise TemplateError. Writes nothing: the caller saves ``links``."""
     links = _Links(public_url)
     context = {"contact": _contact_record(job.contact), "channel": job.channel, "link": links.link}
-    subject = None if job.subject is None else one_line(_render_one(job.subject, "subject", context))
-    body = _render_one(job.body, "body", context)
+    subject = None
+    if job.subject is not None:
+        # Cut at the body's bound while rendering: line breaks are folded before the header's bound
+        subject = one_line(_render_one(job.subject, "subject", context, MAX_BODY_CHARS))
+        if len(subject) > MAX_SUBJECT_CHARS:
+            raise TemplateError("subject", f"renders longer than {MAX_SUBJECT_CHARS} characters "
+                                           "(an email header line's limit)")
+    body = _render_one(job.body, "body", context, MAX_BODY_CHARS)
     return Rendered(subject, body, tuple((token, url) for url, token in links.by_url.items()))
 
 

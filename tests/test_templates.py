@@ -184,3 +184,99 @@ def test_line_breaks_in_a_rendered_subject_become_one_space_and_the_body_keeps_t
     # Then the subject is one header line, and the body is the text as given
     assert rendered.subject == "Hi Ada Bcc: all@example.com"
     assert rendered.body == f"Dear {name}"
+
+
+# -- a rendered message is bounded (issue 10, follow-up defect 9) --------------------------------
+
+def test_a_subject_over_998_characters_fails_its_send() -> None:
+    # RFC 5322: a header line is at most 998 characters
+    assert len(render(job("b", subject="{{ 'x' * 998 }}"), PUBLIC_URL).subject or "") == 998
+    error = failure("b", subject="{{ 'x' * 999 }}")
+    assert error.field == "subject" and "998" in str(error)
+    assert isinstance(error, PermanentChannelError)  # failed once, never retried
+
+
+def test_a_body_over_256_kib_fails_its_send() -> None:
+    assert len(render(job(f"{{{{ 'x' * {templates.MAX_BODY_CHARS} }}}}"), PUBLIC_URL).body) == templates.MAX_BODY_CHARS
+    error = failure(f"{{% for i in range(2) %}}{{{{ 'x' * {templates.MAX_BODY_CHARS // 2 + 1} }}}}{{% endfor %}}")
+    assert error.field == "body" and "characters" in str(error)
+
+
+# Ways a few characters of template become megabytes: each must fail without building them.
+AMPLIFIERS = [
+    "{{ 'x' * 30000000 }}",
+    "{{ 30000000 * 'x' }}",
+    "{{ ['x'] * 30000000 }}",
+    "{{ 10 ** 100000000 }}",
+    "{{ 'x'.ljust(30000000) }}",
+    "{{ 'x'.center(30000000) }}",
+    "{{ 'x'.zfill(30000000) }}",
+    "{{ 'x' | center(30000000) }}",
+    "{{ 'x' | indent(30000000, true) }}",
+    "{{ '%30000000s' | format('x') }}",
+    "{{ '%30000000s' % 'x' }}",
+    "{{ '{:>30000000}'.format('x') }}",
+    "{{ ('x' * 200000) | replace('x', 'x' * 200000) }}",
+    "{{ ('x' * 200000).replace('x', 'x' * 200000) }}",
+    "{% set ns = namespace(s='x' * 1000) %}{% for i in range(30) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ 1 }}",
+    "{% set ns = namespace(s='x' * 1000) %}{% for i in range(30) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ 1 }}",
+    "{{ range(100000000) | list | length }}",
+    "{{ (range(10000) | join('x' * 100000)) | length }}",
+    "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}",
+]
+
+
+@pytest.mark.parametrize("body", AMPLIFIERS)
+def test_a_template_cannot_build_a_huge_value(body: str) -> None:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        error = failure(body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert error.field == "body"
+    assert peak < 16 * 1024 * 1024, f"{peak / 1e6:.0f} MB held while failing"
+
+
+def test_ordinary_templates_still_render() -> None:
+    body = ("{{ '%5.2f' | format(3.14159) }} {{ '{:>6}'.format('ab') }} {{ 'ab' | center(6) }} {{ 2 ** 10 }} "
+            "{{ 'ab' * 3 }} {{ [1, 2] + [3] }} {{ 'a' ~ 'b' ~ contact.name }} {{ range(3) | join(',') }} "
+            "{{ contact.name | replace('A', 'a') }} {{ '{:,}'.format(1234567890) }}")
+    assert render(job(body), PUBLIC_URL).body == " 3.14     ab   ab   1024 ababab [1, 2, 3] abAda 0,1,2 ada 1,234,567,890"
+
+
+def test_campaign_apply_warns_about_a_subject_that_renders_too_long(migrated_db: str) -> None:
+    from engine.campaign_file import parse_campaign_text
+    from engine.campaigns import template_warnings
+
+    spec = parse_campaign_text("slug: big\nname: Big\ntrigger: manual\nsteps:\n  - channel: email\n    delay: 0s\n"
+                               "    subject: \"{{ 'x' * 30000000 }}\"\n    body: \"{{ 'y' * 1000 }}\"\n"
+                               "  - channel: email\n    delay: 0s\n    subject: \"{{ 'x' * 1000 }}\"\n    body: hi\n",
+                               "big.yaml")
+    warnings = template_warnings([spec])
+    assert [w.split(":")[1].strip() for w in warnings] == ["steps[0].subject", "steps[1].subject"], warnings
+
+
+@pytest.mark.parametrize("body", ["{{ '%*s' | format(30000000, 'x') }}", "{{ '{:>{}}'.format('x', 30000000) }}",
+                                  "{{ '{:.30000000f}'.format(1.5) }}", "{{ '%.*f' % (30000000, 1.5) }}"])
+def test_a_width_from_the_arguments_is_bounded_too(body: str) -> None:
+    assert "too large" in str(failure(body))
+
+
+def test_long_numbers_in_format_strings_are_not_widths() -> None:
+    body = "{{ 'order 12345678: {}'.format(1) }} {{ 'order 12345678: %s' | format(2) }} {{ '{:>3}'.format(12345678) }}"
+    assert render(job(body), PUBLIC_URL).body == "order 12345678: 1 order 12345678: 2 12345678"
+
+
+@pytest.mark.parametrize("body", ["{{ ['x' * 200000] * 1000 }}", "{{ (['x' * 200000] * 2) * 500 }}",
+                                  "{{ (['x' * 200000] * 1) | join('') }}{{ ['x' * 200000, 'y' * 200000] | join }}",
+                                  "{{ ''.join(['x' * 200000] * 1 + ['y' * 200000] * 1) }}"])
+def test_a_list_is_weighed_by_what_it_prints(body: str) -> None:
+    assert "too large" in str(failure(body))
+
+
+def test_join_and_map_still_work() -> None:
+    body = "{{ [1, 2, 3] | map('string') | join('-') }} {{ '+'.join(['a', 'b']) }} {{ contact.name | list | join }}"
+    assert render(job(body), PUBLIC_URL).body == "1-2-3 a+b Ada"
