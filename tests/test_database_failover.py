@@ -132,9 +132,6 @@ def test_a_first_host_that_is_down_is_skipped_by_migrate_and_by_the_daemon(
         wait_until(lambda: status_counts()["sent"] == 5, 30, "5 sends sent")
         wait_until(lambda: InboundEvent.select().where(InboundEvent.status == "processed").count() == 5, 30,
                    "5 processed events")
-        wait_until(lambda: InboundEvent.select().where(InboundEvent.event_id.startswith("burst"),
-                                                       InboundEvent.status == "processed").count() == 300, 60,
-                   "the events accepted just before the outage")
         assert console_keys(daemon) == Counter({f"s{i}": 1 for i in range(5)})
         assert daemon.stop() == 0
     finally:
