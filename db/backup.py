@@ -5,14 +5,16 @@ moment, nobody stops), gzipped into ``BACKUP_DIR`` as ``retentiond-<UTC time>.db
 PostgreSQL: ``pg_dump --format=custom`` into ``retentiond-<UTC time>.pgdump`` (needs the client
 tools; the password reaches them through the environment, db/pg_tools.py). Only the newest ``keep``
 backups stay. A file is written under a temporary name and renamed when complete, so a crash never
-leaves a truncated backup that looks whole. Backups hold every contact: the directory is 0700 and
-the files 0600 whatever the caller's umask.
+leaves a truncated backup that looks whole. Backups hold every contact: the files are 0600 whatever
+the caller's umask, a directory created for them 0700; an existing directory keeps its mode (it is
+refused when other users can write it, and used with a warning when they can read it).
 
 Restore checks before it replaces anything, and keeps what it replaces:
 
 1. the file is what ``retentiond backup`` makes (SQLite: a gzip of a database that passes
-   ``PRAGMA integrity_check``; PostgreSQL: a custom archive ``pg_restore --list`` reads), with the
-   migration table and only migrations this version knows;
+   ``PRAGMA integrity_check``, or such a database uncompressed, as a restore keeps the previous
+   one; PostgreSQL: a custom archive ``pg_restore --list`` reads), with the migration table and
+   only migrations this version knows;
 2. no daemon is running on the live database (its leases, below);
 3. SQLite: the previous database stays beside it as ``<db>.before-restore-<UTC>``, and the checked
    copy is renamed over it in one step; PostgreSQL: the previous database is dumped to
@@ -31,11 +33,13 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import logging
 import os
 import re
 import shutil
 import socket
 import sqlite3
+import stat
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -52,6 +56,9 @@ from db.pg_tools import ToolError, run_tool
 
 PREFIX = "retentiond-"
 LIVE_WINDOW_S = 30.0
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+logger = logging.getLogger(__name__)
 
 
 class BackupError(RetentiondError):
@@ -85,11 +92,31 @@ def backup(database_url: str, directory: str | Path, keep: int = 7) -> Path:
 
 
 def _private_dir(directory: Path) -> Path:
+    """The backup directory: created 0700 when missing; an existing one is the operator's.
+
+    An existing directory's mode is never changed (BACKUP_DIR=/tmp, chmodded 0700 by root, would
+    break the system). One that other users can write is refused: they could plant a newer-looking
+    "backup" for the next restore, or crowd ours out of the rotation. One they can only read is
+    used with a warning: the files are 0600 whatever the directory, but their names show.
+    """
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        directory.chmod(0o700)  # also when it existed: it is about to hold every contact
+        directory.mkdir(parents=True, mode=0o700)
+        directory.chmod(0o700)  # mkdir's mode is filtered by the umask: it is about to hold every contact
+        return directory
+    except FileExistsError:
+        pass
     except OSError as exc:
         raise BackupError(f"cannot use {directory} as a private backup directory ({exc.strerror})") from None
+    if not directory.is_dir():
+        raise BackupError(f"cannot use {directory} as a backup directory: it is not a directory")
+    mode = stat.S_IMODE(directory.stat().st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise BackupError(f"refusing to write backups into {directory}: it is writable by other users "
+                          f"(mode {mode:04o}), who could replace or plant backups; set RETENTIOND_BACKUP_DIR "
+                          "to a directory of the service's own (it is created 0700 when missing)")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        logger.warning("RETENTIOND_BACKUP_DIR: %s is open to other users (mode %04o): the backups in it are "
+                       "0600, but their names and times show; chmod 700 it to keep that private", directory, mode)
     return directory
 
 
@@ -161,7 +188,11 @@ def _restore_sqlite(url: str, source: Path, scheduler_interval_s: float) -> Rest
     unpacked = Path(name)
     try:
         try:
-            with os.fdopen(fd, "wb") as raw, gzip.open(source, "rb") as packed:
+            with source.open("rb") as head:
+                plain = head.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+            # A backup is gzipped; the database a restore kept aside (<db>.before-restore-*) is
+            # not, and restoring it is how a restore is undone: both go through the same checks.
+            with os.fdopen(fd, "wb") as raw, (source.open("rb") if plain else gzip.open(source, "rb")) as packed:
                 shutil.copyfileobj(packed, raw, 1 << 20)
         except (OSError, EOFError, zlib.error) as exc:
             raise BackupError(f"{source} is not a backup made by `retentiond backup` (cannot unpack it: "

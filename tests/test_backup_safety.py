@@ -406,3 +406,80 @@ def test_root_restoring_for_the_service_user_keeps_the_database_its_owner(tmp_pa
     assert result.returncode == 0, result.stderr
     # Then the daemon, running as that user, can still open it
     assert (db.stat().st_uid, db.stat().st_gid, mode(db)) == (65534, 65534, 0o600)
+
+
+# -- an existing BACKUP_DIR is not ours to chmod (issue 10, follow-up defect 8) ------------------
+
+
+def test_backup_into_an_existing_readable_directory_leaves_its_mode_and_warns(tmp_path: Path) -> None:
+    # Given a BACKUP_DIR the operator made, readable by others (as /srv/backups may be)
+    url, _ = live_sqlite(tmp_path, "ada@example.com")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    # When a backup is made into it
+    result = cli("backup", env=base_env(DATABASE_URL=url, BACKUP_DIR=str(shared)))
+    # Then it is made, private, the directory keeps its mode, and the operator is told once
+    assert result.returncode == 0, result.stderr
+    (made,) = shared.glob("retentiond-*.db.gz")
+    assert mode(made) == 0o600 and mode(shared) == 0o755
+    warning = one_line(result.stderr)
+    assert "RETENTIOND_BACKUP_DIR" in warning and str(shared) in warning and "0755" in warning
+
+
+@pytest.mark.parametrize("shared_mode", [0o1777, 0o777, 0o775])
+def test_backup_refuses_a_directory_others_can_write(tmp_path: Path, shared_mode: int) -> None:
+    # Given BACKUP_DIR=/tmp, or any directory other users can write (and so plant or swap backups in)
+    url, _ = live_sqlite(tmp_path, "ada@example.com")
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(shared_mode)
+    result = cli("backup", env=base_env(DATABASE_URL=url, BACKUP_DIR=str(shared)))
+    # Then it refuses in one line, leaves the directory's mode alone and writes nothing
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert str(shared) in line and "writable by other users" in line
+    assert mode(shared) == shared_mode and list(shared.iterdir()) == []
+
+
+def test_backup_creates_a_missing_directory_private(tmp_path: Path, private_umask: None) -> None:
+    url, _ = live_sqlite(tmp_path, "ada@example.com")
+    result = cli("backup", env=base_env(DATABASE_URL=url, BACKUP_DIR=str(tmp_path / "new" / "backups")))
+    assert result.returncode == 0 and result.stderr == ""
+    assert mode(tmp_path / "new" / "backups") == 0o700
+
+
+# -- the database kept by a restore can be restored (undo) -------------------------------------
+
+
+def test_the_database_kept_by_a_restore_can_be_restored_to_undo_it(tmp_path: Path) -> None:
+    # Given a restore of an old backup over a database that had more in it
+    url, db = live_sqlite(tmp_path, "ada@example.com")
+    made = backup(url, tmp_path / "backups")
+    init_database(url)
+    Contact.create(email="bob@example.com")
+    close_database()
+    env = base_env(DATABASE_URL=url)
+    assert cli("restore", str(made), env=env).returncode == 0
+    (kept,) = tmp_path.glob("live.db.before-restore-*")
+    # When the operator restores the kept database (a plain SQLite file, not a gzip)
+    result = cli("restore", str(kept), env=env)
+    # Then the restore is undone
+    assert result.returncode == 0, result.stderr
+    assert emails_in(url) == ["ada@example.com", "bob@example.com"]
+    assert mode(db) == 0o600
+
+
+@pytest.mark.parametrize("case", ["sqlite without retentiond schema", "migration this version does not know",
+                                  "damaged pages"])
+def test_restore_checks_an_uncompressed_database_as_it_checks_a_backup(tmp_path: Path, case: str) -> None:
+    live_dir = tmp_path / "live"
+    live_dir.mkdir()
+    url, _ = live_sqlite(live_dir, "ada@example.com")
+    plain = tmp_path / "plain.db"
+    plain.write_bytes(gzip.decompress(not_a_backup_cases(tmp_path)[case].read_bytes()))
+    result = cli("restore", str(plain), env=base_env(DATABASE_URL=url))
+    assert result.returncode != 0
+    one_line(result.stderr)
+    assert emails_in(url) == ["ada@example.com"]
+    assert sorted(p.name for p in live_dir.iterdir() if "restoring" in p.name or "before-restore" in p.name) == []
