@@ -8,27 +8,33 @@ fetch links before people do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
 import logging
 import math
 import re
 import secrets
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import peewee
 from aiohttp import web
+from playhouse.pool import MaxConnectionsExceeded
 
+from daemon.config import Settings
 from daemon.ingest import IncomingEvent, Overloaded, StillWriting
 from daemon.metrics import WEBHOOK_EVENTS
 from daemon.outage_log import OutageLog
 from daemon.routes_webhooks import COMMITTER, SETTINGS
-from db.database import db_session
+from db.database import database, db_session, is_postgres
 from db.models import Suppression, TrackedLink, UnsubscribeToken, utcnow
 from engine.templates import TOKEN_BYTES
 
 logger = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 CLICK_SOURCE = "tracked-link"  # the inbound_event source of clicks on /t/<token>
+T = TypeVar("T")
 # Every token is ``secrets.token_urlsafe(TOKEN_BYTES)`` (links and unsubscribe alike): unpadded
 # base64url of a fixed length. Anything else is unknown without asking the database — a NUL
 # (which PostgreSQL refuses with an error) or a megabyte of path never reaches a query.
@@ -43,15 +49,92 @@ def _token(request: web.Request, unknown: str) -> str:
     return token
 
 
-def _unsubscribe(token: str) -> str | None:
-    """Record the suppression; return the channel, or None for an unknown token."""
-    with db_session():
+def _unsubscribe(token: str, lock_timeout_ms: int) -> str | None:
+    """Record the suppression; return the channel, or None for an unknown token. Waits at most
+    ``lock_timeout_ms`` for a lock (else a ``peewee.OperationalError``)."""
+    with db_session(), _lock_timeout(lock_timeout_ms), database.atomic():
+        if is_postgres():  # SET LOCAL: this transaction only, the pooled connection goes back unchanged
+            database.execute_sql(f"SET LOCAL lock_timeout = {lock_timeout_ms}; "
+                                 f"SET LOCAL statement_timeout = {lock_timeout_ms}")
         row = UnsubscribeToken.get_or_none(UnsubscribeToken.token == token)
         if row is None:
             return None
         (Suppression.insert(contact=row.contact_id, channel=row.channel, reason="unsubscribed", created_at=utcnow())
          .on_conflict_ignore().execute())
         return str(row.channel)
+
+
+@contextlib.contextmanager
+def _lock_timeout(ms: int) -> Iterator[None]:
+    """SQLite: this thread's connection waits ``ms`` for the write lock, then its usual again (the
+    connection stays with the thread, which serves other requests too)."""
+    if is_postgres():
+        yield
+        return
+    (usual,) = database.execute_sql("PRAGMA busy_timeout").fetchone()
+    database.execute_sql(f"PRAGMA busy_timeout = {int(ms)}")
+    try:
+        yield
+    finally:
+        database.execute_sql(f"PRAGMA busy_timeout = {int(usual)}")
+
+
+class ReaderWrites:
+    """The database writes of reader routes outside the group commit (one-click unsubscribe),
+    bounded so that a locked table cannot take the pool, the threads or the reader's time:
+
+    * at most ``slots`` run at once — on PostgreSQL what the pool has left beside the group
+      commit's connections and one for link lookups and health (at least 1); on SQLite 1 (one
+      writer) — and the others wait for a slot on the event loop, holding nothing;
+    * a reader waits at most ``max_wait_s`` in all: for a slot, then for the write, which gives up
+      on a lock within what is left (SQLite ``busy_timeout``, PostgreSQL ``lock_timeout`` and
+      ``statement_timeout``);
+    * past that, or when the database refuses, ``Overloaded`` (503 + ``Retry-After``): a write
+      still under way may complete after that answer — an unsubscribe is idempotent, so the
+      reader's retry is harmless either way.
+    """
+
+    GRACE_S = 1.0  # beyond the budget, for a write that is ending on its own lock timeout
+    MIN_LOCK_WAIT_MS = 50
+
+    def __init__(self, settings: Settings, group_commit: int) -> None:
+        """``group_commit``: the connections the group commit may hold at once."""
+        postgres = settings.database_url.startswith("postgres")
+        slots = max(1, settings.db_pool_size - group_commit - 1) if postgres else 1
+        self.slots = slots
+        self.max_wait_s = settings.ingest_max_wait_s
+        self.retry_after_s = max(1, math.ceil(settings.ingest_max_wait_s))
+        self._slots = asyncio.Semaphore(slots)
+
+    async def run(self, fn: Callable[[str, int], T], arg: str) -> T:
+        """``fn(arg, lock_timeout_ms)`` in a thread, within the bounds above."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise Overloaded("too many writes waiting for the database", self.retry_after_s) from None
+        lock_wait_ms = max(self.MIN_LOCK_WAIT_MS, int((deadline - loop.time()) * 1000))
+        work = asyncio.ensure_future(asyncio.to_thread(fn, arg, lock_wait_ms))
+        # The slot is the thread's: it is freed when the write ends, even after the reader got his answer.
+        work.add_done_callback(self._settled)
+        try:
+            async with asyncio.timeout_at(deadline + self.GRACE_S):
+                return await asyncio.shield(work)
+        except TimeoutError:
+            raise Overloaded("waited too long for the database", self.retry_after_s) from None
+        except (peewee.OperationalError, peewee.InterfaceError, MaxConnectionsExceeded) as exc:
+            # a lock or statement timeout, a database away, a pool exhausted: try again shortly
+            raise Overloaded(f"the database could not take it: {type(exc).__name__}", self.retry_after_s) from exc
+
+    def _settled(self, work: asyncio.Future[Any]) -> None:
+        self._slots.release()
+        if not work.cancelled():
+            work.exception()  # seen here: a late failure after a 503 is not "never retrieved"
+
+
+WRITES = web.AppKey("reader_writes", ReaderWrites)
 
 
 def _known_unsubscribe(token: str) -> bool:
@@ -73,7 +156,18 @@ async def unsubscribe_page(request: web.Request) -> web.Response:
 
 @routes.post("/u/{token}")
 async def unsubscribe(request: web.Request) -> web.Response:
-    channel = await asyncio.to_thread(_unsubscribe, _token(request, "unknown or expired link"))
+    """Unsubscribe at once (the suppression is written before the answer), or 503 with
+    ``Retry-After`` within about ``INGEST_MAX_WAIT_S`` when the database cannot take it
+    (``ReaderWrites``): never a 500, never a request left hanging on a lock."""
+    token = _token(request, "unknown or expired link")
+    writes = request.app[WRITES]
+    try:
+        channel = await writes.run(_unsubscribe, token)
+    except Overloaded as exc:
+        _unsubscribes.failed(exc.__cause__ or exc, expected=True)
+        raise web.HTTPServiceUnavailable(text="could not unsubscribe right now; try again shortly",
+                                         headers={"Retry-After": str(exc.retry_after_s)}) from None
+    _unsubscribes.succeeded()
     if channel is None:
         raise web.HTTPNotFound(text="unknown or expired link")
     return web.Response(content_type="text/html",
@@ -149,3 +243,4 @@ def _click_settled(outcome: asyncio.Future[bool]) -> None:
 # lookups or click records start failing, a summary a minute, one line when they work again.
 _lookups = OutageLog(logger, "tracked-link lookups (readers answered 503)")
 _drops = OutageLog(logger, "click records (readers redirected, clicks not recorded)")
+_unsubscribes = OutageLog(logger, "one-click unsubscribes (readers answered 503)")

@@ -54,6 +54,7 @@ def build_app(settings: Settings, wake: Callable[[int], None] | None = None) -> 
                                                         max_queued=settings.ingest_queue_max,
                                                         max_wait_s=settings.ingest_max_wait_s)
         app[routes_webhooks.COMMITTER].start()
+        app[routes_links.WRITES] = routes_links.ReaderWrites(settings, group_commit=max(1, concurrency))
         yield
         await app[routes_webhooks.COMMITTER].stop()
 

@@ -22,8 +22,9 @@ from prometheus_client import REGISTRY
 
 from daemon.routes_webhooks import COMMITTER
 from daemon.side_server import build_app
-from db.database import sqlite_path
-from db.models import Contact, InboundEvent, TrackedLink
+from db.database import database, sqlite_path
+from db.models import Contact, InboundEvent, Suppression, TrackedLink
+from engine.links import make_unsubscribe_tokens
 from tests.conftest import make_settings
 
 TOKEN = "overload-test-token-0123456789abcdef"
@@ -35,8 +36,8 @@ GUARD_S = 60.0
 
 
 @contextlib.contextmanager
-def database_locked(db_url: str) -> Iterator[None]:
-    """Another connection holds the write lock until the block ends."""
+def database_locked(db_url: str, table: str = "inbound_event") -> Iterator[None]:
+    """Another connection holds the write lock until the block ends (on PostgreSQL, of ``table``)."""
     if db_url.startswith("sqlite"):
         locker = sqlite3.connect(sqlite_path(db_url), isolation_level=None)
         locker.execute("BEGIN EXCLUSIVE")
@@ -48,7 +49,7 @@ def database_locked(db_url: str) -> Iterator[None]:
     else:
         connection = psycopg2.connect(db_url)
         with connection.cursor() as cursor:
-            cursor.execute("LOCK TABLE inbound_event IN EXCLUSIVE MODE")
+            cursor.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
         try:
             yield
         finally:
@@ -184,3 +185,37 @@ async def test_a_click_redirects_within_its_own_deadline_while_its_batch_waits_f
     await wait_until_idle(client)
     assert len(stored_event_ids("tracked-link")) == 1
     assert dropped_clicks() == before
+
+
+UNSUBSCRIBES = 8  # more than the pool's 3 connections and the default thread pool's spare threads
+
+
+async def test_one_click_unsubscribes_are_shed_while_suppressions_are_locked_and_clicks_go_on(
+        aiohttp_client, migrated_db: str, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    ada = Contact.create(email="ada@example.com")
+    TrackedLink.create(token=LINK, url="https://example.com/offer", contact=ada.id)
+    (token,) = make_unsubscribe_tokens([(ada.id, "email", None)])
+    database.close()  # the test's own connection back to the pool: the daemon has all of it
+    client = await aiohttp_client(build_app(settings_for(migrated_db)))
+    # Given the suppression table locked by another connection (SQLite: the whole database)
+    with database_locked(migrated_db, "suppression"):
+        # When many readers press "unsubscribe" at once
+        tasks = [asyncio.create_task(client.post(f"/u/{token}")) for _ in range(UNSUBSCRIBES)]
+        done, waiting = await asyncio.wait(tasks, timeout=REDIRECT_GUARD_S)
+        # Then each is told to come back shortly (503 + Retry-After) while the lock lasts, no 500
+        assert not waiting, f"{len(waiting)} unsubscribe(s) still waiting while the table is locked"
+        responses = [task.result() for task in tasks]
+        assert [r.status for r in responses] == [503] * UNSUBSCRIBES
+        assert all(int(r.headers["Retry-After"]) >= 1 for r in responses)
+        # and meanwhile a reader's click is redirected and the daemon says it is ready
+        click = await asyncio.wait_for(client.get(f"/t/{LINK}", allow_redirects=False), REDIRECT_GUARD_S)
+        assert click.status == 302
+        ready = await asyncio.wait_for(client.get("/health/ready"), REDIRECT_GUARD_S)
+        assert ready.status == 200, await ready.text()
+    assert Suppression.select().count() == 0
+    # When the lock is gone, the reader's retry unsubscribes
+    response = await client.post(f"/u/{token}")
+    assert response.status == 200
+    assert [(s.contact_id, s.channel) for s in Suppression.select()] == [(ada.id, "email")]
+    # and nothing of this logged a traceback
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
