@@ -2,8 +2,8 @@
 
 Columns are named like the ``contact.upsert`` fields: external_id, email, phone, name, timezone;
 ``attributes.<key>`` columns become attributes, ``consent.<channel>`` columns consent
-(true/false/yes/no/1/0; empty means "not given"). An unknown column stops the import before
-anything is written.
+(true/false/yes/no/1/0; empty means "not given"). An unknown or a duplicated column stops the
+import before anything is written.
 
 Files come from spreadsheets: the text encoding is detected (a BOM; else UTF-8 if every byte of
 the file is valid UTF-8; else charset-normalizer over the lines that are not ASCII, among the
@@ -72,7 +72,12 @@ class ImportReport:
 
 
 def _check_header(header: list[str], delimiter: str = ",") -> None:
-    for column in header:
+    seen: dict[str, int] = {}
+    for number, column in enumerate(header, start=1):
+        if column in seen and column:
+            # Which of the two values would win was never said: the file is refused, not guessed at.
+            raise CsvFormatError(f"column {column!r} appears twice (columns {seen[column]} and {number})")
+        seen.setdefault(column, number)
         if column in PLAIN_COLUMNS:
             continue
         prefix, _, rest = column.partition(".")
@@ -229,7 +234,10 @@ def import_csv(path: str | Path, *, default_region: str, batch_size: int = 1000,
             raise CsvFormatError(f"{path.name}: the header line is longer than {MAX_LINE_CHARS} characters")
         if not header or not any(header):
             raise CsvFormatError(f"{path.name}: no header line")
-        _check_header(header, delimiter)
+        try:
+            _check_header(header, delimiter)
+        except CsvFormatError as exc:
+            raise CsvFormatError(f"{path.name}: {exc}") from None
         batch: list[ContactInput] = []
         last_line = reader.line_num
         while True:

@@ -224,3 +224,31 @@ def test_cli_import_of_a_nul_row_on_postgresql_exits_6(pg_url: str, tmp_path: Pa
     assert "Traceback" not in result.stderr
     assert "4 row(s): 2 created, 0 updated, 2 invalid" in result.stdout
     assert "line 3: name:" in result.stderr and "line 4: attributes:" in result.stderr
+
+
+# -- a duplicated column (issue 10, follow-up defect 11) ----------------------------------------
+
+@pytest.mark.parametrize(("header", "column"), [("email,email", "email"), ("external_id,name,attributes.plan,"
+                                                                          "attributes.plan", "attributes.plan"),
+                                                ("email, email ", "email")])
+def test_a_duplicated_column_is_refused_before_anything_is_written(migrated_db: str, tmp_path: Path,
+                                                                   header: str, column: str) -> None:
+    # Given a header naming a column twice (which value would win was never said)
+    path = tmp_path / "dup.csv"
+    width = header.count(",") + 1
+    path.write_text(f"{header}\n" + ",".join(["a@example.com"] * width) + "\n")
+    # Then the file is refused, naming the column, and nothing is imported
+    with pytest.raises(CsvFormatError, match=f"column {column!r} appears twice"):
+        import_csv(path, default_region="US", progress=False)
+    assert Contact.select().count() == 0
+
+
+def test_cli_refuses_a_duplicated_column_in_one_line(sqlite_url: str, tmp_path: Path) -> None:
+    env = base_env(DATABASE_URL=sqlite_url)
+    assert cli("migrate", env=env).returncode == 0
+    path = tmp_path / "dup.csv"
+    path.write_text("email,name,email\na@example.com,A,b@example.com\n")
+    result = cli("contacts", "import", "--no-progress", str(path), env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["retentiond: error: dup.csv: column 'email' appears twice "
+                                                  "(columns 1 and 3)"]
