@@ -116,6 +116,7 @@ class ChannelSender:
         # eight threads per worker meet the same outage: told once, with a summary a minute
         self._claim_outage = OutageLog(logger, f"claiming {channel} sends")
         self._write_outage = OutageLog(logger, f"writing {channel} send results")
+        self._journal_outage = OutageLog(logger, f"journaling {channel} send results")
 
     def __call__(self, send_ids: list[int]) -> None:
         me = this_process()
@@ -133,8 +134,15 @@ class ChannelSender:
 
     def _process(self, claimed: list[ClaimedSend], me: ThisProcess) -> set[int]:
         """Check, call, write; returns the sends whose results are left to the journal (shutdown)."""
-        to_send, headers, fallbacks = self._with_database(lambda: self._prepare(claimed, me.instance),
-                                                          self._claim_outage)
+        try:
+            to_send, headers, fallbacks = self._with_database(lambda: self._prepare(claimed, me.instance),
+                                                              self._claim_outage)
+        except Exception:
+            # Not a database outage (or a shutdown during one): undo the claims, best effort, so
+            # the message's retry (or the reconciler) finds them queued rather than held by a
+            # worker that lives on and whose claims are therefore never re-offered.
+            self._unclaim(claimed, me.instance)
+            raise
         batch = _Batch(me, fallbacks)
         by_id = {s.id: s for s in to_send}
         calls = self._deliver([self._message(s, headers.get(s.id, {})) for s in to_send], batch,
@@ -160,6 +168,14 @@ class ChannelSender:
             # 'retrying' are claimed again, the sent ones are not called twice.
             raise TransientChannelError(f"{len(retries)} of {len(calls)} {self.channel} send(s) will be retried")
         return set()
+
+    def _unclaim(self, claimed: list[ClaimedSend], instance: str) -> None:
+        try:
+            with db_session():
+                settle([Result(s, "released") for s in claimed], utcnow(), claimant=instance)
+        except Exception as exc:
+            logger.warning("could not hand %d %s send(s) back after a failure: %s", len(claimed), self.channel,
+                           type(exc).__name__)
 
     def _with_database(self, work: Callable[[], _T], outage: OutageLog) -> _T:
         """Run ``work`` in a database session, retried with backoff while the database is away
@@ -373,7 +389,13 @@ class ChannelSender:
         """Journal the provider's answers (durably, first), then try to write what is unwritten."""
         results = [self._result(by_id[c.send_id], c) for c in calls]
         answered = [r for r in results if r.outcome != "released"]
-        seqs = batch.me.journal.record([(r, batch.fallbacks.get(r.send.step_id or 0)) for r in answered])
+        seqs: list[int | None] = [None] * len(answered)
+        try:
+            seqs = list(batch.me.journal.record([(r, batch.fallbacks.get(r.send.step_id or 0)) for r in answered]))
+        except OSError as exc:  # a full or broken disk: the database write below still carries them
+            self._journal_outage.failed(exc, logging.ERROR)
+        else:
+            self._journal_outage.succeeded()
         batch.unwritten.extend(zip(answered, seqs, strict=True))
         batch.unwritten.extend((r, None) for r in results if r.outcome == "released")
         batch.waits.extend(c.retry_after_s for c in calls if c.status == "rate_limited" and c.retry_after_s)

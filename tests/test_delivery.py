@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -269,3 +270,47 @@ def test_results_are_written_as_calls_finish_not_when_the_whole_batch_ends(pipel
         time.sleep(0.02)
     assert seen[-1]["sent"] == 15
     assert any(0 < c["sent"] < 15 and c["sending"] for c in seen), seen[::10]
+
+
+@dataclass
+class SlowProvider(ScriptedProvider):
+    delay_s: float = 0.3
+
+    async def send(self, message: OutboundMessage) -> ProviderResult:
+        await asyncio.sleep(self.delay_s)
+        return await super().send(message)
+
+
+def test_results_whose_write_fails_are_written_when_the_database_answers_again(  # type: ignore[no-untyped-def]
+        pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import peewee
+
+    import actors.delivery
+    from engine.workers import current
+
+    # Given three sends in one message, called one at a time, and a database that refuses the
+    # first two writes of their results (as if it were cut off, then came back)
+    real_settle = actors.delivery.settle
+    refused: list[int] = []
+
+    def flaky_settle(results, now, **kwargs):  # type: ignore[no-untyped-def]
+        if any(r.outcome == "sent" for r in results) and len(refused) < 2:
+            refused.append(len(results))
+            raise peewee.OperationalError("server closed the connection unexpectedly")
+        return real_settle(results, now, **kwargs)
+
+    monkeypatch.setattr(actors.delivery, "settle", flaky_settle)
+    caplog.set_level(logging.INFO, logger="actors.delivery")
+    provider = SlowProvider()
+    p = pipeline({"sms": provider}, CONCURRENCY_SMS="1")
+    sends = [plan(f"w{i}") for i in range(3)]
+    # When they are relayed and the worker drains the queue
+    p.relay_and_wait()
+    # Then every send went out exactly once and is recorded as sent: the answers were kept and
+    # written once the database took them, and the send not yet called when the write failed was
+    # handed back to the queue instead of being called in the middle of the outage
+    assert provider.calls == Counter({"w0": 1, "w1": 1, "w2": 1})
+    assert {Send.get_by_id(s.id).status for s in sends} == {"sent"}
+    assert len(refused) == 2
+    assert "handed 1 sms send(s) back to the queue" in caplog.text
+    assert current().journal.pending == 0
