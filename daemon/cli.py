@@ -127,6 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"retentiond: error: {exc}", file=sys.stderr)
         return RET_CONFIG
     handler: Callable[[Settings, argparse.Namespace], int] = args.handler
+    if handler is not cmd_run:  # run sets its logging up itself, with Sentry
+        from daemon.logging_setup import setup_logging
+
+        # Every command logs as LOG_FORMAT says (auto: text on a terminal, JSON lines otherwise):
+        # a `migrate` from a deployment script lands in the same log pipeline as the daemon.
+        setup_logging(settings.log_level, settings.log_format)
     try:
         code = handler(settings, args)
         sys.stdout.flush()  # inside the try: a pipe closed early fails here, not at interpreter exit
@@ -161,10 +167,8 @@ def _connect(settings: Settings) -> int | None:
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.logging_setup import setup_logging
     from db.migrate import migrate
 
-    setup_logging(settings.log_level, "text")
     failed = _connect(settings)
     if failed is not None:
         return failed
@@ -397,10 +401,8 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_simulate_providers(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.logging_setup import setup_logging
     from daemon.simulator import run_simulator
 
-    setup_logging(settings.log_level, settings.log_format)
     return run_simulator(args.host, args.port, args.latency_ms, args.error_rate, args.rate_429)
 
 

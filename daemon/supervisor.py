@@ -49,8 +49,11 @@ RESTART_BACKOFF_S = 1.0
 
 def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
     """One line naming the address and why (asyncio's own message repeats the address as a tuple)."""
-    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-    setting = "HTTP_HOST" if exc.errno == errno.EADDRNOTAVAIL else "HTTP_PORT"
+    if isinstance(exc, socket.gaierror):  # its errno is getaddrinfo's (EAI_*), not an OS error number
+        reason, setting = f"the host name does not resolve ({exc.strerror or exc})".lower(), "HTTP_HOST"
+    else:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        setting = "HTTP_HOST" if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) else "HTTP_PORT"
     return ConfigError(f"{PREFIX}{setting}", f"cannot listen on {host}:{port}: {reason}")
 
 

@@ -80,3 +80,34 @@ def test_version() -> None:
     result = cli("--version", env=base_env())
     assert result.returncode == RET_OK
     assert result.stdout.strip() == f"retentiond {version('retentiond')}"
+
+
+# -- follow-up defects of issue 10 (11) ----------------------------------------------------------
+
+
+def test_run_on_a_host_name_that_does_not_resolve_names_http_host(env: dict[str, str], tmp_path: Path) -> None:
+    # Given a listener address whose host name does not exist
+    result = cli("run", env={**env, "RETENTIOND_HTTP_HOST": "no.such.host.invalid"}, cwd=tmp_path, timeout_s=60)
+    # Then the one line blames the host, not the port
+    assert result.returncode == RET_CONFIG, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("retentiond: error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("retentiond: error: RETENTIOND_HTTP_HOST: cannot listen on no.such.host.invalid:")
+
+
+@pytest.mark.parametrize("fmt", ["json", "auto"])  # auto: stderr is a pipe here, not a terminal
+def test_migrate_logs_in_the_configured_format(sqlite_url: str, fmt: str) -> None:
+    import json
+
+    result = cli("migrate", env=base_env(DATABASE_URL=sqlite_url, LOG_FORMAT=fmt))
+    assert result.returncode == RET_OK, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines, "migrate logged nothing"
+    records = [json.loads(line) for line in lines]  # every line is a JSON object
+    assert any("0001_initial" in r["message"] for r in records)
+
+
+def test_migrate_logs_text_when_asked(sqlite_url: str) -> None:
+    result = cli("migrate", env=base_env(DATABASE_URL=sqlite_url, LOG_FORMAT="text"))
+    assert result.returncode == RET_OK and not result.stderr.lstrip().startswith("{")
+    assert "0001_initial" in result.stderr
