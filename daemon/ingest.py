@@ -35,6 +35,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import peewee
+
 from daemon.outage_log import OutageLog
 from db.database import database, db_session, is_postgres
 from db.models import utcnow
@@ -240,10 +242,13 @@ def _insert(values: Sequence[tuple[object, ...]], lock_timeout_ms: int) -> set[t
         # SET LOCAL: for this transaction only, the pooled connection goes back unchanged.
         cursor.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}; "
                        f"SET LOCAL statement_timeout = {int(lock_timeout_ms)}")
-        inserted = execute_values(
-            cursor, f"INSERT INTO inbound_event ({_COLUMNS}) VALUES %s "
-                    "ON CONFLICT (source, event_id) DO NOTHING RETURNING source, event_id",
-            values, page_size=len(values), fetch=True)
+        # Peewee's own mapping of driver errors (the raw cursor bypasses it): a lock or statement
+        # timeout is then peewee's OperationalError, like every other database failure here.
+        with peewee.__exception_wrapper__:  # type: ignore[attr-defined]  # public in peewee, not in its stubs
+            inserted = execute_values(
+                cursor, f"INSERT INTO inbound_event ({_COLUMNS}) VALUES %s "
+                        "ON CONFLICT (source, event_id) DO NOTHING RETURNING source, event_id",
+                values, page_size=len(values), fetch=True)
     else:
         placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(values))
         params = [v if i != 6 else str(v) for row in values for i, v in enumerate(row)]

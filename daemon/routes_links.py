@@ -224,9 +224,10 @@ async def tracked_link(request: web.Request) -> web.Response:
 
 
 def _click_dropped(exc: BaseException) -> None:
-    # Overloaded: never written. A failed commit: written by nothing either (rolled back).
+    # Overloaded: never written. A failed commit: written by nothing either (rolled back), and
+    # logged by the group commit itself (with its traceback if it is a bug): not twice.
     WEBHOOK_EVENTS.labels(CLICK_SOURCE, "dropped").inc()
-    _drops.failed(exc, expected=isinstance(exc, Overloaded))
+    _drops.failed(exc, expected=True)
 
 
 def _click_settled(outcome: asyncio.Future[bool]) -> None:
