@@ -335,6 +335,10 @@ def _malformed_cases() -> list[tuple[str, str, tuple[bytes, dict[str, str]]]]:
             {"type": "conversion", "data": {"email": {"a": 1}}}, "m-key-object")),
         ("unsubscribe channel is an object", "/webhooks/app", standard(
             {"type": "contact.unsubscribe", "data": {"email": "ada@example.com", "channel": {"a": 1}}}, "m-chan")),
+        ("contact key with a NUL", "/webhooks/app", standard(
+            {"type": "conversion", "data": {"external_id": "u\u00001"}}, "m-key-nul")),
+        ("upsert campaign with a NUL", "/webhooks/app", standard(
+            {"type": "contact.upsert", "data": {"email": "ada@example.com", "campaign": "w\u0000"}}, "m-camp-nul")),
     ]
 
 
