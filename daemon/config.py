@@ -515,3 +515,18 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"{PREFIX}LOG_FORMAT", "expected 'auto', 'json' or 'text'")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"{PREFIX}LOG_LEVEL", "expected DEBUG, INFO, WARNING or ERROR")
+    for name, ceiling in _INT_CEILINGS.items():
+        if getattr(s, name) > ceiling:
+            raise ConfigError(f"{PREFIX}{name.upper()}", f"must be at most {ceiling:,}")
+
+
+# Whole-number settings whose huge values break something: day counts overflow a timedelta at the
+# retention job, process and thread counts would exhaust the host, a retry count loops for ever.
+_INT_CEILINGS = {
+    "processes": 256, "threads": 1024, "db_pool_size": 1000, "max_retries": 100,
+    "retry_min_backoff_ms": 86_400_000, "retry_max_backoff_ms": 86_400_000,
+    "daily_cap": 1_000_000, "failover_after_errors": 1_000_000, "ingest_queue_max": 1_000_000,
+    "webhook_max_bytes": 64 * 1024 * 1024, "webhook_tolerance_s": 86_400,
+    "event_id_retention_days": 36_500, "retention_sends_days": 36_500, "retention_events_days": 36_500,
+    "retention_job_runs_days": 36_500,
+}

@@ -375,3 +375,16 @@ def test_a_bad_queue_type_names_the_setting_and_the_choices(value: str) -> None:
     message = str(caught.value)
     assert message.startswith("RETENTIOND_QUEUE_TYPE:") and "\n" not in message
     assert "'auto'" in message and "'classic'" in message and "'quorum'" in message
+
+
+@pytest.mark.parametrize("name", ["PROCESSES", "THREADS", "DB_POOL_SIZE", "MAX_RETRIES", "DAILY_CAP",
+                                  "RETENTION_SENDS_DAYS", "RETENTION_EVENTS_DAYS", "RETENTION_JOB_RUNS_DAYS",
+                                  "EVENT_ID_RETENTION_DAYS", "WEBHOOK_MAX_BYTES", "WEBHOOK_TOLERANCE_S",
+                                  "INGEST_QUEUE_MAX", "FAILOVER_AFTER_ERRORS"])
+def test_a_whole_number_setting_too_large_to_work_names_itself(name: str) -> None:
+    # Given a day count or a process count far beyond anything that can work (10 billion days
+    # overflowed the retention job's date arithmetic; a million processes would take the host down)
+    with pytest.raises(ConfigError) as caught:
+        settings(**{name: "10000000000"})
+    # Then the setting is refused at start, naming itself
+    assert str(caught.value).startswith(f"RETENTIOND_{name}: must be at most")
