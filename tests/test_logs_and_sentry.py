@@ -163,7 +163,12 @@ def test_a_huge_log_message_is_cut_and_still_masked() -> None:
     assert "lovelace" not in text and "more characters" in text
 
 
-async def test_a_garbage_request_does_not_put_its_bytes_in_the_log(capfd: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("garbage", [
+    b"SECRET-GARBAGE-" * 4400 + b"\r\n\r\n",  # 64 KiB that is no request at all
+    b"POST /webhooks/twilio?SECRET-GARBAGE=\xff\xfe HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+], ids=["64 KiB of garbage", "request line not UTF-8"])
+async def test_a_garbage_request_does_not_put_its_bytes_in_the_log(capfd: pytest.CaptureFixture[str],
+                                                                   garbage: bytes) -> None:
     from aiohttp import web
 
     from daemon.logging_setup import setup_logging
@@ -174,7 +179,9 @@ async def test_a_garbage_request_does_not_put_its_bytes_in_the_log(capfd: pytest
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
     setup_logging("INFO", "json")
-    runner = web.AppRunner(build_app(make_settings()), access_log=None)
+    runner = web.AppRunner(build_app(make_settings(SOURCE_TWILIO_SCHEME="twilio",
+                                                   SOURCE_TWILIO_SECRET="twilio-auth-token-0123456789")),
+                           access_log=None)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -186,8 +193,8 @@ async def test_a_garbage_request_does_not_put_its_bytes_in_the_log(capfd: pytest
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 200")
         await asyncio.wait_for(reader.readexactly(16), 10)
-        # When its second request is 64 KiB of garbage that carries something secret
-        writer.write(b"SECRET-GARBAGE-" * 4400 + b"\r\n\r\n")
+        # When its second request is garbage that carries something secret
+        writer.write(garbage)
         await writer.drain()
         answer = await asyncio.wait_for(reader.read(100), 30)
         writer.close()
