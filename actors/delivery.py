@@ -117,6 +117,9 @@ class ChannelSender:
         self._claim_outage = OutageLog(logger, f"claiming {channel} sends")
         self._write_outage = OutageLog(logger, f"writing {channel} send results")
         self._journal_outage = OutageLog(logger, f"journaling {channel} send results")
+        # Set by any thread whose database write failed, cleared by any that succeeds: while it is
+        # set, no batch of this process starts a call (the database is away for all of them).
+        self._database_down = threading.Event()
 
     def __call__(self, send_ids: list[int]) -> None:
         me = this_process()
@@ -192,6 +195,7 @@ class ChannelSender:
                 delay = min(RETRY_MAX_S, delay * 2)
             else:
                 outage.succeeded()
+                self._database_down.clear()
                 return value
 
     # -- claim and checks -------------------------------------------------------------------------
@@ -342,6 +346,8 @@ class ChannelSender:
         return finished
 
     def _halting(self, batch: _Batch) -> bool:
+        if self._database_down.is_set():
+            batch.halted.set()
         return self.stopping.is_set() or batch.halted.is_set()
 
     def _limiter_call(self, call: Callable[[], _T], batch: _Batch) -> _T | None:
@@ -352,6 +358,7 @@ class ChannelSender:
         except _DATABASE_DOWN as exc:
             self._write_outage.failed(exc)
             batch.halted.set()
+            self._database_down.set()
             return None
 
     async def _send_one(self, message: OutboundMessage, slot_at: float, halted: threading.Event) -> CallOutcome:
@@ -362,8 +369,9 @@ class ChannelSender:
         if self._in_flight is None:
             self._in_flight = asyncio.Semaphore(self.concurrency)
         async with self._in_flight:
-            if self.stopping.is_set() or halted.is_set():  # not handed to the provider: put back
-                return CallOutcome(message.send_id, "released")
+            if self.stopping.is_set() or halted.is_set() or self._database_down.is_set():
+                halted.set()
+                return CallOutcome(message.send_id, "released")  # not handed to the provider: put back
             started = time.perf_counter()
             try:
                 result = await self.provider.send(message)
@@ -417,10 +425,12 @@ class ChannelSender:
         except Exception as exc:
             self._write_outage.failed(exc)
             batch.halted.set()
+            self._database_down.set()
             batch.next_try_at = time.monotonic() + batch.backoff_s
             batch.backoff_s = min(RETRY_MAX_S, batch.backoff_s * 2)
             return False
         self._write_outage.succeeded()
+        self._database_down.clear()
         batch.me.journal.settled(seq for _, seq in batch.unwritten if seq is not None)
         batch.released.update(r.send.id for r in applied if r.outcome == "released")
         batch.unwritten, batch.waits = [], []

@@ -107,11 +107,17 @@ def test_results_journaled_during_an_outage_survive_a_kill_9_and_are_not_sent_ag
             # ...so that every result the provider gave since is in the workers' journals only
             journal_dir = tmp_path / "var" / "journal"
 
-            def accounted() -> bool:
-                written = {s.id for s in Send.select(Send.id).where(Send.status == "sent")}
-                return len(written | journaled_sent(journal_dir)) == simulator.stats()["received"]
+            seen = [-1]
 
-            wait_until(accounted, 20, "every delivery written or journaled", interval_s=0.2)
+            def accounted() -> bool:
+                """No call finished since the last look (0.5 s, over twice the provider's latency:
+                nothing left on the wire), and each one is written or journaled."""
+                received = simulator.stats()["received"]
+                quiet, seen[0] = received == seen[0], received
+                written = {s.id for s in Send.select(Send.id).where(Send.status == "sent")}
+                return quiet and len(written | journaled_sent(journal_dir)) == received
+
+            wait_until(accounted, 20, "every delivery written or journaled, none on the wire", interval_s=0.5)
             journaled = journaled_sent(journal_dir)
             assert journaled, "no result waited in a journal when the daemon was killed"
             # When the daemon is killed outright, the database comes back, and a new daemon starts
