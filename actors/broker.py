@@ -17,8 +17,9 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from actors.delivery import ChannelSender
 from actors.events import declare_event_actor
-from actors.middleware import DeadLetterSends, StopFlag
+from actors.middleware import CloseProviders, DeadLetterSends, StopFlag
 from actors.providers import Provider
 from actors.rabbitmq import rabbitmq_broker
 from actors.registry import declare_channel_actors
@@ -51,7 +52,10 @@ def build_broker(settings: Settings, providers: Mapping[str, Provider] | None = 
         # re-declare a queue an operator deleted). Messages carry batches, so the cost is small.
         # Classic or quorum queues (replicated over a cluster): actors/rabbitmq.py.
         broker = rabbitmq_broker(settings, middleware, confirm_delivery=True)
-    declare_channel_actors(broker, settings, stopping, providers)
+    channel_actors = declare_channel_actors(broker, settings, stopping, providers)
+    senders = [a.fn for a in channel_actors.values() if isinstance(a.fn, ChannelSender)]
+    in_use = list({id(sender.provider): sender.provider for sender in senders}.values())
+    broker.add_middleware(CloseProviders(in_use), after=AsyncIO)
     declare_event_actor(broker, settings, stopping)
     dramatiq.set_broker(broker)
     return broker

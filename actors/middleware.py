@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 
 import dramatiq
+from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Middleware
 
+from actors.providers import Provider
 from actors.registry import channel_of_actor
 from daemon.metrics import SENDS
 from db.database import db_session
@@ -48,3 +51,28 @@ class StopFlag(Middleware):
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self.flag.set()
+
+
+class CloseProviders(Middleware):
+    """Closes the channels' providers on the worker's event loop when the worker has stopped, so
+    their pooled HTTP sessions close cleanly (a batch waiting in Postmark's batcher is flushed)
+    instead of being torn down by the interpreter at exit.
+
+    Added after Dramatiq's AsyncIO middleware: ``after_*`` hooks run in reverse middleware order, so
+    this one runs before AsyncIO's stops the event loop.
+    """
+
+    CLOSE_TIMEOUT_S = 10.0
+
+    def __init__(self, providers: list[Provider]) -> None:
+        self.providers = providers
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        thread = get_event_loop_thread()
+        if thread is None:
+            return
+        for provider in self.providers:
+            try:
+                asyncio.run_coroutine_threadsafe(provider.close(), thread.loop).result(self.CLOSE_TIMEOUT_S)
+            except Exception as exc:  # closing is best effort: the process is about to end
+                logger.warning("provider %s did not close cleanly: %s", provider.name, type(exc).__name__)

@@ -314,3 +314,29 @@ def test_results_whose_write_fails_are_written_when_the_database_answers_again( 
     assert len(refused) == 2
     assert "handed 1 sms send(s) back to the queue" in caplog.text
     assert current().journal.pending == 0
+
+
+@dataclass
+class ClosingProvider:
+    """Records whether the worker closed it, and on which thread's running loop."""
+
+    name: str = "closing"
+    closed_in_loop: bool = False
+
+    async def send(self, message: OutboundMessage) -> ProviderResult:
+        return ProviderResult(provider_message_id=f"c-{message.send_id}")
+
+    async def close(self) -> None:
+        self.closed_in_loop = asyncio.get_running_loop().is_running()
+
+
+def test_a_stopping_worker_closes_its_providers_on_its_event_loop(pipeline) -> None:  # type: ignore[no-untyped-def]
+    # Given a worker whose sms and email go through providers holding sessions
+    sms, email = ClosingProvider(), ClosingProvider()
+    p = pipeline({"sms": sms, "email": email})
+    plan("close-1")
+    assert p.relay_and_wait() == 1
+    # When the worker stops
+    p.close()
+    # Then each provider was closed on the worker's event loop, before that loop stopped
+    assert sms.closed_in_loop and email.closed_in_loop
