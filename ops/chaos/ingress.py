@@ -13,12 +13,11 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import aiohttp
 
 from ops.bench.common import log
-from ops.chaos.rig import RECOVERY_TARGET_S, Rig, Size, hold
+from ops.chaos.rig import RECOVERY_TARGET_S, Rig, Size, Where, hold
 from ops.chaos.verdict import Outcome
 from tests.support.signing import STANDARD_SECRET, standard
 
@@ -87,10 +86,12 @@ async def retry_refused(port: int, ids: list[int], answers: dict[str, list[tuple
                 await asyncio.sleep(1.0)
 
 
-def db_outage_ingress(size: Size, workdir: Path) -> Outcome:
+def db_outage_ingress(size: Size, where: Where) -> Outcome:
+    from peewee import fn
+
     from db.models import Contact, Enrolment, InboundEvent
 
-    with Rig(workdir, size, proxy_db=True, SOURCE_APP_SECRET=STANDARD_SECRET) as rig:
+    with Rig(where, size, proxy_db=True, SOURCE_APP_SECRET=STANDARD_SECRET) as rig:
         proxy = rig.db_proxy
         assert proxy is not None
         rig.seed_campaign(trigger_event="contact.upsert", leads=0, email_step=False)
@@ -118,9 +119,10 @@ def db_outage_ingress(size: Size, workdir: Path) -> Outcome:
 
         def stored() -> tuple[dict[str, str], Counter]:
             events = {e.event_id: e.status for e in InboundEvent.select(InboundEvent.event_id, InboundEvent.status)}
-            per_contact = Counter(row[0] for row in Enrolment.select(Enrolment.contact).tuples())
-            return events, Counter({"contacts": Contact.select().count(), "max_enrolments": max(per_contact.values(),
-                                                                                               default=0)})
+            enrolments = fn.COUNT(Enrolment.id)
+            most = (Enrolment.select(enrolments).group_by(Enrolment.contact).order_by(enrolments.desc())
+                    .limit(1).scalar())
+            return events, Counter({"contacts": Contact.select().count(), "max_enrolments": most or 0})
 
         events, counts = rig.query(stored)
         exit_code = daemon.stop(timeout_s=90)

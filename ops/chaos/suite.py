@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ops.bench.common import Section, clean_up_on_sigterm, log, machine  # noqa: E402
 from ops.chaos import ingress, outages, processes, queues  # noqa: E402
-from ops.chaos.rig import FULL, QUICK, Size  # noqa: E402
+from ops.chaos.rig import FULL, QUICK, Size, Where, suite_vhost  # noqa: E402
 from ops.chaos.verdict import TABLE_HEAD, Outcome, summary_row  # noqa: E402
 
-SCENARIOS: dict[str, Callable[[Size, Path], Outcome]] = {
+SCENARIOS: dict[str, Callable[[Size, Where], Outcome]] = {
     "broker_outage": outages.broker_outage,
     "db_outage_sends": outages.db_outage_sends,
     "db_outage_ingress": ingress.db_outage_ingress,
@@ -63,10 +63,10 @@ def failed_section(name: str, error: BaseException) -> Section:
                    checks={"ran to the end": False}, notes=[f"error: {type(error).__name__}: {error}"])
 
 
-def run_one(name: str, size: Size) -> Section:
+def run_one(name: str, size: Size, vhost: str) -> Section:
     with tempfile.TemporaryDirectory(prefix=f"retentiond-chaos-{name}-") as tmp:
         try:
-            return SCENARIOS[name](size, Path(tmp)).section()
+            return SCENARIOS[name](size, Where(Path(tmp), vhost)).section()
         except Exception as exc:  # one broken scenario must not hide the others' figures
             traceback.print_exc()
             return failed_section(name, exc)
@@ -88,13 +88,14 @@ def main() -> int:
     facts = machine()
     started = time.monotonic()
     sections: list[Section] = []
-    for index, name in enumerate(names, 1):
-        log(f"== {index}/{len(names)} {name} (elapsed {time.monotonic() - started:.0f}s)")
-        section_started = time.monotonic()
-        section = run_one(name, size)
-        section.elapsed_s = time.monotonic() - section_started
-        sections.append(section)
-        log(f"== {name}: {'PASS' if section.ok else 'FAIL'} in {section.elapsed_s:.0f}s")
+    with suite_vhost() as vhost:
+        for index, name in enumerate(names, 1):
+            log(f"== {index}/{len(names)} {name} (elapsed {time.monotonic() - started:.0f}s)")
+            section_started = time.monotonic()
+            section = run_one(name, size, vhost)
+            section.elapsed_s = time.monotonic() - section_started
+            sections.append(section)
+            log(f"== {name}: {'PASS' if section.ok else 'FAIL'} in {section.elapsed_s:.0f}s")
     total_s = time.monotonic() - started
 
     header = (f"## Chaos{' (quick)' if args.quick else ''}: {facts['date'][:10]}, {facts['cores']} cores, "
