@@ -20,8 +20,9 @@ Scenarios, in order (each module's docstring says exactly what it does):
 
 Targets: nothing lost (every send delivered within 30 s of an outage's end; after a kill -9 or a
 deleted queue, within the recovery timeout the scenario states plus 30 s), 0 duplicates (after a
-kill -9: at most the calls the provider accepted whose result was not yet written). ``--quick`` runs
-100 leads and 4 s faults (about 3 minutes in all): the test suite runs it. Writes
+kill -9: at most the calls the provider accepted whose result was not yet written). A full run takes
+about 6 minutes; ``--quick`` runs 100 leads and 4 s faults (3-4 minutes): the test suite runs it.
+``disk_full`` mounts a small tmpfs, so it needs root. Writes
 ``<out>/results-<UTC time>.json``, ``<out>/latest.json`` and ``<out>/latest.md``; exits 1 when a
 scenario failed a target or could not run.
 """
