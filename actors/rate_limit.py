@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import peewee
 
 from daemon.config import Rate
-from db.database import database, is_postgres
+from db.database import database, is_postgres, sql_rows
 from db.models import RateLimit
 
 # How far ahead slots may be reserved, at least; a slow channel gets one interval.
@@ -97,18 +98,16 @@ class GlobalRateLimiter:
         span = count * self.interval_s
         if is_postgres():
             sent = time.monotonic()
-            row = database.execute_sql(
-                _PG_RESERVE, (span, self.channel, span, self.horizon_s)).fetchone()
+            row = _first(sql_rows(_PG_RESERVE, (span, self.channel, span, self.horizon_s)))
             if row is not None:
                 new_tat, db_now = row
                 self._learn_offset(db_now, sent, time.monotonic())
                 return self._reservation(count, new_tat - span)
-            peek = database.execute_sql(_PG_PEEK, (self.channel,)).fetchone()
+            peek = _first(sql_rows(_PG_PEEK, (self.channel,)))
         else:
             now = time.time()
             self._offset = now - time.monotonic()  # one host: the local clocks map exactly
-            row = database.execute_sql(
-                _SQLITE_RESERVE, (now, span, self.channel, now, span, now, self.horizon_s)).fetchone()
+            row = _first(sql_rows(_SQLITE_RESERVE, (now, span, self.channel, now, span, now, self.horizon_s)))
             if row is not None:
                 return self._reservation(count, row[0] - span)
             tat = RateLimit.select(RateLimit.tat).where(RateLimit.channel == self.channel).scalar()
@@ -134,7 +133,7 @@ class GlobalRateLimiter:
         """Seconds the channel is still held by a provider's 429 (for an unlimited channel, whose
         sends reserve no slots, this is the one check per batch)."""
         if is_postgres():
-            row = database.execute_sql(_PG_PEEK, (self.channel,)).fetchone()
+            row = _first(sql_rows(_PG_PEEK, (self.channel,)))
         else:
             tat = RateLimit.select(RateLimit.tat).where(RateLimit.channel == self.channel).scalar()
             row = None if tat is None else (tat, time.time())
@@ -165,3 +164,7 @@ class GlobalRateLimiter:
         # A slot already past (this thread was descheduled) is simply not waited for; it keeps its
         # place, so the spacing of the slots themselves never shrinks.
         return Reservation(count, first_slot_epoch - self._offset, self.interval_s, first_slot_epoch)
+
+
+def _first(found: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
+    return found[0] if found else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -155,8 +156,18 @@ class _NoClose:
 
 
 def rows(query: Any) -> list[tuple[Any, ...]]:
-    """A query's rows as plain tuples (Peewee's ``.tuples()``, typed for mypy)."""
-    return list(query.tuples())
+    """A query's rows as plain tuples (Peewee's ``.tuples()``, typed for mypy), driver errors raised
+    while fetching mapped to Peewee's like those raised while executing (see ``sql_rows``)."""
+    with peewee.__exception_wrapper__:  # type: ignore[attr-defined]  # public in peewee, not in its stubs
+        return list(query.tuples())
+
+
+def sql_rows(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Run raw SQL and fetch all its rows. On SQLite a statement with RETURNING does its work as its
+    rows are fetched, outside Peewee's mapping of driver errors: a full disk raised the driver's own
+    ``sqlite3.OperationalError``, which no outage handling (written for Peewee's errors) caught."""
+    with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
+        return list(database.execute_sql(sql, params).fetchall())
 
 
 def pool_in_use() -> int:

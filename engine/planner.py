@@ -20,7 +20,7 @@ from typing import Any
 
 from daemon.config import Settings
 from db.bulk import insert_many
-from db.database import database, db_session, is_postgres, rows
+from db.database import database, db_session, is_postgres, rows, sql_rows
 from db.models import CampaignStep, Contact, Decision, Enrolment, Send
 from engine.checks import ADDRESS_FIELDS
 from engine.links import save_links
@@ -79,7 +79,7 @@ def plan_due_steps(settings: Settings, now: dt.datetime, limit: int = 10_000) ->
 def _claim(now: dt.datetime, size: int) -> list[tuple[Any, ...]]:
     sql = _PG_CLAIM if is_postgres() else _SQLITE_CLAIM
     value: Any = now if is_postgres() else str(now)
-    return list(database.execute_sql(sql, (value, size)).fetchall())
+    return sql_rows(sql, (value, size))
 
 
 def _plan_batch(settings: Settings, claimed: Sequence[tuple[Any, ...]], now: dt.datetime,
