@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install tools run test test-fast lint clean bench bench-dispatch bench-ingress
+.PHONY: install tools run test test-fast lint clean bench bench-dispatch bench-ingress chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,3 +59,10 @@ bench-dispatch: $(STAMP)
 ## Ingress benchmark: signed webhooks at 64 connections for 20 s (wrk), next to bare aiohttp.
 bench-ingress: $(STAMP) tools
 	$(BIN)/python ops/bench/ingress.py --db $${DB:-postgres}
+
+## The fault suite: real daemons, faults through a TCP proxy (broker and database outages, webhooks
+## during a database cut, SIGTERM, kill -9, two daemons, a deleted or purged queue, SQLite on a full
+## disk; that one mounts a tmpfs, so root): about 6 minutes. Markdown report; JSON under var/chaos/.
+## QUICK=1 for 100 leads and 4 s faults; ONLY=broker_outage,kill9 for some scenarios.
+chaos: $(STAMP)
+	$(BIN)/python ops/chaos/suite.py $${QUICK:+--quick} $${ONLY:+--only $$ONLY}
