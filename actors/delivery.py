@@ -10,14 +10,18 @@ with this worker's instance id) in one UPDATE before any provider call, so a red
 finds nothing to claim for sends already being sent or finished, and never calls the provider for
 them again. Results are written as calls finish (at most ``SETTLE_EVERY_S`` late).
 
-Outcomes are never forgotten: each slice of results is appended to this process's journal
-(engine/journal.py, fsync'd) BEFORE its database write is tried. When the database fails, the
+Outcomes are never forgotten: each result is appended to this process's journal
+(engine/journal.py) the moment its provider call returns, on the event loop, by one write into the
+OS page cache; each slice of results is fsync'd BEFORE its database write is tried. So a kill -9
+loses nothing that came back from the provider, and a power loss at most the answers of the last
+``SETTLE_EVERY_S``. When the database fails, the
 write is retried with backoff (0.2 s doubling to 5 s) for as long as the process lives, the message
 stays unacknowledged, no new call of the batch starts, and the sends not yet called are put back
 (``sending`` -> ``queued``) and handed to the queue the moment the database answers again. A worker
 killed before the write leaves the journal, which the next start replays. Claims and checks that
 fail on the database are retried the same way. The one window left is a crash between a provider
-accepting a call and its result reaching the journal: the calls on the wire. Their sends are
+accepting a call and its answer coming back: the calls on the wire (at most ``concurrency`` per
+channel and process). Their sends are
 re-offered once the worker stops beating (engine/workers.py), with the same idempotency key, which
 providers that honour one (Twilio's I-Twilio-Idempotency-Token, the simulator) use to drop the repeat.
 
@@ -127,7 +131,6 @@ class ChannelSender:
         if not claimed:
             logger.debug("nothing to claim on %s for %d send(s)", self.channel, len(send_ids))
             return
-        _hold(claimed)
         unwritten: set[int] = set()
         try:
             unwritten = self._process(claimed, me)
@@ -149,7 +152,8 @@ class ChannelSender:
         batch = _Batch(me, fallbacks)
         by_id = {s.id: s for s in to_send}
         calls = self._deliver([self._message(s, headers.get(s.id, {})) for s in to_send], batch,
-                              lambda finished: self._settle_calls(finished, by_id, batch)) if to_send else []
+                              lambda finished: self._settle_calls(finished, by_id, batch),
+                              lambda call: self._journal_answer(call, by_id, batch)) if to_send else []
         if not self._write_all(batch):
             logger.warning("shutting down with %d %s result(s) not yet written: kept in the journal for the "
                            "next start", len(batch.unwritten), self.channel)
@@ -204,6 +208,12 @@ class ChannelSender:
         """Claim the sends still waiting, and our own claims no thread of ours holds: a claim whose
         commit went through while its answer was lost to a dropped connection would otherwise sit
         ``sending`` under a live worker, whose claims the reconciler never re-offers."""
+        with _claiming:
+            claimed = self._claim_unguarded(send_ids, instance)
+            _hold(claimed)
+            return claimed
+
+    def _claim_unguarded(self, send_ids: list[int], instance: str) -> list[ClaimedSend]:
         now = utcnow()
         orphaned = (Send.status == "sending") & (Send.claimed_by == instance)
         in_hand = _in_hand(send_ids)
@@ -275,9 +285,11 @@ class ChannelSender:
     # -- deliver ----------------------------------------------------------------------------------
 
     def _deliver(self, messages: list[OutboundMessage], batch: _Batch,
-                 settle_slice: Callable[[list[CallOutcome]], None]) -> list[CallOutcome]:
-        """Start each call at its rate-limit slot; while calls run, write the results of the finished
-        ones at least every SETTLE_EVERY_S. A crash then repeats only the calls of its last moments,
+                 settle_slice: Callable[[list[CallOutcome]], None],
+                 answered: Callable[[CallOutcome], None]) -> list[CallOutcome]:
+        """Start each call at its rate-limit slot; ``answered`` sees each answer as it comes back
+        (on the event loop); while calls run, write the results of the finished ones at least
+        every SETTLE_EVERY_S. A crash then repeats only the calls of its last moments,
         not every call of the batch. Once the database fails (``batch.halted``), no further call
         starts: the rest are released. Returns every outcome, in the order they finished."""
         loop = self._event_loop()
@@ -317,6 +329,12 @@ class ChannelSender:
             while not self._halting(batch) and (left := until - time.monotonic()) > 0:
                 settle_finished(min(SETTLE_EVERY_S, left))
 
+        async def call(message: OutboundMessage, slot_at: float) -> CallOutcome:
+            outcome = await self._send_one(message, slot_at, batch.halted)
+            if outcome.status != "released":  # no await since the answer: nothing runs in between
+                answered(outcome)
+            return outcome
+
         position = 0
         if self.limiter.unlimited:
             hold = self._limiter_call(self.limiter.hold_s, batch)
@@ -338,8 +356,7 @@ class ChannelSender:
                     continue
                 slots = [reservation.slot_at(i) for i in range(reservation.count)]
             for slot_at in slots:
-                coroutine = self._send_one(messages[position], slot_at, batch.halted)
-                running.append(asyncio.run_coroutine_threadsafe(coroutine, loop))
+                running.append(asyncio.run_coroutine_threadsafe(call(messages[position], slot_at), loop))
                 position += 1
         while running:
             settle_finished(SETTLE_EVERY_S)
@@ -393,19 +410,47 @@ class ChannelSender:
 
     # -- settle -----------------------------------------------------------------------------------
 
-    def _settle_calls(self, calls: list[CallOutcome], by_id: dict[int, ClaimedSend], batch: _Batch) -> None:
-        """Journal the provider's answers (durably, first), then try to write what is unwritten."""
-        results = [self._result(by_id[c.send_id], c) for c in calls]
-        answered = [r for r in results if r.outcome != "released"]
-        seqs: list[int | None] = [None] * len(answered)
+    def _journal_answer(self, call: CallOutcome, by_id: dict[int, ClaimedSend], batch: _Batch) -> None:
+        """On the event loop, as a provider call returns: its result into the journal (no fsync),
+        so a kill -9 from now on cannot make the call go out again. A failure here is left to the
+        slice, which journals what this did not."""
+        result = self._result(by_id[call.send_id], call)
         try:
-            seqs = list(batch.me.journal.record([(r, batch.fallbacks.get(r.send.step_id or 0)) for r in answered]))
+            seq = batch.me.journal.append([(result, batch.fallbacks.get(result.send.step_id or 0))])[0]
+        except OSError as exc:
+            self._journal_outage.failed(exc, logging.ERROR)
+            return
+        except Exception:  # never into the call's future: that would lose the whole slice's answers
+            logger.exception("could not journal the result of %s send %d", self.channel, call.send_id)
+            return
+        batch.journaled[call.send_id] = (result, seq)
+
+    def _settle_calls(self, calls: list[CallOutcome], by_id: dict[int, ClaimedSend], batch: _Batch) -> None:
+        """Make the slice's answers durable (one fsync, before the database write; the ones not
+        journaled at call time appended first), then try to write what is unwritten."""
+        answered: list[tuple[Result, int | None]] = []
+        unjournaled: list[Result] = []
+        released: list[Result] = []
+        for c in calls:
+            known = batch.journaled.pop(c.send_id, None)
+            if known is not None:
+                answered.append(known)
+            elif c.status == "released":
+                released.append(self._result(by_id[c.send_id], c))
+            else:
+                unjournaled.append(self._result(by_id[c.send_id], c))
+        journal = batch.me.journal
+        try:
+            seqs = journal.append([(r, batch.fallbacks.get(r.send.step_id or 0)) for r in unjournaled])
+            answered.extend(zip(unjournaled, seqs, strict=True))
+            unjournaled = []
+            journal.sync()
         except OSError as exc:  # a full or broken disk: the database write below still carries them
             self._journal_outage.failed(exc, logging.ERROR)
         else:
             self._journal_outage.succeeded()
-        batch.unwritten.extend(zip(answered, seqs, strict=True))
-        batch.unwritten.extend((r, None) for r in results if r.outcome == "released")
+        batch.unwritten.extend(answered)
+        batch.unwritten.extend((r, None) for r in unjournaled + released)
         batch.waits.extend(c.retry_after_s for c in calls if c.status == "rate_limited" and c.retry_after_s)
         if time.monotonic() >= batch.next_try_at:
             self._write(batch)
@@ -479,6 +524,8 @@ class _Batch:
     fallbacks: dict[int, str]  # step id -> fallback channel
     halted: threading.Event = field(default_factory=threading.Event)  # the database failed: no new call
     unwritten: list[tuple[Result, int | None]] = field(default_factory=list)  # with their journal seq
+    # send id -> its result and journal seq, journaled on the event loop as the call returned
+    journaled: dict[int, tuple[Result, int]] = field(default_factory=dict)
     waits: list[float] = field(default_factory=list)  # Retry-After of 429s, for the limiter
     released: set[int] = field(default_factory=set)  # back to 'queued', to hand to the queue
     next_try_at: float = 0.0
@@ -489,6 +536,10 @@ class _Batch:
 # retried after a lost answer takes back only our claims that nobody here is working on.
 _held_ids: set[int] = set()
 _held_lock = threading.Lock()
+# One claim at a time in this process, from reading what is held to holding what was claimed: a
+# thread that read `_held_ids` before another's committed claim was held took that claim for an
+# orphan and sent the same sends again (seen as 1-4 duplicates in the in-process two-step test).
+_claiming = threading.Lock()
 
 
 def _hold(claimed: list[ClaimedSend]) -> None:

@@ -3,19 +3,26 @@
 Why: a provider call that finished is a fact the database must learn, or the send stays
 ``sending`` and is eventually offered again — a duplicate message to a person. The delivery code
 retries the database write while the process lives; this file covers the process dying first
-(kill -9, OOM, a deploy during a database outage). A result is appended here, and fsync'd, BEFORE
-its database write is attempted; a restart replays what was never marked settled.
+(kill -9, OOM, a deploy during a database outage). A result is appended here the moment its
+provider call returns, by the code that saw it return; a restart replays what was never marked
+settled.
+
+What survives what: an append is one ``os.write`` into the OS page cache, which outlives the
+process however it dies, so a kill -9 loses no result that came back from the provider. The
+fsync comes in groups: one per slice of results a worker thread settles (every SETTLE_EVERY_S at
+most), BEFORE that slice's database write is attempted; so a power loss (or kernel crash) loses at
+most the results of the last SETTLE_EVERY_S, none that reached the database. Settled markers and
+truncations are not fsync'd: losing one only means an already-written result is replayed, and
+replay is idempotent (it applies to a send still ``sending`` under the same claimant only, see
+engine/outcomes.settle).
 
 Format: JSON lines in ``<JOURNAL_DIR>/<instance>.journal``, one per worker process, opened in append
 mode. A result line is ``{"seq": n, "by": instance, "result": {...}, "fallback": channel}``; a
 settled line is ``{"settled": [n, ...]}``. When nothing is pending the file is truncated, so it
-stays small (empty while the database is healthy). Lines hold ids, statuses, times and the
-provider's error text — no address, subject or body (a replay reads those from the send row).
-
-Fsync in groups: one write and one fsync for each slice of results a worker thread settles (every
-SETTLE_EVERY_S at most), not per result. Settled markers and truncations are not fsync'd: losing
-one only means an already-written result is replayed, and replay is idempotent (it applies to a
-send still ``sending`` under the same claimant only, see engine/outcomes.settle).
+stays small (empty while the database is healthy); appends and truncations share one lock and a
+line is pending from the moment it is written, so a truncation never drops a line just appended by
+another thread (the event loop's). Lines hold ids, statuses, times and the provider's error text
+— no address, subject or body (a replay reads those from the send row).
 
 Ownership: the writer holds an exclusive ``flock`` on its file for its whole life; the kernel drops
 it when the process dies however it dies. A file whose lock can be taken belongs to a dead process
@@ -60,13 +67,17 @@ class Entry:
 
 
 class Journal:
-    """Append-only, fsync'd in groups; ``directory=None`` keeps nothing on disk (tests, one-off tools)."""
+    """Append-only, written at once and fsync'd in groups; ``directory=None`` keeps nothing on disk
+    (tests, one-off tools)."""
 
     def __init__(self, directory: str | os.PathLike[str] | None, instance: str) -> None:
         self.instance = instance
         self.path: Path | None = None
         self._fd: int | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # appends, truncations, the sequence and the pending set
+        self._sync_lock = threading.Lock()  # one fsync at a time, outside _lock: appends never wait on a disk
+        self._unsynced = False  # appended since the last fsync
+        self._torn = False  # a write failed midway: the next line starts on a line of its own
         self._seq = 0
         self._pending: set[int] = set()
         if directory is not None:
@@ -81,19 +92,41 @@ class Journal:
     def pending(self) -> int:
         return len(self._pending)
 
-    def record(self, results: Sequence[tuple[Result, str | None]]) -> list[int]:
-        """Append results (each with its step's fallback channel) durably; returns their seqs."""
+    def append(self, results: Sequence[tuple[Result, str | None]]) -> list[int]:
+        """Append results (each with its step's fallback channel) to the file, without an fsync:
+        safe from a kill -9 of the process at once, from a power loss after ``sync``. Returns their
+        seqs. Cheap enough for the event loop (one small write into the page cache)."""
         if not results:
             return []
         with self._lock:
             seqs = list(range(self._seq + 1, self._seq + 1 + len(results)))
-            self._seq += len(results)
             if self._fd is not None:
                 lines = "".join(_dump({"seq": seq, "by": self.instance, "result": encode(result), "fallback": fb})
                                 for seq, (result, fb) in zip(seqs, results, strict=True))
-                _write_all(self._fd, lines.encode())
-                os.fsync(self._fd)
+                self._write(lines)
+                self._unsynced = True
+            self._seq += len(results)
             self._pending.update(seqs)
+        return seqs
+
+    def sync(self) -> None:
+        """Make every result appended so far survive a power loss (one fsync, if any is needed)."""
+        with self._sync_lock:
+            with self._lock:
+                if self._fd is None or not self._unsynced:
+                    return
+                fd, self._unsynced = self._fd, False
+            try:
+                os.fsync(fd)  # close() waits for _sync_lock: fd stays open meanwhile
+            except OSError:
+                with self._lock:
+                    self._unsynced = True
+                raise
+
+    def record(self, results: Sequence[tuple[Result, str | None]]) -> list[int]:
+        """Append results and fsync them; returns their seqs."""
+        seqs = self.append(results)
+        self.sync()
         return seqs
 
     def settled(self, seqs: Iterable[int]) -> None:
@@ -106,13 +139,23 @@ class Journal:
             if self._fd is None:
                 return
             if self._pending:
-                _write_all(self._fd, _dump({"settled": done}).encode())
+                self._write(_dump({"settled": done}))
             else:
                 os.ftruncate(self._fd, 0)  # O_APPEND: the next line goes to offset 0
+                self._torn = self._unsynced = False
+
+    def _write(self, lines: str) -> None:
+        """Write whole lines (under _lock). After a failed write (a full disk) the next line starts
+        on a line of its own, so the torn one costs only itself."""
+        assert self._fd is not None
+        data = ("\n" if self._torn else "") + lines
+        self._torn = True
+        _write_all(self._fd, data.encode())
+        self._torn = False
 
     def close(self) -> None:
         """Release the file: removed when nothing is pending, else left for a replay."""
-        with self._lock:
+        with self._sync_lock, self._lock:
             if self._fd is None:
                 return
             if not self._pending and self.path is not None:

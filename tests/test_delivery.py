@@ -340,3 +340,34 @@ def test_a_stopping_worker_closes_its_providers_on_its_event_loop(pipeline) -> N
     p.close()
     # Then each provider was closed on the worker's event loop, before that loop stopped
     assert sms.closed_in_loop and email.closed_in_loop
+
+
+def test_each_answer_is_journaled_once_as_its_call_returns(  # type: ignore[no-untyped-def]
+        pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.journal import Journal
+
+    # Given a worker whose journal notes where each result is appended from
+    real_append = Journal.append
+    appended: list[tuple[int, bool]] = []
+
+    def spy(journal, results):  # type: ignore[no-untyped-def]
+        try:
+            asyncio.get_running_loop()
+            on_event_loop = True
+        except RuntimeError:
+            on_event_loop = False
+        appended.extend((r.send.id, on_event_loop) for r, _ in results)
+        return real_append(journal, results)
+
+    monkeypatch.setattr(Journal, "append", spy)
+    provider = ScriptedProvider(script={"+15550000001": [TransientChannelError("503")],
+                                        "+15550000002": [PermanentChannelError("400")]})
+    p = pipeline({"sms": provider}, RETRY_MIN_BACKOFF_MS="10", RETRY_MAX_BACKOFF_MS="20")
+    sends = [plan(f"j{i}", recipient=f"+1555000000{i}") for i in range(6)]
+    # When they are relayed, some sent, one refused, one retried then sent
+    p.relay_and_wait()
+    # Then every answer the provider gave was journaled once, by the event loop as the call
+    # returned (not later by the worker thread's slice), and everything is written
+    assert sum(provider.calls.values()) == 7
+    assert sorted(appended) == sorted([(s.id, True) for s in sends] + [(sends[1].id, True)])
+    assert {Send.get_by_id(s.id).status for s in sends} == {"sent", "failed"}

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 from db.models import Decision, Send, WorkerHeartbeat, utcnow
@@ -13,6 +18,7 @@ from engine.outcomes import ClaimedSend, Result
 from engine.reconciler import reconcile
 from engine.workers import beat
 from tests.conftest import make_settings
+from tests.support.daemon import REPO
 
 
 def claimed(send_id: int, now: dt.datetime | None = None) -> ClaimedSend:
@@ -164,3 +170,62 @@ def test_claims_of_a_killed_worker_are_re_offered_three_beats_later(migrated_db:
     assert report.reclaimed == 2
     assert {s.id: s.status for s in Send.select()} == {mine[0]: "planned", mine[1]: "planned", legacy: "sending"}
     assert WorkerHeartbeat.select().count() == 2
+
+
+# -- appended at call time, fsync'd in groups -------------------------------------------------------
+
+KILLED_AT_CALL_TIME = """
+import os, signal, sys
+from engine.journal import Journal
+from tests.test_journal import sent
+
+journal = Journal(sys.argv[1], "host:7:killed")
+journal.append([(sent(42), None)])  # as the provider call returns: no fsync yet
+os.kill(os.getpid(), signal.SIGKILL)  # before the slice's fsync and database write
+"""
+
+
+def test_a_result_appended_at_call_time_survives_a_kill_9_before_its_fsync(tmp_path: Path) -> None:
+    # Given a worker that journaled one answer the moment its provider call returned, and was
+    # killed -9 before the slice's fsync and database write
+    worker = subprocess.run([sys.executable, "-c", KILLED_AT_CALL_TIME, str(tmp_path)], cwd=REPO,
+                            capture_output=True, timeout=60)
+    assert worker.returncode == -signal.SIGKILL, worker.stderr.decode()
+    # When the journals of stopped workers are replayed
+    replayed: list[tuple[int, str, str]] = []
+    assert replay_orphans(tmp_path, lambda entries: replayed.extend(
+        (e.result.send.id, e.result.outcome, e.by) for e in entries) or len(entries)) == 1
+    # Then the answer is there, to be written instead of sent again
+    assert replayed == [(42, "sent", "host:7:killed")]
+
+
+def test_a_truncation_never_drops_a_result_another_thread_just_appended(tmp_path: Path) -> None:
+    # Given the event loop appending answers one by one while a worker thread settles them and
+    # the file is emptied each time nothing is pending
+    journal = Journal(tmp_path, "host:1:race")
+    assert journal.path is not None
+    appended: queue.Queue[int | None] = queue.Queue()
+
+    def event_loop() -> None:
+        try:
+            for i in range(2000):
+                appended.put(journal.append([(sent(i), None)])[0])
+        finally:
+            appended.put(None)
+
+    def settler() -> None:
+        while (seq := appended.get()) is not None:
+            if seq % 3:  # the others stay unwritten, as if their database write had failed
+                journal.settled([seq])
+            if seq % 50 == 0:
+                journal.sync()
+
+    threads = [threading.Thread(target=event_loop), threading.Thread(target=settler)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    # Then every result not settled is still in the file, and only those
+    assert {e.seq for e in read_unsettled(journal.path)} == {s for s in range(1, 2001) if s % 3 == 0}
+    assert journal.pending == len(range(3, 2001, 3))
+    journal.close()
