@@ -371,3 +371,48 @@ def test_each_answer_is_journaled_once_as_its_call_returns(  # type: ignore[no-u
     assert sum(provider.calls.values()) == 7
     assert sorted(appended) == sorted([(s.id, True) for s in sends] + [(sends[1].id, True)])
     assert {Send.get_by_id(s.id).status for s in sends} == {"sent", "failed"}
+
+
+def test_a_claim_not_yet_held_is_never_taken_for_an_orphan(pipeline, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from actors import delivery
+    from db.database import db_session
+
+    sender = pipeline({}).actors["sms"].fn
+    send = plan("race-1")
+    Send.update(status="queued").where(Send.id == send.id).execute()
+    # Given thread A whose claim is committed but not yet recorded as held by this process
+    b_tried = threading.Event()
+    real_hold = delivery._hold
+
+    def slow_hold(claimed):  # type: ignore[no-untyped-def]
+        b_tried.wait(2.0)
+        real_hold(claimed)
+
+    monkeypatch.setattr(delivery, "_hold", slow_hold)
+    got: dict[str, list] = {}
+
+    def claim(name: str) -> None:
+        with db_session():
+            got[name] = sender._claim([send.id], "this-process")
+
+    a = threading.Thread(target=claim, args=("a",))
+    a.start()
+    deadline = time.monotonic() + 10
+    while Send.get_by_id(send.id).status != "sending":
+        assert time.monotonic() < deadline, "thread A never claimed"
+        time.sleep(0.01)
+    # When thread B of the same process claims the same send meanwhile (a redelivered message)
+    b = threading.Thread(target=claim, args=("b",))
+    b.start()
+    b.join(0.5)
+    b_tried.set()
+    a.join(10)
+    b.join(10)
+    # Then only A has it: B did not take A's fresh claim for an orphan to send again
+    try:
+        assert [s.id for s in got["a"]] == [send.id]
+        assert got["b"] == []
+    finally:
+        delivery._let_go(got.get("a", []) + got.get("b", []))
