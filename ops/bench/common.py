@@ -236,3 +236,15 @@ def report_alone(section: Section, out: str) -> int:
     Path(out).write_text(json.dumps({"machine": machine(), **section.as_dict()}, indent=2, default=str))
     print(f"\n{section.markdown()}\n\nJSON: {out}")
     return 0 if section.ok else 1
+
+
+def write_results(out_dir: str, document: dict[str, Any], report: str) -> None:
+    """A suite's results under ``out_dir``: ``results-<UTC>.json`` and ``latest.json`` (the document),
+    ``latest.md`` (the report); prints the report and where they went."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    for path in (out / f"results-{stamp}.json", out / "latest.json"):
+        path.write_text(json.dumps(document, indent=2, default=str))
+    (out / "latest.md").write_text(report)
+    print(f"\n{report}\nJSON: {out / f'results-{stamp}.json'}; markdown: {out / 'latest.md'}")

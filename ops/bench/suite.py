@@ -20,8 +20,6 @@ could not run; a missed performance target is reported, not an error.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import sys
 import time
 import traceback
@@ -31,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ops.bench import burst, dispatch, ingress, rate_limit, scale  # noqa: E402
-from ops.bench.common import Section, clean_up_on_sigterm, log, machine  # noqa: E402
+from ops.bench.common import Section, clean_up_on_sigterm, log, machine, write_results  # noqa: E402
 
 FULL: dict[str, Callable[[], Section]] = {
     "dispatch": lambda: dispatch.run(sends=50_000, databases=("postgres", "sqlite")),
@@ -99,15 +97,9 @@ def main() -> int:
               f"PostgreSQL {facts.get('postgresql')}, RabbitMQ {facts.get('rabbitmq')}; "
               f"{total_s / 60:.1f} minutes")
     report = "\n\n".join([header, "\n".join(summary(sections)), *(s.markdown() for s in sections)]) + "\n"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     document = {"machine": facts, "quick": args.quick, "total_s": total_s,
                 "sections": {s.name: s.as_dict() for s in sections}}
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    for path in (out / f"results-{stamp}.json", out / "latest.json"):
-        path.write_text(json.dumps(document, indent=2, default=str))
-    (out / "latest.md").write_text(report)
-    print(f"\n{report}\nJSON: {out / f'results-{stamp}.json'}; markdown: {out / 'latest.md'}")
+    write_results(args.out, document, report)
     return 0 if all(s.ok for s in sections) else 1
 
 

@@ -30,8 +30,6 @@ scenario failed a target or could not run.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import sys
 import tempfile
 import time
@@ -41,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ops.bench.common import Section, clean_up_on_sigterm, log, machine  # noqa: E402
+from ops.bench.common import Section, clean_up_on_sigterm, log, machine, write_results  # noqa: E402
 from ops.chaos import ingress, outages, processes, queues  # noqa: E402
 from ops.chaos.rig import FULL, QUICK, Size, Where, suite_vhost  # noqa: E402
 from ops.chaos.verdict import TABLE_HEAD, Outcome, summary_row  # noqa: E402
@@ -105,15 +103,9 @@ def main() -> int:
               f"processes, faults of {size.outage_s:g} s; {total_s / 60:.1f} minutes")
     table = "\n".join([*TABLE_HEAD, *(summary_row(s) for s in sections)])
     report = "\n\n".join([header, table, *(s.markdown() for s in sections)]) + "\n"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     document = {"machine": facts, "quick": args.quick, "size": size.__dict__, "total_s": total_s,
                 "scenarios": {s.name: s.as_dict() for s in sections}}
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    for path in (out / f"results-{stamp}.json", out / "latest.json"):
-        path.write_text(json.dumps(document, indent=2, default=str))
-    (out / "latest.md").write_text(report)
-    print(f"\n{report}\nJSON: {out / f'results-{stamp}.json'}; markdown: {out / 'latest.md'}")
+    write_results(args.out, document, report)
     return 0 if all(s.ok for s in sections) else 1
 
 
