@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import peewee
 
 from daemon.outage_log import OutageLog
-from db.database import database, db_session, is_postgres
+from db.database import database, db_session, is_postgres, sql_rows, transaction_waiting_at_most
 from db.models import utcnow
 
 logger = logging.getLogger(__name__)
@@ -98,10 +98,6 @@ class GroupCommitter:
         self.batches = 0
         self.committed = 0
         self.peak_queued = 0  # high-water mark of the queue, for tests and diagnosis
-
-    @property
-    def queued(self) -> int:
-        return self._queue.qsize()
 
     @property
     def idle(self) -> bool:
@@ -226,22 +222,15 @@ def _commit(events: list[IncomingEvent], lock_timeout_ms: int) -> set[tuple[str,
     for event in events:
         unique.setdefault((event.source, event.event_id), event)
     values = [(e.source, e.event_id, e.type, e.payload, e.status, e.error, now) for e in unique.values()]
-    with db_session():
-        if not is_postgres():
-            # This thread's own connection: the setting stays with the committer's writes.
-            database.execute_sql(f"PRAGMA busy_timeout = {int(lock_timeout_ms)}")
-        with database.atomic():
-            return _insert(values, lock_timeout_ms)
+    with db_session(), transaction_waiting_at_most(lock_timeout_ms):
+        return _insert(values)
 
 
-def _insert(values: Sequence[tuple[object, ...]], lock_timeout_ms: int) -> set[tuple[str, str]]:
+def _insert(values: Sequence[tuple[object, ...]]) -> set[tuple[str, str]]:
     if is_postgres():
         from psycopg2.extras import execute_values
 
         cursor = database.cursor()
-        # SET LOCAL: for this transaction only, the pooled connection goes back unchanged.
-        cursor.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}; "
-                       f"SET LOCAL statement_timeout = {int(lock_timeout_ms)}")
         # Peewee's own mapping of driver errors (the raw cursor bypasses it): a lock or statement
         # timeout is then peewee's OperationalError, like every other database failure here.
         with peewee.__exception_wrapper__:  # type: ignore[attr-defined]  # public in peewee, not in its stubs
@@ -252,7 +241,7 @@ def _insert(values: Sequence[tuple[object, ...]], lock_timeout_ms: int) -> set[t
     else:
         placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(values))
         params = [v if i != 6 else str(v) for row in values for i, v in enumerate(row)]
-        inserted = database.execute_sql(
+        inserted = sql_rows(
             f"INSERT OR IGNORE INTO inbound_event ({_COLUMNS}) VALUES {placeholders} RETURNING source, event_id",
-            params).fetchall()
+            params)
     return {(source, event_id) for source, event_id in inserted}

@@ -8,14 +8,13 @@ fetch links before people do.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import json
 import logging
 import math
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import peewee
@@ -27,7 +26,7 @@ from daemon.ingest import IncomingEvent, Overloaded, StillWriting
 from daemon.metrics import WEBHOOK_EVENTS
 from daemon.outage_log import OutageLog
 from daemon.routes_webhooks import COMMITTER, SETTINGS
-from db.database import database, db_session, is_postgres
+from db.database import db_session, transaction_waiting_at_most
 from db.models import Suppression, TrackedLink, UnsubscribeToken, utcnow
 from engine.templates import TOKEN_BYTES
 
@@ -52,31 +51,13 @@ def _token(request: web.Request, unknown: str) -> str:
 def _unsubscribe(token: str, lock_timeout_ms: int) -> str | None:
     """Record the suppression; return the channel, or None for an unknown token. Waits at most
     ``lock_timeout_ms`` for a lock (else a ``peewee.OperationalError``)."""
-    with db_session(), _lock_timeout(lock_timeout_ms), database.atomic():
-        if is_postgres():  # SET LOCAL: this transaction only, the pooled connection goes back unchanged
-            database.execute_sql(f"SET LOCAL lock_timeout = {lock_timeout_ms}; "
-                                 f"SET LOCAL statement_timeout = {lock_timeout_ms}")
+    with db_session(), transaction_waiting_at_most(lock_timeout_ms):
         row = UnsubscribeToken.get_or_none(UnsubscribeToken.token == token)
         if row is None:
             return None
         (Suppression.insert(contact=row.contact_id, channel=row.channel, reason="unsubscribed", created_at=utcnow())
          .on_conflict_ignore().execute())
         return str(row.channel)
-
-
-@contextlib.contextmanager
-def _lock_timeout(ms: int) -> Iterator[None]:
-    """SQLite: this thread's connection waits ``ms`` for the write lock, then its usual again (the
-    connection stays with the thread, which serves other requests too)."""
-    if is_postgres():
-        yield
-        return
-    (usual,) = database.execute_sql("PRAGMA busy_timeout").fetchone()
-    database.execute_sql(f"PRAGMA busy_timeout = {int(ms)}")
-    try:
-        yield
-    finally:
-        database.execute_sql(f"PRAGMA busy_timeout = {int(usual)}")
 
 
 class ReaderWrites:

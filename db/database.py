@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -174,3 +174,24 @@ def pool_in_use() -> int:
     """Connections this process has checked out of its PostgreSQL pool (0 on SQLite)."""
     engine = database.obj
     return len(getattr(engine, "_in_use", {})) if isinstance(engine, PooledPostgresqlDatabase) else 0
+
+
+@contextlib.contextmanager
+def transaction_waiting_at_most(ms: int) -> Iterator[None]:
+    """One transaction that waits at most ``ms`` for a lock, else ``peewee.OperationalError``, on
+    either engine: a request waiting for its answer is better served by a 503 it can retry than by a
+    202 a minute later. SQLite: this thread's connection's busy timeout, restored afterwards (the
+    connection stays with the thread, which serves other work too). PostgreSQL: ``SET LOCAL`` lock
+    and statement timeouts, for this transaction only (the pooled connection goes back unchanged)."""
+    if is_postgres():
+        with database.atomic():
+            database.execute_sql(f"SET LOCAL lock_timeout = {int(ms)}; SET LOCAL statement_timeout = {int(ms)}")
+            yield
+        return
+    ((usual,),) = sql_rows("PRAGMA busy_timeout")
+    database.execute_sql(f"PRAGMA busy_timeout = {int(ms)}")
+    try:
+        with database.atomic():
+            yield
+    finally:
+        database.execute_sql(f"PRAGMA busy_timeout = {int(usual)}")
