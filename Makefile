@@ -41,8 +41,9 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow'
 
 lint: $(STAMP)
-	$(BIN)/ruff check daemon actors db engine tests ops
+	$(BIN)/ruff check ground db engine actors daemon ops tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

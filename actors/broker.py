@@ -23,7 +23,7 @@ from actors.middleware import CloseProviders, DeadLetterSends, StopFlag
 from actors.providers import Provider
 from actors.rabbitmq import rabbitmq_broker
 from actors.registry import declare_channel_actors
-from daemon.config import Settings
+from ground.settings import Settings
 
 # An actor runs for a batch of sends; ten minutes is far above any sane batch.
 TIME_LIMIT_MS = 10 * 60 * 1000

@@ -52,15 +52,6 @@ from playhouse.pool import MaxConnectionsExceeded
 
 from actors.providers.base import OutboundMessage, Provider
 from actors.rate_limit import GlobalRateLimiter
-from daemon.config import Settings
-from daemon.errors import (
-    PermanentChannelError,
-    ProviderRateLimited,
-    TransientChannelError,
-    UnbuildableMessage,
-)
-from daemon.metrics import PROVIDER_LATENCY, RATE_LIMIT_WAIT, SENDS
-from daemon.outage_log import OutageLog
 from db.database import db_session, rows
 from db.models import CampaignStep, Send, utcnow
 from engine.checks import Candidate, SendChecks, Verdict
@@ -68,6 +59,15 @@ from engine.links import make_unsubscribe_tokens, unsubscribe_url
 from engine.outcomes import ClaimedSend, Result, settle
 from engine.workers import ThisProcess
 from engine.workers import current as this_process
+from ground.errors import (
+    PermanentChannelError,
+    ProviderRateLimited,
+    TransientChannelError,
+    UnbuildableMessage,
+)
+from ground.metrics import PROVIDER_LATENCY, RATE_LIMIT_WAIT, SENDS
+from ground.outage_log import OutageLog
+from ground.settings import Settings
 
 logger = logging.getLogger(__name__)
 

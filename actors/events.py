@@ -8,11 +8,11 @@ import threading
 
 import dramatiq
 
-from actors.channel import QUEUE_PREFIX
-from daemon.config import Settings
 from engine.processing import process_pending
+from ground.channels import EVENTS_QUEUE
+from ground.settings import Settings
 
-QUEUE = QUEUE_PREFIX + "events"
+QUEUE = EVENTS_QUEUE
 ACTOR_NAME = "process_events"
 
 

@@ -11,11 +11,11 @@ from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Middleware
 
 from actors.providers import Provider
-from actors.registry import channel_of_actor
-from daemon.metrics import SENDS
 from db.database import db_session
 from db.models import utcnow
 from engine.outcomes import fail_exhausted
+from ground.channels import channel_of_actor
+from ground.metrics import SENDS
 
 logger = logging.getLogger(__name__)
 

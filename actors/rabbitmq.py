@@ -28,8 +28,8 @@ from dramatiq.common import dq_name, xq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import Middleware
 
-from daemon.config import PREFIX, Settings
-from daemon.errors import ConfigError
+from ground.errors import ConfigError
+from ground.settings import PREFIX, Settings
 
 logger = logging.getLogger(__name__)
 

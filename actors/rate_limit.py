@@ -26,9 +26,9 @@ from typing import Any
 
 import peewee
 
-from daemon.config import Rate
 from db.database import database, is_postgres, sql_rows
 from db.models import RateLimit
+from ground.settings import Rate
 
 # How far ahead slots may be reserved, at least; a slow channel gets one interval.
 MIN_HORIZON_S = 0.5

@@ -8,16 +8,13 @@ from collections.abc import Mapping
 import dramatiq
 from dramatiq.asyncio import get_event_loop_thread
 
-from actors import call, email, push, sms, webhook
-from actors.channel import Channel
 from actors.delivery import ChannelSender
 from actors.providers import Provider, build_provider
 from actors.providers.failover import FailoverProvider
 from actors.rate_limit import GlobalRateLimiter
-from daemon.config import Settings
-from daemon.errors import PermanentChannelError
-
-CHANNELS: dict[str, Channel] = {m.CHANNEL.name: m.CHANNEL for m in (sms, email, call, push, webhook)}
+from ground.channels import CHANNELS
+from ground.errors import PermanentChannelError
+from ground.settings import Settings
 
 
 def _event_loop():
@@ -62,10 +59,3 @@ def declare_channel_actors(broker: dramatiq.Broker, settings: Settings, stopping
             },
         )
     return actors
-
-
-def channel_of_actor(actor_name: str) -> str | None:
-    for name, channel in CHANNELS.items():
-        if channel.actor_name == actor_name:
-            return name
-    return None

@@ -10,9 +10,9 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 
-from daemon.config import Settings, load_settings
-from daemon.errors import ConfigError
 from daemon.exit_codes import RET_CONFIG, RET_CONNECT, RET_ERROR, RET_NOT_FOUND, RET_OK, RET_REJECTED
+from ground.errors import ConfigError
+from ground.settings import Settings, load_settings
 
 
 def _positive_int(text: str) -> int:
@@ -401,7 +401,7 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_simulate_providers(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.simulator import run_simulator
+    from ops.simulator import run_simulator
 
     return run_simulator(args.host, args.port, args.latency_ms, args.error_rate, args.rate_429)
 

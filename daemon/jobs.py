@@ -16,11 +16,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from daemon.metrics import JOB_RUNS, LEASE_HOLDER, initialise_job_labels
-from daemon.outage_log import OutageLog
 from db.database import db_session
 from db.leases import hold_until, renew, try_acquire
 from db.models import JobRun, utcnow
+from ground.metrics import JOB_RUNS, LEASE_HOLDER, initialise_job_labels
+from ground.outage_log import OutageLog
 
 logger = logging.getLogger(__name__)
 

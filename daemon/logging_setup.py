@@ -18,7 +18,7 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from daemon.outage_log import CollapseRepeats
+from ground.outage_log import CollapseRepeats
 
 MAX_MESSAGE_CHARS = 8192  # longer messages are cut before masking: a log line costs bounded time
 MAX_TRACEBACK_CHARS = 32768

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 
 import dramatiq
 
-from daemon.config import Settings
 from db.database import db_session
 from db.models import Send, utcnow
+from ground.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 
 import dramatiq
 
-from daemon import health_details
-from daemon.config import Settings
 from daemon.jobs import Job, JobRunner
 from daemon.outbox import relay_planned_sends
+from daemon.web import health_details
 from db.database import db_session
 from db.models import utcnow
 from engine.event_ids import expire_event_ids
@@ -30,6 +29,7 @@ from engine.planner import plan_due_steps
 from engine.processing import pending_count
 from engine.reconciler import reconcile
 from engine.retention import cleanup
+from ground.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -31,16 +31,17 @@ from aiohttp import web
 from actors.broker import build_broker
 from actors.events import ACTOR_NAME as EVENT_ACTOR
 from actors.rabbitmq import check_queues
-from daemon import metrics
-from daemon.config import PREFIX, Settings, redact_url
-from daemon.errors import ConfigError
 from daemon.exit_codes import RET_OK, RET_SHUTDOWN_TIMEOUT
-from daemon.outage_log import OutageLog
 from daemon.scheduler import Scheduler
-from daemon.side_server import build_app, make_runner
 from daemon.systemd_notify import notify
+from daemon.web.app import build_app, make_runner
 from daemon.worker_process import spawn_entry
 from db.database import close_database
+from ground import metrics
+from ground.errors import ConfigError
+from ground.outage_log import OutageLog
+from ground.settings import PREFIX, Settings
+from ground.urls import redact_url
 
 logger = logging.getLogger(__name__)
 

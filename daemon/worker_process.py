@@ -15,10 +15,10 @@ import signal
 import threading
 import time
 
-from daemon.config import Settings
 from daemon.exit_codes import RET_OK
 from daemon.logging_setup import setup_logging, setup_sentry
-from daemon.outage_log import OutageLog
+from ground.outage_log import OutageLog
+from ground.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ def worker_main(settings: Settings, index: int) -> int:
     from dramatiq import Worker
 
     from actors.broker import build_broker
-    from daemon import metrics
     from db.database import close_database, init_database
+    from ground import metrics
 
     init_database(settings.database_url, pool_size=settings.db_pool_size, timeout_s=settings.db_timeout_s)
     metrics.initialise_labels()

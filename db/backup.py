@@ -48,11 +48,11 @@ from typing import BinaryIO
 
 import peewee
 
-from daemon.errors import RetentiondError
 from db.database import open_database, sqlite_path
 from db.migrate import MIGRATIONS_DIR
 from db.models import JobRun, Lease, utcnow
 from db.pg_tools import ToolError, run_tool
+from ground.errors import RetentiondError
 
 PREFIX = "retentiond-"
 LIVE_WINDOW_S = 30.0

@@ -16,8 +16,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import peewee
-import psycopg2
 from playhouse.pool import PooledPostgresqlDatabase
+
+from ground.urls import postgres_params
 
 database = peewee.DatabaseProxy()
 
@@ -72,44 +73,6 @@ def open_database(url: str, *, pool_size: int = 3, timeout_s: float = 10.0) -> p
 
 
 # libpq's values (PostgreSQL 14+); libpq itself only checks them when it connects.
-SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
-
-
-def postgres_params(url: str) -> dict[str, str]:
-    """libpq's own reading of a ``postgresql://`` URL (``PQconninfoParse``): user, password, dbname,
-    ``host`` and ``port`` as libpq's comma-separated lists when the URL names several hosts
-    (``postgresql://u:p@db1:5432,db2:5433/app``), and every query parameter.
-
-    With several hosts and no ``target_session_attrs``, ``read-write`` is added: libpq then skips a
-    standby (or any server that says ``transaction_read_only = on``) and a failed-over primary
-    that came back as a standby, instead of connecting to the first host that answers.
-    Raises ValueError with a message that never quotes the URL (it may carry a password).
-    """
-    try:
-        params: dict[str, str] = dict(psycopg2.extensions.parse_dsn(url))
-    except psycopg2.ProgrammingError as exc:
-        reason = str(exc).strip().splitlines()[0].removeprefix("invalid dsn: ") if str(exc).strip() else ""
-        password = urlsplit(url).password if "@" in url else None
-        if not reason or "://" in reason or (password and password in reason):
-            reason = "libpq cannot read it"
-        raise ValueError(reason) from None
-    if not params.get("dbname"):
-        raise ValueError("a postgresql URL needs a database name")
-    hosts = params.get("host", "").split(",")
-    ports = params["port"].split(",") if "port" in params else []
-    if len(ports) > 1 and len(ports) != len(hosts):
-        raise ValueError(f"{len(ports)} port(s) for {len(hosts)} host(s): give one port for each host, or one for all")
-    for port in ports:
-        if port and not (port.isdigit() and 0 < int(port) < 65536):
-            raise ValueError("a port is not a number between 1 and 65535")
-    attrs = params.get("target_session_attrs")
-    if attrs is not None and attrs not in SESSION_ATTRS:
-        raise ValueError(f"target_session_attrs must be one of {', '.join(SESSION_ATTRS)}")
-    if attrs is None and len(hosts) > 1:
-        params["target_session_attrs"] = "read-write"
-    return params
-
-
 def init_database(url: str, *, pool_size: int = 3, timeout_s: float = 10.0) -> peewee.Database:
     """Point the global proxy at the database behind ``url`` and return the engine object."""
     engine = open_database(url, pool_size=pool_size, timeout_s=timeout_s)

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Sequence
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-from daemon.errors import RetentiondError
+from ground.errors import RetentiondError
 
 MAX_SUMMARY_CHARS = 300
 # user:password@ in any URL a tool might print, including ones that are not ours

@@ -23,12 +23,12 @@ from typing import Any
 
 import yaml
 
-from daemon.config import CHANNELS
-from daemon.errors import RetentiondError
 from engine.durations import DurationError, parse_duration
 from engine.templates import TemplateError, compile_check
+from ground.channels import CHANNELS
+from ground.errors import RetentiondError
+from ground.vocabulary import EVENT_TYPES
 
-EVENT_TYPES = ("contact.upsert", "contact.unsubscribe", "conversion", "delivery", "click")
 SLUG_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,99}")
 _TIME_RE = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 
@@ -279,7 +279,7 @@ class _Validator:
                 self.error(f"{where}.fallback", f"unknown channel {_show(fallback)} (one of {', '.join(CHANNELS)})")
             elif fallback == channel:
                 self.error(f"{where}.fallback", f"must differ from the step's channel {_show(channel)}")
-        if channel not in CHANNELS or delay_s is None or body is None:
+        if not isinstance(channel, str) or channel not in CHANNELS or delay_s is None or body is None:
             return None
         return StepSpec(channel=channel, delay_s=delay_s, body=body, subject=subject,
                         fallback_channel=fallback)

@@ -24,13 +24,12 @@ from dataclasses import dataclass
 
 import peewee
 
-from daemon.config import Settings, parse_quiet_hours
 from db.database import rows
 from db.models import Campaign, Contact, Send, Suppression
 from engine.quiet_hours import next_allowed, zone
+from ground.channels import CHANNELS
+from ground.settings import Settings, parse_quiet_hours
 
-QUIET_CHANNELS = frozenset({"sms", "call", "push"})
-ADDRESS_FIELDS = {"sms": "phone", "call": "phone", "email": "email", "push": "external_id", "webhook": "external_id"}
 _IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's variable limit
 
 
@@ -116,7 +115,7 @@ class SendChecks:
         if cooldown_s and previous is not None and previous + dt.timedelta(seconds=cooldown_s) > now:
             until = previous + dt.timedelta(seconds=cooldown_s)
             return Verdict("defer", f"cooldown of {int(cooldown_s)} s since the previous send", until=until)
-        if c.channel in QUIET_CHANNELS:
+        if CHANNELS[c.channel].quiet_hours:
             quiet = self._quiet_window(campaign_limits)
             if quiet is not None:
                 until = next_allowed(now, zone(contact.timezone, self.settings.default_timezone), *quiet)
@@ -134,13 +133,13 @@ class SendChecks:
         if (contact.consent or {}).get(channel) is False:
             return f"no consent for {channel}"
         if not recipient:
-            return f"no {ADDRESS_FIELDS[channel].replace('_', ' ')} for {channel}"
+            return f"no {CHANNELS[channel].address_field.replace('_', ' ')} for {channel}"
         return None
 
     def _fallback_or_skip(self, c: Candidate, contact: Contact, suppressions: dict[str, str], why: str) -> Verdict:
         fallback = c.fallback_channel
         if fallback and fallback != c.channel:
-            address = getattr(contact, ADDRESS_FIELDS[fallback])
+            address = getattr(contact, CHANNELS[fallback].address_field)
             if not self._blocked(fallback, contact, suppressions, address):
                 return Verdict("fallback", f"fell back to {fallback}: {why}", fallback_channel=fallback,
                                fallback_recipient=address)

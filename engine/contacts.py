@@ -34,12 +34,12 @@ import email_validator
 import peewee
 import phonenumbers
 
-from daemon.config import CHANNELS
-from daemon.errors import RetentiondError
 from db.bulk import insert_many
 from db.database import database
 from db.models import Contact, Suppression, utcnow
 from db.queries import bulk_update
+from ground.channels import CHANNELS
+from ground.errors import RetentiondError
 
 FIELDS = ("external_id", "email", "phone", "name", "timezone", "attributes", "consent")
 KEYS = ("external_id", "email", "phone")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from daemon.errors import RetentiondError
+from ground.errors import RetentiondError
 
 UNITS_S = {"w": 604_800, "d": 86_400, "h": 3_600, "m": 60, "s": 1}
 _PART = re.compile(r"(\d+)\s*([wdhms])")

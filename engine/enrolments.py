@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import peewee
 
-from daemon.errors import RetentiondError
 from db.database import database
 from db.models import Campaign, CampaignStep, Contact, Enrolment, utcnow
+from ground.errors import RetentiondError
 
 # Ids per statement. Large enough that a typical batch is one statement, small enough for
 # SQLite's bound-parameter limit (32,766 since 3.32) and PostgreSQL's (65,535).

@@ -8,9 +8,9 @@ import datetime as dt
 
 import peewee
 
-from daemon.config import Settings
 from db.database import database, db_session
 from db.models import InboundEvent
+from ground.settings import Settings
 
 BATCH = 5000
 

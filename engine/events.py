@@ -32,13 +32,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-from daemon.config import CHANNELS
-from daemon.errors import RetentiondError
-from daemon.signatures import WebhookRequest
 from engine.contacts import InvalidContact, normalise_email, normalise_phone, parse_contact
+from ground.channels import CHANNELS
+from ground.errors import RetentiondError
+from ground.vocabulary import DELIVERY_STATUSES, EVENT_TYPES
 
-EVENT_TYPES = ("contact.upsert", "contact.unsubscribe", "conversion", "delivery", "click")
-DELIVERY_STATUSES = ("delivered", "failed", "bounced", "complained")
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
 START_WORDS = {"START", "UNSTOP", "YES", "OPTIN"}
 KEY_FIELDS = ("external_id", "email", "phone")
@@ -62,6 +60,18 @@ class Interpreted:
 
     def stored_payload(self, raw: str) -> str:
         return json.dumps({"events": self.events, "raw": raw[:RAW_MAX]}, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """A webhook request as it arrived: what the signature check and the interpreters read."""
+
+    method: str
+    path_qs: str  # path and query string, as received
+    headers: Mapping[str, str]  # case-insensitive (aiohttp's CIMultiDictProxy)
+    query: Mapping[str, str]
+    body: bytes
+    form: Mapping[str, str] = field(default_factory=dict)  # parsed form-encoded body (twilio)
 
 
 def interpret(scheme: str, request: WebhookRequest, default_region: str) -> Interpreted:

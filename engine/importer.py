@@ -29,10 +29,10 @@ from typing import Any, TextIO
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from daemon.config import CHANNELS
-from daemon.errors import RetentiondError
 from db.database import database
 from engine.contacts import ContactInput, InvalidContact, parse_contact, upsert_contacts
+from ground.channels import CHANNELS
+from ground.errors import RetentiondError
 
 PLAIN_COLUMNS = ("external_id", "email", "phone", "name", "timezone")
 DELIMITERS = ",;\t|"

@@ -19,7 +19,7 @@ from db.bulk import insert_many
 from db.database import database, is_postgres, rows
 from db.models import CampaignStep, Contact, Decision, Enrolment, Send
 from db.queries import settle_sends
-from engine.checks import ADDRESS_FIELDS
+from ground.channels import CHANNELS
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def resolve_fallbacks(results: list[Result], step_fallbacks: Mapping[int, str]) 
     for r in results:
         channel = step_fallbacks.get(r.send.step_id) if r.send.id in failing and r.send.step_id is not None else None
         contact = contacts.get(r.send.contact_id) if channel and r.send.contact_id is not None else None
-        address = getattr(contact, ADDRESS_FIELDS[channel]) if contact is not None and channel else None
+        address = getattr(contact, CHANNELS[channel].address_field) if contact is not None and channel else None
         if channel and address:
             r = Result(r.send, r.outcome, reason=f"provider refused; falling back to {channel}", error=r.error,
                        provider=r.provider, fallback_channel=channel, fallback_recipient=address)

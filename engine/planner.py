@@ -18,14 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.config import Settings
 from db.bulk import insert_many
 from db.database import database, db_session, is_postgres, rows, sql_rows
 from db.models import CampaignStep, Contact, Decision, Enrolment, Send
-from engine.checks import ADDRESS_FIELDS
 from engine.links import save_links
 from engine.outcomes import advance_enrolments, log_failed_send
 from engine.templates import Rendered, RenderJob, TemplateError, render_batch
+from ground.channels import CHANNELS
+from ground.settings import Settings
 
 BATCH = 500
 
@@ -114,7 +114,7 @@ def _plan_batch(settings: Settings, claimed: Sequence[tuple[Any, ...]], now: dt.
         send_rows.append({
             "idempotency_key": f"e{enrolment_id}.{step.position}", "channel": step.channel,
             "contact": contact.id, "campaign": step.campaign_id, "step": step.id, "enrolment": enrolment_id,
-            "recipient": getattr(contact, ADDRESS_FIELDS[step.channel]), "due_at": now, "created_at": now,
+            "recipient": getattr(contact, CHANNELS[step.channel].address_field), "due_at": now, "created_at": now,
             "status": "failed" if failed else "planned",
             "subject": None if isinstance(output, TemplateError) else output.subject,
             "body": None if isinstance(output, TemplateError) else output.body,

@@ -25,14 +25,14 @@ from typing import Any
 
 import peewee
 
-from daemon.config import Settings
-from daemon.metrics import EVENTS_PROCESSED
 from db.bulk import insert_many
 from db.database import database, db_session, is_postgres
 from db.models import Attribution, Contact, InboundEvent, Send, TrackedLink, utcnow
 from db.queries import bulk_update
 from engine.campaigns import CampaignError, campaigns_triggered_by, enrol, exit_enrolments
 from engine.contacts import ContactInput, find_contact, suppress, unsuppress, upsert_contacts
+from ground.metrics import EVENTS_PROCESSED
+from ground.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from daemon.config import Settings
 from db.bulk import insert_many
 from db.database import database, db_session, rows
 from db.models import Decision, Send
 from engine.workers import dead_claimants, forget_dead
+from ground.settings import Settings
 
 
 @dataclass

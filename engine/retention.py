@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.config import Settings
 from db.database import database, db_session
 from db.models import Decision, InboundEvent, JobRun, OpsAlert, Send
+from ground.settings import Settings
 
 BATCH = 5000
 

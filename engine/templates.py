@@ -50,7 +50,7 @@ from jinja2 import meta, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from daemon.errors import PermanentChannelError
+from ground.errors import PermanentChannelError
 
 CONTACT_FIELDS = ("id", "external_id", "email", "phone", "name", "timezone", "attributes")
 TEMPLATE_NAMES = frozenset({"contact", "channel", "link"})

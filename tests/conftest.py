@@ -15,11 +15,12 @@ from pathlib import Path
 import pika
 import psycopg2
 import pytest
-
 from actors.channel import QUEUE_PREFIX
-from daemon.config import CHANNELS, Settings, load_settings
+
 from db.database import close_database, init_database
 from db.migrate import migrate
+from ground.channels import CHANNELS
+from ground.settings import Settings, load_settings
 from tests.support.services import POSTGRES, RABBITMQ, require
 
 # -- PostgreSQL -----------------------------------------------------------------------------------
@@ -99,7 +100,7 @@ def amqp_url_for(vhost: str, host_port: str = f"{RABBITMQ[0]}:{RABBITMQ[1]}") ->
 
 def rabbitmq_queue_depths(vhost: str) -> dict[str, int]:
     """Ready messages per retentiond queue (including .DQ and .XQ), as /health/details reads them."""
-    from daemon.health_details import queue_depths
+    from daemon.web.health_details import queue_depths
 
     return queue_depths(make_settings(BROKER_URL=amqp_url_for(vhost)))
 

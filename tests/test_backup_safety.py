@@ -24,7 +24,7 @@ from db.database import close_database, init_database
 from db.migrate import migrate
 from db.models import Contact, Lease, utcnow
 from db.pg_tools import libpq_connection, secrets_of, summarise
-from tests.support.daemon import DaemonProcess, base_env, cli
+from ops.harness.daemon import DaemonProcess, base_env, cli
 
 SECRET = "s3cret/pw"  # percent-encoded in the URL, so the tools must get the decoded form
 ENCODED_SECRET = "s3cret%2Fpw"

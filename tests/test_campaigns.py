@@ -445,7 +445,7 @@ def test_template_names_are_checked_against_contact_fields_and_attributes_in_use
 
 
 def test_campaign_apply_warns_about_a_template_typo_and_still_applies(sqlite_url: str, tmp_path: Path) -> None:
-    from tests.support.daemon import base_env, cli
+    from ops.harness.daemon import base_env, cli
 
     env = base_env(DATABASE_URL=sqlite_url)
     assert cli("migrate", env=env).returncode == 0
@@ -475,7 +475,7 @@ def test_a_nul_character_in_a_campaign_file_is_refused(line: str, where: str) ->
 
 @pytest.mark.postgres
 def test_campaign_apply_of_a_nul_on_postgresql_exits_2_with_one_line(pg_url: str, tmp_path: Path) -> None:
-    from tests.support.daemon import base_env, cli
+    from ops.harness.daemon import base_env, cli
 
     env = base_env(DATABASE_URL=pg_url)
     assert cli("migrate", env=env).returncode == 0

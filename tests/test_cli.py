@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from daemon.exit_codes import RET_CONFIG, RET_NOT_FOUND, RET_OK
-from tests.support.daemon import REPO, base_env, cli
+from ops.harness.daemon import REPO, base_env, cli
 
 
 @pytest.fixture

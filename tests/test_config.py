@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from daemon.config import ConfigError, Rate, load_settings
-from tests.support.daemon import base_env, cli
+from ground.settings import ConfigError, Rate, load_settings
+from ops.harness.daemon import base_env, cli
 
 # A `standard` source secret: whsec_ and the base64 of 24 random bytes (Standard Webhooks' format).
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -168,7 +168,7 @@ def test_cli_help_lists_the_commands() -> None:
     ("memory://", (), "memory://"),
 ])
 def test_every_password_of_several_urls_is_masked(url: str, secrets: tuple[str, ...], shown: str | None) -> None:
-    from daemon.config import redact_url
+    from ground.urls import redact_url
 
     redacted = redact_url(url)
     for secret in secrets:
@@ -187,7 +187,7 @@ _URL_WORD = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_siz
                                        min_size=1, max_size=30),
                                _URL_WORD, st.integers(1, 65535), _URL_WORD), min_size=1, max_size=4))
 def test_no_password_survives_redaction(urls: list[tuple[str, str, str, str, int, str]]) -> None:
-    from daemon.config import redact_url
+    from ground.urls import redact_url
 
     # Given one or several URLs whose passwords hold anything, '@', '/', '?', '#' and ':' included
     url = ";".join(f"{scheme}://{user}:{password}@{host}:{port}/{path}"
@@ -282,7 +282,7 @@ def test_a_bad_multi_host_url_names_the_setting_and_the_fault_without_the_passwo
 # -- numbers that are not numbers: NaN and infinity (issue 10, follow-up defect 7) ---------------
 
 def _float_settings() -> list[str]:
-    from daemon.config import _SCALARS
+    from ground.settings import _SCALARS
 
     return sorted(name for name, (_, kind) in _SCALARS.items() if kind is float)
 

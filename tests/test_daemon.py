@@ -17,10 +17,10 @@ import pytest
 from db.database import close_database, init_database
 from db.migrate import migrate
 from db.models import Send
+from ops.harness.daemon import DaemonProcess, base_env, cli
+from ops.harness.tcp_proxy import TcpProxy
 from tests.conftest import amqp_url_for, rabbitmq_queue_depths
-from tests.support.daemon import DaemonProcess, base_env, cli
 from tests.support.services import POSTGRES, RABBITMQ
-from tests.support.tcp_proxy import TcpProxy
 
 CONSOLE_LINE = re.compile(r"^--- console (\w+) send=(\d+) key=(\S+) to=", re.M)
 

@@ -19,10 +19,10 @@ import pytest
 from db.database import close_database, database, db_session, init_database, open_database, pool_in_use
 from db.migrate import migrate
 from db.models import Contact, InboundEvent
-from tests.support.daemon import DaemonProcess, base_env, cli, free_port
+from ops.harness.daemon import DaemonProcess, base_env, cli, free_port
+from ops.harness.tcp_proxy import TcpProxy
 from tests.support.pg_cluster import PgCluster, pg_cluster
 from tests.support.services import POSTGRES
-from tests.support.tcp_proxy import TcpProxy
 from tests.test_daemon import console_keys, plan_sends, status_counts, wait_until
 from tests.test_ingress_daemon import fire
 from tests.test_webhooks import STANDARD_SECRET

@@ -14,10 +14,10 @@ import pytest
 from db.database import close_database, init_database
 from db.models import Send
 from engine.journal import SUFFIX, read_unsettled
-from tests.support.daemon import DaemonProcess, base_env
+from ops.harness.daemon import DaemonProcess, base_env
+from ops.harness.simulator_process import SimulatorProcess
+from ops.harness.tcp_proxy import TcpProxy
 from tests.support.services import POSTGRES
-from tests.support.simulator import SimulatorProcess
-from tests.support.tcp_proxy import TcpProxy
 from tests.test_daemon import wait_until
 from tests.test_engine_e2e import ONE_STEP, prepare
 

@@ -15,10 +15,10 @@ import pytest
 
 from actors.providers import OutboundMessage, ProviderResult
 from actors.providers.console import ConsoleProvider
-from daemon.errors import PermanentChannelError, ProviderRateLimited, TransientChannelError
-from daemon.metrics import SENDS
 from daemon.outbox import relay_planned_sends
 from db.models import RateLimit, Send
+from ground.errors import PermanentChannelError, ProviderRateLimited, TransientChannelError
+from ground.metrics import SENDS
 from tests.support.pipeline import InProcessPipeline
 
 

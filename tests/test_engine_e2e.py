@@ -15,8 +15,8 @@ import pytest
 from db.database import close_database, init_database
 from db.models import Decision, Enrolment, Send
 from engine.journal import SUFFIX, read_unsettled
-from tests.support.daemon import DaemonProcess, base_env, cli
-from tests.support.simulator import SimulatorProcess
+from ops.harness.daemon import DaemonProcess, base_env, cli
+from ops.harness.simulator_process import SimulatorProcess
 from tests.test_daemon import wait_until
 
 TWO_STEP = """\

@@ -6,7 +6,7 @@ import pytest
 
 from actors.providers import OutboundMessage, ProviderResult
 from actors.providers.failover import FailoverProvider
-from daemon.errors import PermanentChannelError, ProviderRateLimited, TransientChannelError
+from ground.errors import PermanentChannelError, ProviderRateLimited, TransientChannelError
 
 
 class Scripted:

@@ -7,11 +7,11 @@ import datetime as dt
 
 import pika
 
-from daemon import health_details as hd
+from daemon.web import health_details as hd
 from db.database import close_database, init_database
 from db.models import Decision, JobRun, Lease, OpsAlert, utcnow
+from ops.harness.daemon import free_port
 from tests.conftest import amqp_url_for, make_settings
-from tests.support.daemon import free_port
 from tests.test_daemon import wait_until
 
 

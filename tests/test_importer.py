@@ -15,7 +15,7 @@ from daemon.exit_codes import RET_OK, RET_REJECTED
 from db.models import Campaign, CampaignStep, Contact, Enrolment
 from engine.campaigns import enrol
 from engine.importer import CsvFormatError, import_csv
-from tests.support.daemon import base_env, cli
+from ops.harness.daemon import base_env, cli
 
 CSV = (
     "external_id,email,phone,name,timezone,attributes.plan,consent.sms\n"

@@ -13,11 +13,11 @@ import pytest
 from db.database import close_database, init_database
 from db.migrate import migrate
 from db.models import Contact, InboundEvent
+from ops.harness.daemon import DaemonProcess, base_env
+from ops.harness.signing import STANDARD_SECRET, standard
+from ops.harness.tcp_proxy import TcpProxy
 from tests.conftest import amqp_url_for
-from tests.support.daemon import DaemonProcess, base_env
 from tests.support.services import RABBITMQ
-from tests.support.signing import STANDARD_SECRET, standard
-from tests.support.tcp_proxy import TcpProxy
 from tests.test_daemon import wait_until
 
 

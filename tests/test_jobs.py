@@ -102,7 +102,7 @@ def test_another_instance_takes_over_within_the_ttl_after_a_kill_9(migrated_db: 
 
 
 def test_job_history_shows_in_stats(sqlite_url: str) -> None:
-    from tests.support.daemon import base_env, cli
+    from ops.harness.daemon import base_env, cli
 
     env = base_env(DATABASE_URL=sqlite_url)
     assert cli("migrate", env=env).returncode == 0
@@ -120,7 +120,7 @@ def test_job_history_shows_in_stats(sqlite_url: str) -> None:
 def test_two_daemons_on_one_postgres_tick_once_and_survive_a_kill_9(pg_url: str, amqp_url: str, tmp_path,  # type: ignore[no-untyped-def]
                                                                     daemons: list) -> None:
     from db.migrate import migrate
-    from tests.support.daemon import DaemonProcess, base_env
+    from ops.harness.daemon import DaemonProcess, base_env
 
     init_database(pg_url)
     migrate()

@@ -17,8 +17,8 @@ from engine.journal import Journal, apply_entries, read_unsettled, replay_orphan
 from engine.outcomes import ClaimedSend, Result
 from engine.reconciler import reconcile
 from engine.workers import beat
+from ops.harness.daemon import REPO
 from tests.conftest import make_settings
-from tests.support.daemon import REPO
 
 
 def claimed(send_id: int, now: dt.datetime | None = None) -> ClaimedSend:

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from daemon.outage_log import CollapseRepeats, Family, OutageLog
 from db.database import close_database, init_database
 from db.migrate import migrate
+from ground.outage_log import CollapseRepeats, Family, OutageLog
+from ops.harness.daemon import DaemonProcess, base_env
+from ops.harness.tcp_proxy import TcpProxy
 from tests.conftest import amqp_url_for
-from tests.support.daemon import DaemonProcess, base_env
 from tests.support.services import POSTGRES, RABBITMQ
-from tests.support.tcp_proxy import TcpProxy
 from tests.test_daemon import plan_sends, status_counts, wait_until
 from tests.test_ingress_daemon import fire
 from tests.test_webhooks import STANDARD_SECRET

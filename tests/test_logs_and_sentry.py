@@ -172,9 +172,9 @@ async def test_a_garbage_request_does_not_put_its_bytes_in_the_log(capfd: pytest
     from aiohttp import web
 
     from daemon.logging_setup import setup_logging
-    from daemon.side_server import build_app
+    from daemon.web.app import build_app
+    from ops.harness.daemon import free_port
     from tests.conftest import make_settings
-    from tests.support.daemon import free_port
 
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
@@ -229,8 +229,9 @@ def sentry_events() -> Iterator[list[dict]]:
 
 async def test_a_500_sends_sentry_no_token(aiohttp_client, sentry_events: list[dict],  # type: ignore[no-untyped-def]
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from daemon import routes_admin, routes_webhooks
-    from daemon.side_server import build_app
+    from daemon.web import admin as routes_admin
+    from daemon.web import webhooks as routes_webhooks
+    from daemon.web.app import build_app
     from tests.conftest import make_settings
 
     def explode(*args: object, **kwargs: object) -> None:

@@ -10,7 +10,7 @@ from playhouse.schema_diff import diff_models
 from db.database import close_database, database, init_database, open_database
 from db.migrate import HISTORY_TABLE, MIGRATIONS_DIR, migrate, pending_migrations
 from db.models import ALL_MODELS
-from tests.support.daemon import base_env, cli
+from ops.harness.daemon import base_env, cli
 
 ALL_MIGRATIONS = sorted(p.stem for p in MIGRATIONS_DIR.glob("[0-9]*.py"))
 

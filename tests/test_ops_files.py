@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.metrics import initialise_labels, render
+from ground.metrics import initialise_labels, render
 from tests.support.prometheus import require_tool
 
 OPS = Path(__file__).resolve().parents[1] / "ops"
@@ -20,7 +20,7 @@ METRIC = re.compile(r"\b(retentiond_[a-z_]+)\b")
 def exported_series() -> set[str]:
     """Every series name /metrics can show: counters' _total, histograms' _bucket/_sum/_count..."""
     initialise_labels()
-    from daemon import metrics
+    from ground import metrics
 
     metrics.HEALTH_STATUS.labels("database").set(0)
     metrics.QUEUE_DEPTH.labels("retentiond.sms").set(0)
@@ -94,10 +94,10 @@ def test_every_label_the_ops_files_select_or_group_by_is_exported_or_a_target_la
 
 def test_a_restarted_daemon_reports_its_lease_on_the_same_series(sqlite_url: str) -> None:
     # Given a daemon that ran the tick, then a new one (a restart: a new holder id, host:pid)
-    from daemon import metrics
     from daemon.jobs import Job, JobRunner
     from db.database import close_database, init_database
     from db.migrate import migrate
+    from ground import metrics
 
     init_database(sqlite_url)
     try:

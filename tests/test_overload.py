@@ -20,8 +20,8 @@ import psycopg2
 import pytest
 from prometheus_client import REGISTRY
 
-from daemon.routes_webhooks import COMMITTER
-from daemon.side_server import build_app
+from daemon.web.app import build_app
+from daemon.web.webhooks import COMMITTER
 from db.database import database, sqlite_path
 from db.models import Contact, InboundEvent, Suppression, TrackedLink
 from engine.links import make_unsubscribe_tokens

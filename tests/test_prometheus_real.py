@@ -24,10 +24,10 @@ import yaml
 
 from db.database import close_database, init_database
 from db.migrate import migrate
-from tests.support.daemon import DaemonProcess, base_env
+from ops.harness.daemon import DaemonProcess, base_env
+from ops.harness.tcp_proxy import TcpProxy
 from tests.support.prometheus import PrometheusProcess, require_prometheus
 from tests.support.services import POSTGRES
-from tests.support.tcp_proxy import TcpProxy
 
 OPS = Path(__file__).resolve().parents[1] / "ops"
 TICK_ALERT = "RetentiondNoSchedulingTick"

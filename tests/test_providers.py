@@ -15,16 +15,16 @@ from standardwebhooks import Webhook
 from actors.providers import OutboundMessage, build_provider
 from actors.providers.http import request, retry_after_s
 from actors.providers.postmark import PostmarkProvider
-from daemon.config import Secret
-from daemon.errors import (
+from ground.errors import (
     ConfigError,
     PermanentChannelError,
     ProviderRateLimited,
     TransientChannelError,
     UnbuildableMessage,
 )
-from daemon.simulator import SIMULATOR, build_simulator_app
-from tests.support.daemon import free_port
+from ground.settings import Secret
+from ops.harness.daemon import free_port
+from ops.simulator import SIMULATOR, build_simulator_app
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

@@ -25,8 +25,8 @@ from db.bulk import insert_many
 from db.database import close_database, init_database
 from db.migrate import migrate
 from db.models import Send
+from ops.harness.daemon import DaemonProcess, base_env, cli, free_port
 from tests.conftest import make_settings
-from tests.support.daemon import DaemonProcess, base_env, cli, free_port
 from tests.support.rabbit_cluster import RabbitCluster, require_cluster_support
 
 CONSOLE_LINE = re.compile(r"^--- console (\w+) send=(\d+) key=(\S+) to=", re.M)

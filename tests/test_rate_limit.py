@@ -9,8 +9,8 @@ import time
 import pytest
 
 from actors.rate_limit import GlobalRateLimiter, Reservation
-from daemon.config import Rate
 from db.database import db_session
+from ground.settings import Rate
 
 
 def _reserve_all(limiter: GlobalRateLimiter, wanted: int, out: list[float], lock: threading.Lock) -> None:

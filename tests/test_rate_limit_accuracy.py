@@ -11,7 +11,7 @@ import pytest
 from db.database import close_database, init_database
 from db.migrate import migrate
 from db.models import Send
-from tests.support.daemon import DaemonProcess, base_env
+from ops.harness.daemon import DaemonProcess, base_env
 from tests.test_daemon import plan_sends, status_counts, wait_until
 
 RATE = 20  # sends per second on the limited channel

@@ -10,8 +10,8 @@ from db.database import close_database, init_database
 from db.migrate import migrate
 from db.models import Contact, Decision, InboundEvent, JobRun, Send, utcnow
 from engine.retention import cleanup
+from ops.harness.daemon import base_env, cli
 from tests.conftest import make_settings
-from tests.support.daemon import base_env, cli
 
 NOW = dt.datetime(2026, 11, 24, 12, 0)
 

@@ -14,14 +14,14 @@ import sys
 
 import pytest
 
-from daemon.errors import PermanentChannelError, TransientChannelError
+from ground.errors import PermanentChannelError, TransientChannelError
+from ops.harness.daemon import REPO
 from tests import test_delivery
-from tests.support.daemon import REPO
 from tests.test_delivery import ScriptedProvider, enrolled_send, plan
 
 pipeline = test_delivery.pipeline  # the in-process broker and worker over the test database
 
-LOG_ONE_LINE = ("from daemon.config import load_settings; from daemon.logging_setup import setup_logging; "
+LOG_ONE_LINE = ("from ground.settings import load_settings; from daemon.logging_setup import setup_logging; "
                 "import logging; setup_logging('INFO', load_settings().log_format); "
                 "logging.getLogger('demo').info('hello', extra={'send_id': 7, 'channel': 'sms', 'campaign': 3})")
 

@@ -16,13 +16,13 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.metrics import initialise_labels
-from daemon.side_server import build_app, make_runner
+from daemon.web.app import build_app, make_runner
 from db.database import close_database, init_database
 from db.migrate import migrate
 from db.models import InboundEvent
+from ground.metrics import initialise_labels
+from ops.harness.daemon import REPO, free_port
 from tests.conftest import make_settings
-from tests.support.daemon import REPO, free_port
 
 
 async def test_health_is_ok_while_the_process_is_up(aiohttp_client) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import REPO, DaemonProcess, base_env, cli
+from ops.harness.daemon import REPO, DaemonProcess, base_env, cli
 
 UNIT = REPO / "ops" / "retentiond.service"
 

@@ -8,11 +8,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from daemon.errors import PermanentChannelError
 from db.models import Contact, Send, TrackedLink, UnsubscribeToken
 from engine import templates
 from engine.links import make_unsubscribe_tokens, save_links, unsubscribe_url
 from engine.templates import Rendered, RenderJob, TemplateError, compile_check, render, render_batch
+from ground.errors import PermanentChannelError
 
 PUBLIC_URL = "https://go.example.com/"
 ADA = {"id": 7, "external_id": "crm-7", "email": "ada@example.com", "phone": "+15550001", "name": "Ada",

@@ -9,7 +9,7 @@ import secrets
 
 import pytest
 
-from daemon.side_server import build_app
+from daemon.web.app import build_app
 from db.models import Contact, Decision, InboundEvent, Send, Suppression, TrackedLink
 from engine.links import make_unsubscribe_tokens
 from engine.templates import TOKEN_BYTES

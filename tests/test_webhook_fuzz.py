@@ -22,11 +22,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from daemon.side_server import build_app
+from daemon.web.app import build_app
 from db.models import InboundEvent
 from engine.events import DELIVERY_STATUSES, EVENT_TYPES, START_WORDS, STOP_WORDS
 from engine.processing import process_pending
-from tests.support.signing import TOKEN, cal_signed, settings_for, standard, stripe_signed, twilio_signed
+from ops.harness.signing import TOKEN, cal_signed, settings_for, standard, stripe_signed, twilio_signed
 
 ACCEPTABLE = {200, 202, 400}
 # modest for every CI run; FUZZ_EXAMPLES=2000 for a deeper search by hand

@@ -12,11 +12,10 @@ import time
 
 import pytest
 
-from daemon.side_server import build_app
+from daemon.web.app import build_app
 from db.models import Attribution, Campaign, CampaignStep, Contact, Enrolment, InboundEvent, Send, Suppression
 from engine.processing import process_pending
-from tests.support.raw_http import raw_request
-from tests.support.signing import (
+from ops.harness.signing import (
     CAL_SECRET,
     STANDARD_SECRET,  # noqa: F401 - other test modules import it from here
     TOKEN,
@@ -26,6 +25,7 @@ from tests.support.signing import (
     stripe_signed,
     twilio_signed,
 )
+from tests.support.raw_http import raw_request
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from tests.support.daemon import REPO
+from ops.harness.daemon import REPO
 
 # A worker's main thread waiting for its stop signal while a dozen threads fight for the GIL (as at
 # start-up), SIGTERM landing at random moments, many times over.

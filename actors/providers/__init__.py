@@ -11,8 +11,8 @@ from actors.providers.push import PushProvider
 from actors.providers.smtp import SmtpProvider
 from actors.providers.twilio import TwilioProvider
 from actors.providers.webhook import WebhookProvider
-from daemon.config import Secret
-from daemon.errors import ConfigError
+from ground.errors import ConfigError
+from ground.settings import Secret
 
 __all__ = ["OutboundMessage", "Provider", "ProviderResult", "build_provider"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from daemon.errors import UnbuildableMessage
+from ground.errors import UnbuildableMessage
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from actors.providers.base import OutboundMessage, ProviderResult
-from daemon.config import Secret
-from daemon.errors import ConfigError
+from ground.errors import ConfigError
+from ground.settings import Secret
 
 
 class ConsoleProvider:

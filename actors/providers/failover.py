@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 
 from actors.providers.base import OutboundMessage, Provider, ProviderResult
-from daemon.errors import ProviderRateLimited, TransientChannelError
-from daemon.metrics import PROVIDER_FAILOVERS
+from ground.errors import ProviderRateLimited, TransientChannelError
+from ground.metrics import PROVIDER_FAILOVERS
 
 logger = logging.getLogger(__name__)
 

@@ -23,14 +23,14 @@ from typing import Any
 
 import aiohttp
 
-from daemon.config import Secret
-from daemon.errors import (
+from ground.errors import (
     ConfigError,
     PermanentChannelError,
     ProviderRateLimited,
     TransientChannelError,
     UnbuildableMessage,
 )
+from ground.settings import Secret
 
 CONNECTION_LIMIT = 512  # per process: many provider calls in flight at once
 TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5)

@@ -19,8 +19,8 @@ from typing import Any
 
 from actors.providers.base import OutboundMessage, ProviderResult, refuse_header_line_breaks
 from actors.providers.http import base_url, close_session, request, required
-from daemon.config import Secret
-from daemon.errors import ChannelError, ConfigError, PermanentChannelError, TransientChannelError
+from ground.errors import ChannelError, ConfigError, PermanentChannelError, TransientChannelError
+from ground.settings import Secret
 
 # Postmark ErrorCodes worth another try (service maintenance, temporary account hold).
 RETRYABLE_CODES = {100, 405}

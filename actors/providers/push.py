@@ -8,8 +8,8 @@ from collections.abc import Mapping
 
 from actors.providers.base import OutboundMessage, ProviderResult
 from actors.providers.http import base_url, close_session, request
-from daemon.config import Secret
-from daemon.errors import PermanentChannelError
+from ground.errors import PermanentChannelError
+from ground.settings import Secret
 
 
 class PushProvider:

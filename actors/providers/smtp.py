@@ -18,8 +18,8 @@ import aiosmtplib
 
 from actors.providers.base import OutboundMessage, ProviderResult, refuse_header_line_breaks
 from actors.providers.http import required
-from daemon.config import Secret
-from daemon.errors import ConfigError, PermanentChannelError, TransientChannelError, UnbuildableMessage
+from ground.errors import ConfigError, PermanentChannelError, TransientChannelError, UnbuildableMessage
+from ground.settings import Secret
 
 
 class SmtpProvider:

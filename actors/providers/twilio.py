@@ -13,8 +13,8 @@ from xml.sax.saxutils import escape
 
 from actors.providers.base import OutboundMessage, ProviderResult
 from actors.providers.http import base_url, close_session, request, required
-from daemon.config import Secret
-from daemon.errors import PermanentChannelError
+from ground.errors import PermanentChannelError
+from ground.settings import Secret
 
 
 class TwilioProvider:

@@ -14,8 +14,8 @@ from standardwebhooks import Webhook
 
 from actors.providers.base import OutboundMessage, ProviderResult
 from actors.providers.http import base_url, close_session, request, required
-from daemon.config import Secret
-from daemon.errors import ConfigError
+from ground.errors import ConfigError
+from ground.settings import Secret
 
 
 class WebhookProvider:

@@ -41,7 +41,7 @@ from ops.bench.common import (  # noqa: E402
     scratch_services,
 )
 from ops.bench.ingress import SECRET, signed_click, wait_port  # noqa: E402
-from tests.support.daemon import DaemonProcess, base_env, cli, free_port  # noqa: E402
+from ops.harness.daemon import DaemonProcess, base_env, cli, free_port  # noqa: E402
 
 Request = tuple[dict[str, str], str]  # headers, body
 

@@ -39,8 +39,8 @@ from ops.bench.common import (  # noqa: E402
     report_alone,
     scratch_services,
 )
-from tests.support.daemon import DaemonProcess, base_env, cli  # noqa: E402
-from tests.support.simulator import SimulatorProcess  # noqa: E402
+from ops.harness.daemon import DaemonProcess, base_env, cli  # noqa: E402
+from ops.harness.simulator_process import SimulatorProcess  # noqa: E402
 
 NOOP_MODULE = REPO / "ops" / "bench" / "noop_actor.py"
 

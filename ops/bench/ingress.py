@@ -37,7 +37,7 @@ from ops.bench.common import (  # noqa: E402
     report_alone,
     scratch_services,
 )
-from tests.support.daemon import DaemonProcess, base_env, cli, free_port  # noqa: E402
+from ops.harness.daemon import DaemonProcess, base_env, cli, free_port  # noqa: E402
 
 SECRET = "whsec_" + base64.b64encode(b"retentiond-ingress-benchmark-key").decode()
 LUA = REPO / "ops" / "bench" / "wrk_signed.lua"

@@ -32,8 +32,8 @@ from ops.bench.common import (  # noqa: E402
     scratch_services,
 )
 from ops.bench.dispatch import enrol_all, seed  # noqa: E402
-from tests.support.daemon import DaemonProcess, base_env, cli  # noqa: E402
-from tests.support.simulator import SimulatorProcess  # noqa: E402
+from ops.harness.daemon import DaemonProcess, base_env, cli  # noqa: E402
+from ops.harness.simulator_process import SimulatorProcess  # noqa: E402
 
 TOLERANCE = 0.05
 

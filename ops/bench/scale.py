@@ -41,8 +41,8 @@ from ops.bench.common import (  # noqa: E402
     report_alone,
     scratch_services,
 )
-from tests.support.daemon import DaemonProcess, base_env, cli  # noqa: E402
-from tests.support.simulator import SimulatorProcess  # noqa: E402
+from ops.harness.daemon import DaemonProcess, base_env, cli  # noqa: E402
+from ops.harness.simulator_process import SimulatorProcess  # noqa: E402
 
 CHECK_BATCH = 500
 CHECK_BATCHES = 10
@@ -89,10 +89,10 @@ def seed(db_url: str, n: int, due: int) -> tuple[int, int]:
 
 def cap_checks_per_s(db_url: str, n: int, campaign_id: int) -> float:
     """The send-time checks for CHECK_BATCHES batches of CHECK_BATCH sends to random contacts."""
-    from daemon.config import load_settings
     from db.database import db_session
     from db.models import utcnow
     from engine.checks import Candidate, SendChecks
+    from ground.settings import load_settings
 
     settings = load_settings({"RETENTIOND_DATABASE_URL": db_url, "RETENTIOND_DAILY_CAP": "3",
                               "RETENTIOND_COOLDOWN_S": "3600"})

@@ -19,7 +19,7 @@ import aiohttp
 from ops.bench.common import log
 from ops.chaos.rig import RECOVERY_TARGET_S, Rig, Size, Where, hold
 from ops.chaos.verdict import Outcome
-from tests.support.signing import STANDARD_SECRET, standard
+from ops.harness.signing import STANDARD_SECRET, standard
 
 POSTS_PER_S = 10
 LEAD_IN_S = 2.0  # posting before the cut and after it

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from ops.bench.common import log
 from ops.chaos.rig import RECOVERY_TARGET_S, Rig, Size, Where, hold
 from ops.chaos.verdict import Outcome
-from tests.support.small_fs import fill, small_filesystem
+from ops.harness.small_fs import fill, small_filesystem
 
 SETTLE_S = 0.5  # after the last delivery: time for a late second call to show up in the count
 

@@ -27,10 +27,10 @@ from ops.bench.common import (
     drop_vhost,
     rabbitmq_vhost,
 )
-from tests.support.daemon import DaemonProcess, base_env
-from tests.support.services import POSTGRES, RABBITMQ
-from tests.support.simulator import SimulatorProcess
-from tests.support.tcp_proxy import TcpProxy
+from ops.harness.daemon import DaemonProcess, base_env
+from ops.harness.servers import POSTGRES, RABBITMQ
+from ops.harness.simulator_process import SimulatorProcess
+from ops.harness.tcp_proxy import TcpProxy
 
 RECOVERY_TARGET_S = 30.0  # the issue's target: all delivered within 30 s of the fault's end
 
@@ -79,13 +79,12 @@ def empty_vhost(vhost: str) -> None:
     """Delete every retentiond queue of the vhost: each scenario starts from none."""
     import pika
 
-    from actors.channel import QUEUE_PREFIX
-    from daemon.config import CHANNELS
+    from ground.channels import CHANNELS, QUEUE_PREFIX
 
     connection = pika.BlockingConnection(pika.URLParameters(f"{AMQP_BASE}{vhost}"))
     try:
         channel = connection.channel()
-        for name in CHANNELS + ("events",):
+        for name in (*CHANNELS, "events"):
             for suffix in ("", ".DQ", ".XQ"):
                 channel.queue_delete(f"{QUEUE_PREFIX}{name}{suffix}")
     finally:

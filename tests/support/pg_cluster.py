@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from tests.support.daemon import free_port
+from ops.harness.daemon import free_port
 
 START_TIMEOUT_S = 60
 

@@ -1,7 +1,7 @@
 """Run a real Prometheus server (Debian's ``prometheus`` package) for a test, and read its HTTP API.
 
 On a laptop without the binary the test is skipped; under ``CI=true`` it fails, like the other
-real servers (tests/support/services.py).
+real servers (ops/harness/services.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.daemon import free_port
+from ops.harness.daemon import free_port
 
 
 def require_prometheus() -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import free_port
+from ops.harness.daemon import free_port
 
 SBIN = Path("/usr/lib/rabbitmq/bin")  # Debian's real scripts; /usr/sbin ones re-exec through `su`
 USER = "rabbitmq"

@@ -9,23 +9,16 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import time
 
 import pytest
 
-RABBITMQ = ("127.0.0.1", 5672)
-POSTGRES = ("127.0.0.1", 5432)
+from ops.harness.servers import POSTGRES, RABBITMQ, reachable
+
+__all__ = ["POSTGRES", "RABBITMQ", "reachable", "require"]
+
 START_DEADLINE_S = 90
-
-
-def reachable(address: tuple[str, int], timeout_s: float = 1.0) -> bool:
-    try:
-        with socket.create_connection(address, timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 def _start_commands(name: str) -> list[list[str]]:

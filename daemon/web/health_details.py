@@ -26,12 +26,12 @@ import peewee
 import pika
 import pika.exceptions
 
-from actors.channel import QUEUE_PREFIX
-from daemon.config import CHANNELS, Settings
-from daemon.health import broker_parameters, probe_broker, probe_database
-from daemon.metrics import HEALTH_STATUS, OPS_ALERTS, QUEUE_DEPTH
+from daemon.web.health import broker_parameters, probe_broker, probe_database
 from db.database import db_session, rows
 from db.models import Decision, JobRun, Lease, OpsAlert, utcnow
+from ground.channels import CHANNELS, QUEUE_PREFIX
+from ground.metrics import HEALTH_STATUS, OPS_ALERTS, QUEUE_DEPTH
+from ground.settings import Settings
 
 logger = logging.getLogger(__name__)
 

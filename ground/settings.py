@@ -21,15 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from daemon.errors import ConfigError
+from ground.channels import CHANNELS
+from ground.errors import ConfigError
+from ground.urls import postgres_params, redact_url
+from ground.vocabulary import PROVIDERS, WEBHOOK_SCHEMES
 
 PREFIX = "RETENTIOND_"
-CHANNELS = ("sms", "email", "call", "push", "webhook")
-WEBHOOK_SCHEMES = ("standard", "stripe", "twilio", "calcom", "token")
-PROVIDERS = ("console", "smtp", "twilio", "postmark", "webhook", "push")
-
-# Defaults from the field (brief, point 5); webhook is ours.
-DEFAULT_RATES = {"sms": "1/s", "email": "10/s", "call": "1/s", "push": "5/s", "webhook": "50/s"}
 _PERIODS_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*([smh])\s*$")
 
@@ -112,7 +109,7 @@ class Settings:
     default_region: str = "US"
     webhook_max_bytes: int = 256 * 1024  # a larger body gets 413
     webhook_tolerance_s: int = 300  # signed timestamps further off than this get 401
-    # load shedding and slow clients on the public listener (daemon/ingest.py, daemon/side_server.py)
+    # load shedding and slow clients on the public listener (daemon/web/group_commit.py, daemon/web/app.py)
     ingest_queue_max: int = 1000  # webhooks/clicks waiting for their group commit; beyond it: 503
     ingest_max_wait_s: float = 5.0  # a webhook waits this long for its commit turn (and its lock), else 503
     click_max_wait_s: float = 1.0  # a tracked-link click waits this long, then the reader is redirected anyway
@@ -159,32 +156,6 @@ class Settings:
             "providers": sorted(self.providers),
         }
         return f"Settings({shown})"
-
-
-def redact_url(url: str) -> str:
-    """The URL with every password replaced, safe for logs and health bodies.
-
-    Handles several URLs separated by ';' (dramatiq's RabbitmqBroker takes that list),
-    libpq's multi-host form (``user:pass@h1:5432,h2:5432``) and its ``?password=`` parameter.
-    """
-    return ";".join(_redact_one(part) for part in url.split(";"))
-
-
-# user:password@ up to the LAST '@': a password may hold an unencoded '@', '/', '?' or '#', which end
-# urlsplit's netloc early and would leave the rest of the password in the "path". Over-masking an
-# '@' that was in a query string is the safe way to be wrong.
-_USERINFO_RE = re.compile(r"(?P<user>[^:@/?#]*):.*@(?P<tail>[^@]*)", re.S)
-_QUERY_PASSWORD_RE = re.compile(r"(?i)([?&](?:password|passwd|pass)=)[^&#]*")
-
-
-def _redact_one(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    userinfo = _USERINFO_RE.fullmatch(rest)
-    if userinfo:
-        rest = f"{userinfo['user']}:***@{userinfo['tail']}"
-    return f"{scheme}://" + _QUERY_PASSWORD_RE.sub(r"\1***", rest)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +257,7 @@ def _read_toml(path: str) -> dict[str, str]:
 
 def _build(raw: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
     values: dict[str, Any] = {}
-    rates = {ch: Rate.parse(text, f"{PREFIX}RATE_{ch.upper()}") for ch, text in DEFAULT_RATES.items()}
+    rates = {ch.name: Rate.parse(ch.default_rate, f"{PREFIX}RATE_{ch.name.upper()}") for ch in CHANNELS.values()}
     concurrency = dict.fromkeys(CHANNELS, 64)
     channel_providers = dict.fromkeys(CHANNELS, "console")
     backup_providers: dict[str, str] = {}
@@ -436,8 +407,6 @@ def _validate(s: Settings) -> None:
     if db.scheme != "sqlite":
         # libpq's own parser (the one that connects) reads it: several hosts and ports
         # (postgresql://u:p@db1:5432,db2:5433/app), query parameters; the message never quotes the URL.
-        from db.database import postgres_params  # imported here: only validation needs the driver
-
         try:
             postgres_params(s.database_url)
         except ValueError as exc:

@@ -23,22 +23,11 @@ import functools
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.config import Source
-from daemon.errors import InvalidSignature
-
-
-@dataclass(frozen=True)
-class WebhookRequest:
-    method: str
-    path_qs: str  # path and query string, as received
-    headers: Mapping[str, str]  # case-insensitive (aiohttp's CIMultiDictProxy)
-    query: Mapping[str, str]
-    body: bytes
-    form: Mapping[str, str] = field(default_factory=dict)  # parsed form-encoded body (twilio)
+from engine.events import WebhookRequest
+from ground.errors import InvalidSignature
+from ground.settings import Source
 
 
 def verify(source: Source, request: WebhookRequest, public_url: str, tolerance_s: int = 300) -> None:

@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 
 import peewee
 
-from daemon.outage_log import OutageLog
 from db.database import database, db_session, is_postgres, sql_rows, transaction_waiting_at_most
 from db.models import utcnow
+from ground.outage_log import OutageLog
 
 logger = logging.getLogger(__name__)
 # With the database away every batch fails: one line per outage, not one per batch.

@@ -21,14 +21,14 @@ import peewee
 from aiohttp import web
 from playhouse.pool import MaxConnectionsExceeded
 
-from daemon.config import Settings
-from daemon.ingest import IncomingEvent, Overloaded, StillWriting
-from daemon.metrics import WEBHOOK_EVENTS
-from daemon.outage_log import OutageLog
-from daemon.routes_webhooks import COMMITTER, SETTINGS
+from daemon.web.group_commit import IncomingEvent, Overloaded, StillWriting
+from daemon.web.webhooks import COMMITTER, SETTINGS
 from db.database import db_session, transaction_waiting_at_most
 from db.models import Suppression, TrackedLink, UnsubscribeToken, utcnow
 from engine.templates import TOKEN_BYTES
+from ground.metrics import WEBHOOK_EVENTS
+from ground.outage_log import OutageLog
+from ground.settings import Settings
 
 logger = logging.getLogger(__name__)
 routes = web.RouteTableDef()

@@ -14,8 +14,8 @@ import peewee
 import pika
 import pika.exceptions
 
-from daemon.config import Settings
 from db.database import database, db_session
+from ground.settings import Settings
 
 PROBE_TIMEOUT_S = 2.0
 

@@ -22,8 +22,6 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon.exit_codes import RET_OK
-
 logger = logging.getLogger(__name__)
 
 
@@ -195,4 +193,4 @@ def run_simulator(host: str, port: int, latency_ms: float = 0, error_rate: float
         logger.info("provider simulator stopped: %s", json.dumps(runner.app[SIMULATOR].deliveries.as_dict()))
 
     asyncio.run(serve())
-    return RET_OK
+    return 0  # RET_OK

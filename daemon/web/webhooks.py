@@ -15,12 +15,12 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from daemon.config import Settings
-from daemon.errors import InvalidSignature
-from daemon.ingest import GroupCommitter, IncomingEvent, Overloaded
-from daemon.metrics import WEBHOOK_EVENTS, WEBHOOK_LATENCY
-from daemon.signatures import WebhookRequest, verify
-from engine.events import InvalidEvent, interpret, stored_raw
+from daemon.web.group_commit import GroupCommitter, IncomingEvent, Overloaded
+from daemon.web.signatures import verify
+from engine.events import InvalidEvent, WebhookRequest, interpret, stored_raw
+from ground.errors import InvalidSignature
+from ground.metrics import WEBHOOK_EVENTS, WEBHOOK_LATENCY
+from ground.settings import Settings
 
 logger = logging.getLogger(__name__)
 

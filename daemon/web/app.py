@@ -8,9 +8,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from daemon import health, health_details, metrics, routes_admin, routes_links, routes_webhooks
-from daemon.config import Settings
-from daemon.ingest import GroupCommitter
+from daemon.web import admin as routes_admin
+from daemon.web import health, health_details
+from daemon.web import links as routes_links
+from daemon.web import webhooks as routes_webhooks
+from daemon.web.group_commit import GroupCommitter
+from db.database import pool_in_use
+from ground import metrics
+from ground.settings import Settings
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -32,7 +37,7 @@ async def ready_details(request: web.Request) -> web.Response:
 
 
 async def prometheus(request: web.Request) -> web.Response:
-    body, content_type = metrics.render()
+    body, content_type = metrics.render(pool_in_use())
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response

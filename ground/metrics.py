@@ -28,7 +28,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from daemon.config import CHANNELS
+from ground.channels import CHANNELS
 
 SEND_STATUSES = ("sent", "failed", "skipped", "retried", "deferred")
 # The webhook outcomes dashboards and RetentiondWebhooksRejected read (refusals have more kinds).
@@ -82,11 +82,11 @@ def initialise_job_labels(periodic_job: str) -> None:
         JOB_RUNS.labels(periodic_job, outcome)
 
 
-def render() -> tuple[bytes, str]:
-    """The whole daemon's metrics in the Prometheus text format, and its content type."""
-    from db.database import pool_in_use
+def render(pool_in_use: int = 0) -> tuple[bytes, str]:
+    """The whole daemon's metrics in the Prometheus text format, and its content type.
 
-    DB_POOL_IN_USE.set(pool_in_use())
+    ``pool_in_use`` is read by the caller (the database sits above this floor)."""
+    DB_POOL_IN_USE.set(pool_in_use)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

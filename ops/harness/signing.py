@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from standardwebhooks import Webhook
 from twilio.request_validator import RequestValidator
 
-from tests.conftest import make_settings
+from ground.settings import load_settings
 
 STANDARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 STRIPE_SECRET = "whsec_stripe_test_secret"
@@ -33,7 +33,7 @@ def settings_for(db_url: str, **extra: str) -> Any:
         SOURCE_APP_SECRET=STANDARD_SECRET, SOURCE_STRIPE_SCHEME="stripe", SOURCE_STRIPE_SECRET=STRIPE_SECRET,
         SOURCE_TWILIO_SCHEME="twilio", SOURCE_TWILIO_SECRET=TWILIO_TOKEN, SOURCE_CAL_SCHEME="calcom",
         SOURCE_CAL_SECRET=CAL_SECRET, SOURCE_ZAP_SCHEME="token", SOURCE_ZAP_SECRET=TOKEN)
-    return make_settings(**{**env, **extra})
+    return load_settings(environ={f"RETENTIOND_{k}": v for k, v in {**env, **extra}.items()})
 
 
 def _raw(body: Any) -> bytes:

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon import REPO, base_env, free_port
+from ops.harness.daemon import REPO, base_env, free_port
 
 
 class SimulatorProcess:

@@ -11,11 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon.config import Settings
 from db.database import db_session
 from engine.contacts import InvalidContact, find_contact
 from engine.history import contact_history
 from engine.stats import overview
+from ground.settings import Settings
 
 routes = web.RouteTableDef()
 SETTINGS = web.AppKey("admin_settings", Settings)
