@@ -15,11 +15,10 @@ from pathlib import Path
 import pika
 import psycopg2
 import pytest
-from actors.channel import QUEUE_PREFIX
 
 from db.database import close_database, init_database
 from db.migrate import migrate
-from ground.channels import CHANNELS
+from ground.channels import CHANNELS, QUEUE_PREFIX
 from ground.settings import Settings, load_settings
 from tests.support.services import POSTGRES, RABBITMQ, require
 
