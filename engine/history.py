@@ -1,7 +1,7 @@
 """A contact's history: every planned send and every decision about it, newest first.
 
-Answers "why did / didn't this person get that message?" for `retentiond stats --contact` and
-the admin API.
+Answers "why did / didn't this person get that message?" for `retentiond stats --external-id ID`
+(or `--email`, `--phone`) and the admin API.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from daemon.web.app import build_app
 from db.models import InboundEvent
-from engine.events import DELIVERY_STATUSES, EVENT_TYPES, START_WORDS, STOP_WORDS
+from engine.events import START_WORDS, STOP_WORDS
+from ground.vocabulary import DELIVERY_STATUSES, EVENT_TYPES
 from engine.processing import process_pending
 from ops.harness.signing import TOKEN, cal_signed, settings_for, standard, stripe_signed, twilio_signed
 
