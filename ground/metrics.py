@@ -29,8 +29,9 @@ from prometheus_client import (
 )
 
 from ground.channels import CHANNELS
+from ground.send_states import SendMetric
 
-SEND_STATUSES = ("sent", "failed", "skipped", "retried", "deferred")
+SEND_STATUSES: tuple[str, ...] = tuple(SendMetric)  # the status label of SENDS, defined in send_states
 # The webhook outcomes dashboards and RetentiondWebhooksRejected read (refusals have more kinds).
 WEBHOOK_OUTCOMES = ("accepted", "duplicate", "unauthorized", "invalid", "overloaded", "unavailable")
 
