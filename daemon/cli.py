@@ -1,4 +1,8 @@
-"""``retentiond`` — the command line. Every command loads the settings first; a bad one exits 2."""
+"""``retentiond`` — the command line. Every command loads the settings first; a bad one exits 2.
+
+A command that cannot go on raises :class:`CliError`; :func:`main` alone prints it (one line on stderr)
+and returns its exit code. Commands that use the database call :func:`need_database` first.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,22 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from daemon.exit_codes import RET_CONFIG, RET_CONNECT, RET_ERROR, RET_NOT_FOUND, RET_OK, RET_REJECTED
-from ground.errors import ConfigError
+from ground.errors import ConfigError, RetentiondError
 from ground.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from db.models import Campaign
+
+
+class CliError(RetentiondError):
+    """A command cannot go on: ``main`` prints ``retentiond: error: <message>`` and exits ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _positive_int(text: str) -> int:
@@ -119,27 +135,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `retentiond` or `retentiond campaign` alone: show what can follow; still a bad command line.
         args.help_parser.print_help()
         return RET_CONFIG
+    handler: Callable[[Settings, argparse.Namespace], int] = args.handler
     try:
         settings = load_settings(config_file=args.config,
                                  processes=getattr(args, "processes", None),
                                  threads=getattr(args, "threads", None))
-    except ConfigError as exc:
-        print(f"retentiond: error: {exc}", file=sys.stderr)
-        return RET_CONFIG
-    handler: Callable[[Settings, argparse.Namespace], int] = args.handler
-    if handler is not cmd_run:  # run sets its logging up itself, with Sentry
-        from daemon.logging_setup import setup_logging
+        if handler is not cmd_run:  # run sets its logging up itself, with Sentry
+            from daemon.logging_setup import setup_logging
 
-        # Every command logs as LOG_FORMAT says (auto: text on a terminal, JSON lines otherwise):
-        # a `migrate` from a deployment script lands in the same log pipeline as the daemon.
-        setup_logging(settings.log_level, settings.log_format)
-    try:
+            # Every command logs as LOG_FORMAT says (auto: text on a terminal, JSON lines otherwise):
+            # a `migrate` from a deployment script lands in the same log pipeline as the daemon.
+            setup_logging(settings.log_level, settings.log_format)
         code = handler(settings, args)
         sys.stdout.flush()  # inside the try: a pipe closed early fails here, not at interpreter exit
         return code
-    except ConfigError as exc:
-        print(f"retentiond: error: {exc}", file=sys.stderr)
-        return RET_CONFIG
+    except CliError as exc:
+        return _report(str(exc), exc.exit_code)
+    except ConfigError as exc:  # a setting, from loading them or from a command (e.g. run's listener)
+        return _report(str(exc), RET_CONFIG)
     except BrokenPipeError:
         if handler in (cmd_run, cmd_simulate_providers):
             raise  # long-running commands print little to stdout: a broken pipe there is a real fault
@@ -149,29 +162,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return RET_OK
 
 
-def _connect(settings: Settings) -> int | None:
-    """Initialise the database; on failure print one line and return the exit code."""
+def _report(message: str, exit_code: int) -> int:
+    print(f"retentiond: error: {message}", file=sys.stderr)
+    return exit_code
+
+
+def need_database(settings: Settings, *, check_schema: bool = True) -> None:
+    """Open the database and, unless told not to (``migrate`` itself), refuse one whose schema is behind.
+    Raises :class:`CliError`: exit 3 when it cannot be reached, 2 when it needs migrating."""
     import peewee
 
     from db.database import db_session, init_database
+    from db.migrate import pending_migrations
 
     init_database(settings.database_url, pool_size=settings.db_pool_size, timeout_s=settings.db_timeout_s)
     try:
         with db_session():
             pass
     except peewee.PeeweeException as exc:
-        print(f"retentiond: error: RETENTIOND_DATABASE_URL: cannot connect ({type(exc).__name__}: "
-              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})", file=sys.stderr)
-        return RET_CONNECT
-    return None
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+        raise CliError(f"RETENTIOND_DATABASE_URL: cannot connect ({type(exc).__name__}: {detail})",
+                       RET_CONNECT) from exc
+    if not check_schema:
+        return
+    pending = pending_migrations()
+    if pending:
+        raise CliError(f"the database needs migrating ({', '.join(pending)} pending): run `retentiond migrate`",
+                       RET_CONFIG)
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from db.migrate import migrate
 
-    failed = _connect(settings)
-    if failed is not None:
-        return failed
+    need_database(settings, check_schema=False)
     applied = migrate()
     print(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ' (up to date)'}")
     return RET_OK
@@ -190,40 +213,20 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
         setup_logging(settings.log_level, settings.log_format)
         setup_sentry(settings.sentry_dsn)
-        failed = _ready_database(settings)
-        if failed is not None:
-            return failed
+        need_database(settings)
         return asyncio.run(Daemon(settings).run())
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _ready_database(settings: Settings) -> int | None:
-    """Connect and check the schema is current; on failure print one line, return the exit code."""
-    failed = _connect(settings)
-    if failed is not None:
-        return failed
-    from db.migrate import pending_migrations
-
-    pending = pending_migrations()
-    if pending:
-        print(f"retentiond: error: the database needs migrating ({', '.join(pending)} pending): "
-              "run `retentiond migrate`", file=sys.stderr)
-        return RET_CONFIG
-    return None
-
-
 def cmd_campaign_apply(settings: Settings, args: argparse.Namespace) -> int:
     from engine.campaigns import CampaignFileError, apply_campaigns, load_campaign_file, template_warnings
 
-    try:
+    try:  # before the database: a file can be checked where no database is reachable
         specs = [load_campaign_file(path) for path in args.files]
     except CampaignFileError as exc:
-        print(f"retentiond: error: {exc}", file=sys.stderr)
-        return RET_CONFIG
-    failed = _ready_database(settings)
-    if failed is not None:
-        return failed
+        raise CliError(str(exc), RET_CONFIG) from exc
+    need_database(settings)
     for warning in template_warnings(specs):
         print(f"retentiond: warning: {warning}", file=sys.stderr)
     for result in apply_campaigns(specs):
@@ -231,23 +234,26 @@ def cmd_campaign_apply(settings: Settings, args: argparse.Namespace) -> int:
     return RET_OK
 
 
-def cmd_campaign_enrol(settings: Settings, args: argparse.Namespace) -> int:
+def _campaign(slug: str) -> Campaign:
+    """The campaign with this slug; CliError (exit 5) when there is none."""
     from db.models import Campaign
+
+    campaign = Campaign.get_or_none(Campaign.slug == slug)
+    if campaign is None:
+        raise CliError(f"no campaign {slug!r}", RET_NOT_FOUND)
+    return campaign
+
+
+def cmd_campaign_enrol(settings: Settings, args: argparse.Namespace) -> int:
     from engine.campaigns import enrol
     from engine.contacts import InvalidContact, find_contact
 
-    failed = _ready_database(settings)
-    if failed is not None:
-        return failed
-    campaign = Campaign.get_or_none(Campaign.slug == args.slug)
-    if campaign is None:
-        print(f"retentiond: error: no campaign {args.slug!r}", file=sys.stderr)
-        return RET_NOT_FOUND
+    need_database(settings)
+    campaign = _campaign(args.slug)
     keys = ([{"external_id": v} for v in args.external_id] + [{"email": v} for v in args.email]
             + [{"phone": v} for v in args.phone])
     if not keys:
-        print("retentiond: error: name contacts with --external-id, --email or --phone", file=sys.stderr)
-        return RET_CONFIG
+        raise CliError("name contacts with --external-id, --email or --phone", RET_CONFIG)
     ids, missing = [], []
     for key in keys:
         try:
@@ -260,25 +266,19 @@ def cmd_campaign_enrol(settings: Settings, args: argparse.Namespace) -> int:
             ids.append(contact.id)
     enrolled = enrol(ids, campaign) if ids else 0
     print(f"{args.slug}: {enrolled} newly enrolled, {len(ids) - enrolled} already enrolled")
-    for key in missing:
+    for key in missing:  # the enrolment went ahead: a partial result, listed, not one error line
         print(f"no such contact: {key}", file=sys.stderr)
     return RET_OK if not missing else RET_NOT_FOUND
 
 
 def cmd_contacts_import(settings: Settings, args: argparse.Namespace) -> int:
-    from db.models import Campaign
     from engine.campaigns import enrol
     from engine.importer import CsvFormatError, import_csv
 
-    failed = _ready_database(settings)
-    if failed is not None:
-        return failed
+    need_database(settings)
     on_batch = None
     if args.campaign:
-        campaign = Campaign.get_or_none(Campaign.slug == args.campaign)
-        if campaign is None:
-            print(f"retentiond: error: no campaign {args.campaign!r}", file=sys.stderr)
-            return RET_NOT_FOUND
+        campaign = _campaign(args.campaign)
 
         def on_batch(contact_ids: list[int]) -> None:
             enrol(contact_ids, campaign)
@@ -287,15 +287,13 @@ def cmd_contacts_import(settings: Settings, args: argparse.Namespace) -> int:
 
         try:
             codecs.lookup(args.encoding)
-        except LookupError:
-            print(f"retentiond: error: --encoding: unknown encoding {args.encoding!r}", file=sys.stderr)
-            return RET_CONFIG
+        except LookupError as exc:
+            raise CliError(f"--encoding: unknown encoding {args.encoding!r}", RET_CONFIG) from exc
     try:
         report = import_csv(args.file, default_region=settings.default_region, batch_size=args.batch_size,
                             progress=not args.no_progress, on_batch=on_batch, encoding=args.encoding)
     except (OSError, CsvFormatError) as exc:
-        print(f"retentiond: error: {exc}", file=sys.stderr)
-        return RET_CONFIG
+        raise CliError(str(exc), RET_CONFIG) from exc
     if report.encoding not in ("utf-8", "utf-8-sig") and not args.encoding:
         # A guess: say it, so a wrong one is seen before 10,000 names are stored garbled.
         print(f"read as {report.encoding} (the file is not UTF-8; name another with --encoding)", file=sys.stderr)
@@ -314,19 +312,15 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     from engine.history import contact_history
     from engine.stats import overview
 
-    failed = _ready_database(settings)
-    if failed is not None:
-        return failed
+    need_database(settings)
     key = {k: v for k, v in (("external_id", args.external_id), ("email", args.email), ("phone", args.phone)) if v}
     if key:
         try:
             contact = find_contact(key, settings.default_region)
         except InvalidContact as exc:
-            print(f"retentiond: error: {exc}", file=sys.stderr)
-            return RET_CONFIG
+            raise CliError(str(exc), RET_CONFIG) from exc
         if contact is None:
-            print("retentiond: error: no such contact", file=sys.stderr)
-            return RET_NOT_FOUND
+            raise CliError("no such contact", RET_NOT_FOUND)
         data = contact_history(contact)
         if args.json:
             print(json.dumps(data, indent=2))
@@ -357,9 +351,7 @@ def cmd_cleanup(settings: Settings, args: argparse.Namespace) -> int:
     from db.models import utcnow
     from engine.retention import cleanup
 
-    failed = _ready_database(settings)
-    if failed is not None:
-        return failed
+    need_database(settings)
     report = cleanup(settings, utcnow(), dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     for table, count in report:
@@ -367,17 +359,18 @@ def cmd_cleanup(settings: Settings, args: argparse.Namespace) -> int:
     return RET_OK
 
 
+# backup and restore work on the database's file or through pg_dump/pg_restore, not through a
+# connection of ours: they do not call need_database, and their failures exit 1 (RET_ERROR).
+
 def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
     from db.backup import BackupError, backup
 
     try:
         path = backup(settings.database_url, settings.backup_dir, keep=args.keep)
     except BackupError as exc:
-        print(f"retentiond: error: {exc}", file=sys.stderr)
-        return RET_ERROR
+        raise CliError(str(exc), RET_ERROR) from exc
     except OSError as exc:  # disk full, permissions: one line, not a traceback
-        print(f"retentiond: error: backup failed: {exc}", file=sys.stderr)
-        return RET_ERROR
+        raise CliError(f"backup failed: {exc}", RET_ERROR) from exc
     print(f"backup written: {path} ({path.stat().st_size} bytes)")
     return RET_OK
 
@@ -389,11 +382,9 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
         done = restore(settings.database_url, args.file, backup_dir=settings.backup_dir,
                        scheduler_interval_s=settings.scheduler_interval_s)
     except BackupError as exc:  # a refusal: nothing was changed
-        print(f"retentiond: error: {exc}", file=sys.stderr)
-        return RET_ERROR
+        raise CliError(str(exc), RET_ERROR) from exc
     except OSError as exc:  # disk full, permissions: the live database is replaced last, so still in place
-        print(f"retentiond: error: restore failed: {exc}", file=sys.stderr)
-        return RET_ERROR
+        raise CliError(f"restore failed: {exc}", RET_ERROR) from exc
     print(f"restored {args.file}" + (f"; the previous database is kept at {done.previous}" if done.previous else ""))
     if done.pending:
         print(f"the backup predates {len(done.pending)} migration(s): run `retentiond migrate` before `retentiond run`")
