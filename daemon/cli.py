@@ -7,13 +7,14 @@ and returns its exit code. Commands that use the database call :func:`need_datab
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib.metadata
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from daemon.exit_codes import RET_CONFIG, RET_CONNECT, RET_ERROR, RET_NOT_FOUND, RET_OK, RET_REJECTED
 from ground.errors import ConfigError, RetentiondError
@@ -45,78 +46,110 @@ def _fraction(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that suggests the closest command for a mistyped one."""
+
+    # Python 3.14's ArgumentParser(suggest_on_error=True) does this in the same method, with the same
+    # wording; until 3.14 is the floor, this override does it for 3.11+. Subparsers inherit the class.
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError:
+            close = difflib.get_close_matches(value, list(action.choices or ()), n=1) if isinstance(value, str) else []
+            if not close:
+                raise
+            choices = ", ".join(map(repr, action.choices or ()))
+            raise argparse.ArgumentError(
+                action, f"invalid choice: {value!r}, maybe you meant {close[0]!r}? (choose from {choices})") from None
+
+
+def _command(group: argparse._SubParsersAction[_Parser], name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose summary shows both in its group's list and at the top of its own --help."""
+    parser: argparse.ArgumentParser = group.add_parser(name, help=summary, description=summary)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="retentiond",
         description="Outreach and retention campaigns: webhooks in, rate-limited sends out.",
         epilog="Settings come from RETENTIOND_* environment variables (see README), "
                "optionally from a TOML file given with --config; the environment wins.",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML settings file")
-    parser.add_argument("--version", action="version", version=f"retentiond {_version()}")
+    parser.add_argument("--config", metavar="FILE",
+                        help="read settings from this TOML file too (RETENTIOND_* environment variables win)")
+    parser.add_argument("--version", action="version", version=f"retentiond {_version()}",
+                        help="print the installed version and exit")
     # Not required: a command left out prints the help of its level (see main), not an error.
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     parser.set_defaults(help_parser=parser)
 
-    run = commands.add_parser("run", help="run the daemon: side server, scheduler and workers")
-    run.add_argument("--processes", type=_positive_int, help="worker processes (RETENTIOND_PROCESSES, default 2)")
-    run.add_argument("--threads", type=_positive_int, help="threads per worker process (RETENTIOND_THREADS, default 8)")
+    run = _command(commands, "run", "run the daemon: side server, scheduler and workers")
+    run.add_argument("--processes", type=_positive_int, metavar="N", help="worker processes (RETENTIOND_PROCESSES, default 2)")
+    run.add_argument("--threads", type=_positive_int, metavar="N", help="threads per worker process (RETENTIOND_THREADS, default 8)")
     run.set_defaults(handler=cmd_run)
 
-    migrate = commands.add_parser("migrate", help="apply pending database migrations (idempotent)")
+    migrate = _command(commands, "migrate", "apply pending database migrations (idempotent)")
     migrate.set_defaults(handler=cmd_migrate)
 
-    campaign = commands.add_parser("campaign", help="campaigns: apply YAML files, enrol contacts")
+    campaign = _command(commands, "campaign", "campaigns: apply YAML files, enrol contacts")
     campaign.set_defaults(help_parser=campaign)
     campaign_commands = campaign.add_subparsers(dest="campaign_command", metavar="ACTION")
-    apply = campaign_commands.add_parser("apply", help="create or update campaigns from YAML files")
-    apply.add_argument("files", nargs="+", metavar="FILE")
+    apply = _command(campaign_commands, "apply", "create or update campaigns from YAML files")
+    apply.add_argument("files", nargs="+", metavar="FILE",
+                       help="campaign YAML files (see README); every file is checked before any is applied")
     apply.set_defaults(handler=cmd_campaign_apply)
-    enrol = campaign_commands.add_parser("enrol", help="enrol contacts in a campaign by hand")
-    enrol.add_argument("slug", metavar="SLUG")
-    enrol.add_argument("--external-id", action="append", default=[], metavar="ID")
-    enrol.add_argument("--email", action="append", default=[], metavar="EMAIL")
-    enrol.add_argument("--phone", action="append", default=[], metavar="PHONE")
+    enrol = _command(campaign_commands, "enrol", "enrol contacts in a campaign by hand")
+    enrol.add_argument("slug", metavar="SLUG", help="the campaign's slug")
+    enrol.add_argument("--external-id", action="append", default=[], metavar="ID",
+                       help="a contact's external id (repeat for several contacts)")
+    enrol.add_argument("--email", action="append", default=[], metavar="EMAIL",
+                       help="a contact's email address (repeat for several contacts)")
+    enrol.add_argument("--phone", action="append", default=[], metavar="PHONE",
+                       help="a contact's phone number (repeat for several contacts)")
     enrol.set_defaults(handler=cmd_campaign_enrol)
 
-    contacts = commands.add_parser("contacts", help="contacts: bulk import")
+    contacts = _command(commands, "contacts", "contacts: bulk import")
     contacts.set_defaults(help_parser=contacts)
     contacts_commands = contacts.add_subparsers(dest="contacts_command", metavar="ACTION")
-    imp = contacts_commands.add_parser("import", help="bulk upsert contacts from a CSV file")
-    imp.add_argument("file", metavar="FILE.csv")
+    imp = _command(contacts_commands, "import", "bulk upsert contacts from a CSV file")
+    imp.add_argument("file", metavar="FILE.csv",
+                     help="a CSV file with a header line; columns named like the contact.upsert fields")
     imp.add_argument("--campaign", metavar="SLUG", help="enrol every imported contact in this campaign")
-    imp.add_argument("--batch-size", type=_positive_int, default=1000)
+    imp.add_argument("--batch-size", type=_positive_int, default=1000, metavar="N",
+                     help="rows upserted per transaction (default 1000)")
     imp.add_argument("--no-progress", action="store_true", help="no progress bar")
     imp.add_argument("--encoding", metavar="NAME",
                      help="the file's text encoding, e.g. cp1251 (default: detected; UTF-8 when it is valid UTF-8)")
     imp.set_defaults(handler=cmd_contacts_import)
 
-    stats = commands.add_parser("stats", help="sends, enrolments and events by status; a contact's history")
-    stats.add_argument("--external-id", metavar="ID")
-    stats.add_argument("--email", metavar="EMAIL")
-    stats.add_argument("--phone", metavar="PHONE")
+    stats = _command(commands, "stats", "sends, enrolments and events by status; a contact's history")
+    stats.add_argument("--external-id", metavar="ID", help="show the history of the contact with this external id")
+    stats.add_argument("--email", metavar="EMAIL", help="show the history of the contact with this email address")
+    stats.add_argument("--phone", metavar="PHONE", help="show the history of the contact with this phone number")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(handler=cmd_stats)
 
-    cleanup = commands.add_parser("cleanup", help="delete rows past their retention, table by table")
+    cleanup = _command(commands, "cleanup", "delete rows past their retention, table by table")
     cleanup.add_argument("--dry-run", action="store_true", help="print what would go, delete nothing")
     cleanup.set_defaults(handler=cmd_cleanup)
 
-    backup = commands.add_parser("backup", help="back the database up (SQLite online backup + gzip; pg_dump)")
-    backup.add_argument("--keep", type=_positive_int, default=7, help="backups to keep (default 7)")
+    backup = _command(commands, "backup", "back the database up (SQLite online backup + gzip; pg_dump)")
+    backup.add_argument("--keep", type=_positive_int, default=7, metavar="N", help="backups to keep (default 7)")
     backup.set_defaults(handler=cmd_backup)
 
-    restore = commands.add_parser("restore", help="restore a backup made by `retentiond backup` (stop the daemon first)")
-    restore.add_argument("file", metavar="FILE")
+    restore = _command(commands, "restore", "restore a backup made by `retentiond backup` (stop the daemon first)")
+    restore.add_argument("file", metavar="FILE", help="a file written by `retentiond backup`")
     restore.set_defaults(handler=cmd_restore)
 
-    simulate = commands.add_parser("simulate-providers",
-                                   help="serve the provider APIs (Twilio, Postmark, webhook, push) for tests and try-outs")
-    simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--port", type=int, default=8025)
-    simulate.add_argument("--latency-ms", type=float, default=0.0)
-    simulate.add_argument("--error-rate", type=_fraction, default=0.0, help="share of calls answered 503")
-    simulate.add_argument("--rate-429", type=_fraction, default=0.0, help="share of calls answered 429")
+    simulate = _command(commands, "simulate-providers",
+                                   "serve the provider APIs (Twilio, Postmark, webhook, push) for tests and try-outs")
+    simulate.add_argument("--host", default="127.0.0.1", metavar="HOST", help="address to listen on (default 127.0.0.1)")
+    simulate.add_argument("--port", type=int, default=8025, metavar="P", help="port to listen on (default 8025)")
+    simulate.add_argument("--latency-ms", type=float, default=0.0, metavar="L",
+                          help="milliseconds to wait before answering each call (default 0)")
+    simulate.add_argument("--error-rate", type=_fraction, default=0.0, metavar="R", help="share of calls answered 503")
+    simulate.add_argument("--rate-429", type=_fraction, default=0.0, metavar="R", help="share of calls answered 429")
     simulate.set_defaults(handler=cmd_simulate_providers)
     return parser
 
