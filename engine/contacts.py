@@ -1,5 +1,5 @@
 """Contacts: validation and normalisation of the contract's fields, set-based upsert with merging,
-suppressions.
+suppressions, and the one unsubscribe operation (``unsubscribe``) every way in calls.
 
 Normalisation: emails through email-validator (syntax only, no DNS) and lower-cased whole, so
 ``Ada@Example.COM`` and ``ada@example.com`` are one person; phones through phonenumbers to E.164,
@@ -38,6 +38,7 @@ from db.bulk import insert_many
 from db.database import database
 from db.models import Contact, Suppression, utcnow
 from db.queries import bulk_update
+from engine.enrolments import follow_campaigns
 from ground.channels import CHANNELS
 from ground.errors import RetentiondError
 
@@ -327,6 +328,16 @@ def suppress(contact_ids: Iterable[int], reason: str, channel: str = "*") -> int
     if not rows:
         return 0
     return int(insert_many(Suppression, rows).on_conflict_ignore().as_rowcount().execute() or 0)
+
+
+def unsubscribe(contact_ids: Iterable[int], channel: str = "*", reason: str = "unsubscribed") -> list[str]:
+    """The contacts unsubscribe from ``channel`` ('*': every channel), whichever way it came (a
+    ``contact.unsubscribe`` event, the link in a message): suppressed there, then out of every
+    campaign that exits on ``contact.unsubscribe`` and into those it triggers. Idempotent. Returns
+    the notes of ``follow_campaigns`` (a triggered campaign that could not take them)."""
+    ids = sorted(set(contact_ids))
+    suppress(ids, reason, channel)
+    return follow_campaigns("contact.unsubscribe", ids, reason="unsubscribed")
 
 
 def unsuppress(contact_ids: Iterable[int], channel: str = "*") -> int:

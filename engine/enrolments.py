@@ -103,3 +103,21 @@ def exit_enrolments(contact_ids: Sequence[int], event_type: str, *, reason: str 
                               & Enrolment.status.in_(OPEN_STATUSES))
                        .execute())
     return exited
+
+
+def follow_campaigns(kind: str, contact_ids: Sequence[int], reason: str | None = None) -> list[str]:
+    """What an event means for campaigns (contract: ``exit_on`` and ``trigger`` take any event
+    type): the contacts leave every campaign listing ``kind`` in ``exit_on``, then enter every
+    active campaign triggered by ``kind`` (a contact already enrolled there, even finished, is left
+    alone). A campaign that cannot take them (no steps) is not an error: returned as a note for
+    the caller to keep (the event processor writes it on the event)."""
+    notes: list[str] = []
+    if not contact_ids:
+        return notes
+    exit_enrolments(contact_ids, kind, reason=reason or kind)
+    for campaign in campaigns_triggered_by(kind):
+        try:
+            enrol(contact_ids, campaign)
+        except CampaignError as exc:
+            notes.append(str(exc))
+    return notes

@@ -29,8 +29,9 @@ from db.bulk import insert_many
 from db.database import database, db_session, is_postgres
 from db.models import Attribution, Contact, InboundEvent, Send, TrackedLink, utcnow
 from db.queries import bulk_update
-from engine.campaigns import CampaignError, campaigns_triggered_by, enrol, exit_enrolments
-from engine.contacts import ContactInput, find_contact, suppress, unsuppress, upsert_contacts
+from engine.campaigns import CampaignError, enrol
+from engine.contacts import ContactInput, find_contact, suppress, unsubscribe, unsuppress, upsert_contacts
+from engine.enrolments import follow_campaigns
 from ground.metrics import EVENTS_PROCESSED
 from ground.settings import Settings
 
@@ -103,8 +104,7 @@ def _process_run(settings: Settings, kind: str, run: Run) -> Counter:
     try:
         with database.atomic():
             updates = _SET_BASED[kind][0](run, utcnow())
-            notes: list[str] = []
-            _follow_campaigns(kind, sorted({u[3] for u in updates if u[3] is not None}), notes)
+            notes = follow_campaigns(kind, sorted({u[3] for u in updates if u[3] is not None}))
             if notes:  # campaign notes concern every event of the run
                 updates = [(*u[:4], "; ".join(([u[4]] if u[4] else []) + notes)[:2000]) for u in updates]
             bulk_update("inbound_event", ("status", "processed_at", "contact_id", "error"), updates,
@@ -204,7 +204,7 @@ def _apply(settings: Settings, event: InboundEvent, canonical: dict[str, Any], n
     if kind == "contact.upsert":
         campaign = data.pop("campaign", None)
         (result,) = upsert_contacts([ContactInput(**data)])
-        _follow_campaigns("contact.upsert", [result.contact_id], notes)
+        notes.extend(follow_campaigns("contact.upsert", [result.contact_id]))
         if campaign:
             try:
                 enrol([result.contact_id], campaign)
@@ -219,8 +219,7 @@ def _apply(settings: Settings, event: InboundEvent, canonical: dict[str, Any], n
         if kind == "contact.resubscribe":
             unsuppress([contact.id], channel)
         else:
-            suppress([contact.id], data.get("reason") or "unsubscribed", channel)
-            _follow_campaigns("contact.unsubscribe", [contact.id], notes, reason="unsubscribed")
+            notes.extend(unsubscribe([contact.id], channel, data.get("reason") or "unsubscribed"))
         return contact.id
     if kind == "conversion":
         contact = _contact(settings, data, notes)
@@ -229,31 +228,16 @@ def _apply(settings: Settings, event: InboundEvent, canonical: dict[str, Any], n
         cause = _last_touch(contact.id)
         Attribution.create(event=event.id, kind="conversion", contact=contact.id, name=data.get("name"),
                            value=data.get("value"), **cause)
-        _follow_campaigns("conversion", [contact.id], notes, reason=data.get("name") or "conversion")
+        notes.extend(follow_campaigns("conversion", [contact.id], reason=data.get("name") or "conversion"))
         return contact.id
     if kind in _SET_BASED:  # the same rules as a run of them, for a run of one
         ((_, _, _, contact_id, note),) = _SET_BASED[kind][0]([(event, data)], utcnow())
         if note:
             notes.append(note)
         if contact_id is not None:
-            _follow_campaigns(kind, [contact_id], notes)
+            notes.extend(follow_campaigns(kind, [contact_id]))
         return contact_id
     raise ValueError(f"unknown event type {kind!r}")
-
-
-def _follow_campaigns(kind: str, contact_ids: list[int], notes: list[str], reason: str | None = None) -> None:
-    """What an event means for campaigns (contract: ``exit_on`` and ``trigger`` take any event
-    type): the contacts leave every campaign listing ``kind`` in ``exit_on``, then enter every
-    active campaign triggered by ``kind`` (a contact already enrolled there, even finished, is left
-    alone). A campaign that cannot take them (no steps) is noted on the event, not an error."""
-    if not contact_ids:
-        return
-    exit_enrolments(contact_ids, kind, reason=reason or kind)
-    for campaign in campaigns_triggered_by(kind):
-        try:
-            enrol(contact_ids, campaign)
-        except CampaignError as exc:
-            notes.append(str(exc))
 
 
 def _last_touch(contact_id: int) -> dict[str, Any]:

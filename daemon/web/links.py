@@ -24,7 +24,8 @@ from playhouse.pool import MaxConnectionsExceeded
 from daemon.web.group_commit import IncomingEvent, Overloaded, StillWriting
 from daemon.web.webhooks import COMMITTER, SETTINGS
 from db.database import db_session, transaction_waiting_at_most
-from db.models import Suppression, TrackedLink, UnsubscribeToken, utcnow
+from db.models import TrackedLink, UnsubscribeToken
+from engine import contacts
 from engine.templates import TOKEN_BYTES
 from ground.metrics import WEBHOOK_EVENTS
 from ground.outage_log import OutageLog
@@ -49,14 +50,17 @@ def _token(request: web.Request, unknown: str) -> str:
 
 
 def _unsubscribe(token: str, lock_timeout_ms: int) -> str | None:
-    """Record the suppression; return the channel, or None for an unknown token. Waits at most
-    ``lock_timeout_ms`` for a lock (else a ``peewee.OperationalError``)."""
+    """Unsubscribe the token's contact from its channel as a ``contact.unsubscribe`` event does
+    (``engine.contacts.unsubscribe``: suppression and campaign exits, one transaction); return the
+    channel, or None for an unknown token. Waits at most ``lock_timeout_ms`` for a lock (else a
+    ``peewee.OperationalError``)."""
     with db_session(), transaction_waiting_at_most(lock_timeout_ms):
         row = UnsubscribeToken.get_or_none(UnsubscribeToken.token == token)
         if row is None:
             return None
-        (Suppression.insert(contact=row.contact_id, channel=row.channel, reason="unsubscribed", created_at=utcnow())
-         .on_conflict_ignore().execute())
+        for note in contacts.unsubscribe([row.contact_id], row.channel):
+            # no event row to keep it on: a campaign triggered by unsubscribes that cannot take anyone
+            logger.warning("link unsubscribe: %s", note)
         return str(row.channel)
 
 
