@@ -16,9 +16,9 @@ import os
 import re
 import tomllib
 import zoneinfo
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 from ground.channels import CHANNELS
@@ -78,58 +78,259 @@ class Source:
     secret: Secret | None
 
 
+# ---------------------------------------------------------------------------------------------
+# How a scalar setting is declared: its default and its rules, in one place
+
+
+_RULES = "retentiond.rules"  # the key of a scalar setting's Rules in its field's metadata
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What one scalar setting accepts. Each message is the line a user sees after the variable's name.
+
+    Bounds: ``minimum`` <= value <= ``maximum``, ``above`` < value < ``below``. A failed bound says
+    ``too_low`` or ``too_high`` (derived when not given); ``message`` replaces every derived message.
+    ``check`` returns the problem of a value that needs more than bounds or choices, else None.
+    """
+
+    minimum: float | None = None
+    above: float | None = None
+    maximum: float | None = None
+    below: float | None = None
+    choices: tuple[str, ...] = ()
+    fold: Callable[[str], str] | None = None  # applied to the value before it is looked up in choices
+    check: Callable[[Any], str | None] | None = None
+    too_low: str | None = None
+    too_high: str | None = None
+    message: str | None = None
+    help: str = ""
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` (the parsed one), or None."""
+        if (self.minimum is not None and value < self.minimum) or (self.above is not None and value <= self.above):
+            return self.message or self.too_low or (
+                f"must be at least {self.minimum}" if self.minimum is not None
+                else "must be positive" if self.above == 0 else f"must be more than {self.above}")
+        if (self.maximum is not None and value > self.maximum) or (self.below is not None and value >= self.below):
+            return self.message or self.too_high or (
+                f"must be at most {self.maximum:,}" if self.maximum is not None else f"must be under {self.below:,}")
+        if self.choices and (self.fold(value) if self.fold else value) not in self.choices:
+            quoted = [repr(choice) for choice in self.choices]
+            return self.message or f"expected {', '.join(quoted[:-1])} or {quoted[-1]}"
+        return self.check(value) if self.check else None
+
+
+def setting(default: Any, *, minimum: float | None = None, above: float | None = None,
+            maximum: float | None = None, below: float | None = None, choices: tuple[str, ...] = (),
+            fold: Callable[[str], str] | None = None, check: Callable[[Any], str | None] | None = None,
+            too_low: str | None = None, too_high: str | None = None, message: str | None = None,
+            help: str = "") -> Any:
+    """A scalar field of Settings, read from ``RETENTIOND_<FIELD NAME IN CAPITALS>`` as its type says."""
+    rules = Rules(minimum=minimum, above=above, maximum=maximum, below=below, choices=choices, fold=fold,
+                  check=check, too_low=too_low, too_high=too_high, message=message, help=help)
+    return field(default=default, metadata={_RULES: rules})
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks of the values that need more than a range or a list of choices. Messages never quote a
+# value that may hold a secret (URLs carry passwords).
+
+MAX_SOURCE_NAME_CHARS = 64  # inbound_event.source (db/models.py)
+MIN_SECRET_CHARS = 16  # ADMIN_TOKEN and source secrets: 16 random characters are beyond guessing online
+MIN_STANDARD_KEY_BYTES = 16  # a `standard` source's whsec_ key: 128 bits once base64-decoded
+_WHSEC_PREFIX = "whsec_"
+
+
+def _secret_problem(secret: str, scheme: str | None) -> str | None:
+    """Refuse a secret too short to resist guessing. Messages never quote the secret."""
+    if scheme == "standard":
+        # Standard Webhooks signs with the base64-decoded bytes after whsec_; its library drops
+        # characters outside the alphabet without a word, so a typo would silently change the key.
+        body = secret.strip().removeprefix(_WHSEC_PREFIX)
+        try:
+            key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+        except binascii.Error:
+            return f"expected {_WHSEC_PREFIX}<base64 of at least {MIN_STANDARD_KEY_BYTES} random bytes>; this is not base64"
+        if len(key) < MIN_STANDARD_KEY_BYTES:
+            return (f"too short: the key after {_WHSEC_PREFIX} must decode to at least "
+                    f"{MIN_STANDARD_KEY_BYTES} bytes (e.g. {_WHSEC_PREFIX}$(openssl rand -base64 32))")
+        return None
+    if len(secret.strip()) < MIN_SECRET_CHARS:
+        return f"too short: at least {MIN_SECRET_CHARS} characters (e.g. $(openssl rand -hex 32))"
+    return None
+
+
+def _admin_token_problem(token: Secret | None) -> str | None:
+    # empty means "not set": the admin API refuses every request
+    return _secret_problem(token, None) if token else None
+
+
+def _database_url_problem(url: str) -> str | None:
+    db = urlsplit(url)
+    if db.scheme not in ("sqlite", "postgresql", "postgres"):
+        return "expected sqlite:///path/to.db or postgresql://user@host:port/db"
+    if db.scheme == "sqlite" and not (db.path or db.netloc):
+        return "a sqlite URL needs a file path: sqlite:///var/retentiond.db"
+    if db.scheme != "sqlite":
+        # libpq's own parser (the one that connects) reads it: several hosts and ports
+        # (postgresql://u:p@db1:5432,db2:5433/app), query parameters; the message never quotes the URL.
+        try:
+            postgres_params(url)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+def _broker_url_problem(urls: str) -> str | None:
+    # Several RabbitMQ URLs may be given, separated by ';' (tried in order): check each.
+    brokers = urls.split(";")
+    for url in brokers:
+        try:
+            broker = urlsplit(url.strip())
+            _ = broker.port
+        except ValueError:
+            return "a URL whose port is not a number"
+        if broker.scheme not in ("amqp", "amqps") and not (broker.scheme == "memory" and len(brokers) == 1):
+            return "expected amqp://user:pass@host:5672/vhost (several: separated by ';') or memory://"
+    return None
+
+
+def _public_url_problem(url: str) -> str | None:
+    public = urlsplit(url)
+    if public.scheme not in ("http", "https") or not public.netloc:
+        return "expected an absolute http(s) URL"
+    return None
+
+
+def parse_quiet_hours(text: str) -> tuple[dt.time, dt.time] | None:
+    """``"21:00-08:00"`` -> (21:00, 08:00); ``"off"`` -> None. Raises ValueError."""
+    if text.strip().lower() in ("off", "none", ""):
+        return None
+    start, _, end = text.partition("-")
+    return dt.time.fromisoformat(start.strip()), dt.time.fromisoformat(end.strip())
+
+
+def _quiet_hours_problem(text: str) -> str | None:
+    try:
+        parse_quiet_hours(text)
+    except ValueError:
+        return "expected HH:MM-HH:MM (e.g. 21:00-08:00) or 'off'"
+    return None
+
+
+def _timezone_problem(name: str) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return "expected an IANA timezone such as Europe/Paris"
+    return None
+
+
+def _region_problem(region: str) -> str | None:
+    import phonenumbers  # imported here: only validation needs it
+
+    if region.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        return "expected a two-letter region code such as US, GB or FR"
+    return None
+
+
+def _directory_problem(path: str) -> str | None:
+    return None if path.strip() else "must name a directory"
+
+
+# Upper bounds. A whole number past its ceiling breaks something: day counts overflow a timedelta
+# at the retention job, process and thread counts would exhaust the host, a retry count loops for
+# ever. SQLite's busy_timeout is a 32-bit count of milliseconds; a tick or a stop waiting longer
+# than an hour is a typo for minutes or milliseconds, never a plan.
+_AN_HOUR = "at most 3600 (an hour, in seconds)"
+_UNDER_AN_HOUR = "must be positive and under an hour (seconds)"
+_MAX_DAYS = 36_500
+_MAX_COUNT = 1_000_000
+_MAX_BACKOFF_MS = 86_400_000
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of the daemon. Durations carry their unit in their name."""
+    """Every setting of the daemon. Durations carry their unit in their name.
 
-    database_url: str = "sqlite:///var/retentiond.db"
-    broker_url: str = "memory://"
-    # RabbitMQ queue type (actors/rabbitmq.py): "auto" = quorum when BROKER_URL lists several nodes
-    queue_type: str = "auto"
-    http_host: str = "127.0.0.1"
-    http_port: int = 8080
-    public_url: str = "http://127.0.0.1:8080"
-    admin_token: Secret | None = None
-    db_pool_size: int = 3
-    db_timeout_s: float = 10.0
-    processes: int = 2
-    threads: int = 8
-    shutdown_timeout_s: float = 30.0
-    scheduler_interval_s: float = 1.0
-    max_retries: int = 5
-    retry_min_backoff_ms: int = 1000
-    retry_max_backoff_ms: int = 60_000
-    log_level: str = "INFO"
-    log_format: str = "auto"  # text when stderr is a terminal, JSON lines otherwise; or "text", "json"
+    A field declared with ``setting()`` is read from ``RETENTIOND_`` + its name in capitals, parsed
+    as its type says (str, int, float, Secret) and checked by its rules; the mappings below them are
+    families of names (``RATE_<CHANNEL>``...) read by ``_build``.
+    """
+
+    database_url: str = setting("sqlite:///var/retentiond.db", check=_database_url_problem)
+    broker_url: str = setting("memory://", check=_broker_url_problem)
+    queue_type: str = setting("auto", choices=("auto", "classic", "quorum"), fold=str.lower,
+                              message="expected 'auto' (quorum when BROKER_URL lists several nodes), "
+                                      "'classic' or 'quorum'",
+                              help="RabbitMQ queue type (actors/rabbitmq.py)")
+    http_host: str = setting("127.0.0.1")
+    http_port: int = setting(8080, minimum=1, maximum=65535, message="must be between 1 and 65535")
+    public_url: str = setting("http://127.0.0.1:8080", check=_public_url_problem, help="base of tracked links")
+    admin_token: Secret | None = setting(None, check=_admin_token_problem)
+    db_pool_size: int = setting(3, minimum=1, maximum=1000)
+    db_timeout_s: float = setting(10.0, above=0, maximum=3600, too_high=_AN_HOUR)
+    processes: int = setting(2, minimum=1, maximum=256)
+    threads: int = setting(8, minimum=1, maximum=1024)
+    shutdown_timeout_s: float = setting(30.0, above=0, maximum=3600, too_high=_AN_HOUR)
+    scheduler_interval_s: float = setting(1.0, above=0, maximum=3600, too_high=_AN_HOUR)
+    max_retries: int = setting(5, minimum=0, maximum=100, too_low="must be >= 0")
+    retry_min_backoff_ms: int = setting(1000, maximum=_MAX_BACKOFF_MS)
+    retry_max_backoff_ms: int = setting(60_000, maximum=_MAX_BACKOFF_MS)
+    log_level: str = setting("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), fold=str.upper,
+                             message="expected DEBUG, INFO, WARNING or ERROR")
+    log_format: str = setting("auto", choices=("auto", "json", "text"),
+                              help="auto: text when stderr is a terminal, JSON lines otherwise")
     # send-time checks (engine/checks.py); a campaign's own limits win over these
-    daily_cap: int = 3  # sends per contact per rolling 24 h across all channels; 0 = off
-    cooldown_s: float = 0.0  # minimum gap between two sends to one contact; 0 = off
-    quiet_hours: str = "21:00-08:00"  # in the contact's timezone, for sms/call/push; "off"
-    default_timezone: str = "UTC"  # for contacts without one
-    default_region: str = "US"
-    webhook_max_bytes: int = 256 * 1024  # a larger body gets 413
-    webhook_tolerance_s: int = 300  # signed timestamps further off than this get 401
+    daily_cap: int = setting(3, minimum=0, maximum=_MAX_COUNT, too_low="must be >= 0 (0 turns the cap off)",
+                             help="sends per contact per rolling 24 h across all channels; 0 = off")
+    cooldown_s: float = setting(0.0, minimum=0, too_low="must be >= 0 (0 turns the cooldown off)",
+                                help="minimum gap between two sends to one contact; 0 = off")
+    quiet_hours: str = setting("21:00-08:00", check=_quiet_hours_problem,
+                               help="in the contact's timezone, for sms/call/push; or 'off'")
+    default_timezone: str = setting("UTC", check=_timezone_problem, help="for contacts without one")
+    default_region: str = setting("US", check=_region_problem,
+                                  help="phone numbers written without a country code are read as this country's")
+    webhook_max_bytes: int = setting(256 * 1024, minimum=1024, maximum=64 * 1024 * 1024,
+                                     help="a larger body gets 413")
+    webhook_tolerance_s: int = setting(300, above=0, maximum=86_400,
+                                       help="signed timestamps further off than this get 401")
     # load shedding and slow clients on the public listener (daemon/web/group_commit.py, daemon/web/app.py)
-    ingest_queue_max: int = 1000  # webhooks/clicks waiting for their group commit; beyond it: 503
-    ingest_max_wait_s: float = 5.0  # a webhook waits this long for its commit turn (and its lock), else 503
-    click_max_wait_s: float = 1.0  # a tracked-link click waits this long, then the reader is redirected anyway
-    http_idle_timeout_s: float = 15.0  # an idle keep-alive connection (or one sending no request) is closed
-    http_body_timeout_s: float = 10.0  # a request body not fully received by then gets 408 and the connection closes
-    event_id_retention_days: int = 30  # a sender's event id deduplicates for this long
+    ingest_queue_max: int = setting(1000, minimum=1, maximum=_MAX_COUNT,
+                                    help="webhooks/clicks waiting for their group commit; beyond it: 503")
+    ingest_max_wait_s: float = setting(5.0, above=0, below=3600, message=_UNDER_AN_HOUR,
+                                       help="a webhook waits this long for its commit turn (and its lock), else 503")
+    click_max_wait_s: float = setting(1.0, above=0, below=3600, message=_UNDER_AN_HOUR,
+                                      help="a tracked-link click waits this long, then the reader is redirected anyway")
+    http_idle_timeout_s: float = setting(15.0, above=0, below=3600, message=_UNDER_AN_HOUR,
+                                         help="an idle keep-alive connection (or one sending no request) is closed")
+    http_body_timeout_s: float = setting(10.0, above=0, below=3600, message=_UNDER_AN_HOUR,
+                                         help="a request body not fully received by then gets 408, connection closed")
+    event_id_retention_days: int = setting(30, minimum=1, maximum=_MAX_DAYS,
+                                           help="a sender's event id deduplicates for this long")
     # retention cleanup (engine/retention.py)
-    retention_sends_days: int = 30  # finished sends and their decision log
-    retention_events_days: int = 90  # processed inbound events
-    retention_job_runs_days: int = 30
-    backup_dir: str = "var/backups"
-    sentry_dsn: Secret | None = None  # errors to Sentry when set  # phone numbers written without a country code are read as this country's
+    retention_sends_days: int = setting(30, minimum=1, maximum=_MAX_DAYS, too_low="must be at least 1 (days)",
+                                        help="finished sends and their decision log")
+    retention_events_days: int = setting(90, minimum=1, maximum=_MAX_DAYS, too_low="must be at least 1 (days)",
+                                         help="processed inbound events")
+    retention_job_runs_days: int = setting(30, minimum=1, maximum=_MAX_DAYS, too_low="must be at least 1 (days)")
+    backup_dir: str = setting("var/backups", help="where `retentiond backup` writes")
+    sentry_dsn: Secret | None = setting(None, help="errors to Sentry when set")
     # outbox recovery (engine/reconciler.py)
-    reconcile_after_s: float = 300.0  # queued/retrying this long without progress: offered again
-    claim_timeout_s: float = 900.0  # sending this long with no known claimant (older claims): offered again
+    reconcile_after_s: float = setting(300.0, above=0,
+                                       help="queued/retrying this long without progress: offered again")
+    claim_timeout_s: float = setting(900.0, above=0,
+                                     help="sending this long with no known claimant (older claims): offered again")
     # outcomes never forgotten (engine/journal.py, engine/workers.py)
-    journal_dir: str = "var/journal"  # provider results not yet in the database, one file per worker process
-    heartbeat_interval_s: float = 5.0  # a worker's liveness row; 3 missed beats and its claims are re-offered
-    failover_after_errors: int = 5  # consecutive primary failures before the backup provider takes over
-    failover_cooloff_s: float = 30.0  # then the primary is tried again
+    journal_dir: str = setting("var/journal", check=_directory_problem,
+                               help="provider results not yet in the database, one file per worker process")
+    heartbeat_interval_s: float = setting(5.0, above=0, maximum=60,
+                                          message="must be positive and at most 60 (seconds)",
+                                          help="a worker's liveness row; 3 missed beats and its claims are re-offered")
+    failover_after_errors: int = setting(5, minimum=1, maximum=_MAX_COUNT,
+                                         help="consecutive primary failures before the backup provider takes over")
+    failover_cooloff_s: float = setting(30.0, above=0, help="then the primary is tried again")
     rates: Mapping[str, Rate] = field(default_factory=dict)
     concurrency: Mapping[str, int] = field(default_factory=dict)
     channel_providers: Mapping[str, str] = field(default_factory=dict)
@@ -159,57 +360,45 @@ class Settings:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading
+# The table of scalar settings, derived from the dataclass
 
 
-_SCALARS: dict[str, tuple[str, type]] = {
-    "DATABASE_URL": ("database_url", str),
-    "BROKER_URL": ("broker_url", str),
-    "QUEUE_TYPE": ("queue_type", str),
-    "HTTP_HOST": ("http_host", str),
-    "HTTP_PORT": ("http_port", int),
-    "PUBLIC_URL": ("public_url", str),
-    "ADMIN_TOKEN": ("admin_token", Secret),
-    "DB_POOL_SIZE": ("db_pool_size", int),
-    "DB_TIMEOUT_S": ("db_timeout_s", float),
-    "PROCESSES": ("processes", int),
-    "THREADS": ("threads", int),
-    "SHUTDOWN_TIMEOUT_S": ("shutdown_timeout_s", float),
-    "SCHEDULER_INTERVAL_S": ("scheduler_interval_s", float),
-    "MAX_RETRIES": ("max_retries", int),
-    "RETRY_MIN_BACKOFF_MS": ("retry_min_backoff_ms", int),
-    "RETRY_MAX_BACKOFF_MS": ("retry_max_backoff_ms", int),
-    "LOG_LEVEL": ("log_level", str),
-    "LOG_FORMAT": ("log_format", str),
-    "DAILY_CAP": ("daily_cap", int),
-    "COOLDOWN_S": ("cooldown_s", float),
-    "QUIET_HOURS": ("quiet_hours", str),
-    "DEFAULT_TIMEZONE": ("default_timezone", str),
-    "DEFAULT_REGION": ("default_region", str),
-    "WEBHOOK_MAX_BYTES": ("webhook_max_bytes", int),
-    "WEBHOOK_TOLERANCE_S": ("webhook_tolerance_s", int),
-    "INGEST_QUEUE_MAX": ("ingest_queue_max", int),
-    "INGEST_MAX_WAIT_S": ("ingest_max_wait_s", float),
-    "CLICK_MAX_WAIT_S": ("click_max_wait_s", float),
-    "HTTP_IDLE_TIMEOUT_S": ("http_idle_timeout_s", float),
-    "HTTP_BODY_TIMEOUT_S": ("http_body_timeout_s", float),
-    "EVENT_ID_RETENTION_DAYS": ("event_id_retention_days", int),
-    "RETENTION_SENDS_DAYS": ("retention_sends_days", int),
-    "RETENTION_EVENTS_DAYS": ("retention_events_days", int),
-    "RETENTION_JOB_RUNS_DAYS": ("retention_job_runs_days", int),
-    "BACKUP_DIR": ("backup_dir", str),
-    "SENTRY_DSN": ("sentry_dsn", Secret),
-    "RECONCILE_AFTER_S": ("reconcile_after_s", float),
-    "CLAIM_TIMEOUT_S": ("claim_timeout_s", float),
-    "JOURNAL_DIR": ("journal_dir", str),
-    "HEARTBEAT_INTERVAL_S": ("heartbeat_interval_s", float),
-    "FAILOVER_AFTER_ERRORS": ("failover_after_errors", int),
-    "FAILOVER_COOLOFF_S": ("failover_cooloff_s", float),
-}
+@dataclass(frozen=True)
+class _Scalar:
+    """One scalar setting as the environment names it: its field, its type and its rules."""
+
+    attr: str
+    kind: type  # str, int, float or Secret: how the text is read
+    rules: Rules
+
+
+def _scalar_table() -> dict[str, _Scalar]:
+    """``{"HTTP_PORT": _Scalar("http_port", int, ...), ...}`` from the fields of Settings."""
+    hints = get_type_hints(Settings)
+    table = {}
+    for f in fields(Settings):
+        hint = hints[f.name]
+        if _RULES not in f.metadata:
+            # A bare default would be a setting no variable can reach: only the families are bare.
+            if get_origin(hint) is not Mapping:
+                raise TypeError(f"Settings.{f.name}: declare it with setting(default, ...)")
+            continue
+        kinds = [kind for kind in get_args(hint) if kind is not type(None)] or [hint]  # Secret | None: Secret
+        if len(kinds) != 1 or kinds[0] not in (str, int, float, Secret):
+            raise TypeError(f"Settings.{f.name}: no parser for {hint}")
+        table[f.name.upper()] = _Scalar(f.name, kinds[0], f.metadata[_RULES])
+    return table
+
+
+_SCALARS = _scalar_table()
 _FAMILIES = ("RATE_", "CONCURRENCY_", "CHANNEL_", "PROVIDER_", "SOURCE_")
 # TOML tables that map onto a family of names: [rates] sms = "1/s" -> RATE_SMS.
 _TOML_TABLES = {"rates": "RATE", "concurrency": "CONCURRENCY", "channels": "CHANNEL",
                 "providers": "PROVIDER", "sources": "SOURCE"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
 
 
 def load_settings(environ: Mapping[str, str] | None = None, config_file: str | None = None,
@@ -267,8 +456,8 @@ def _build(raw: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
     for name, text in raw.items():
         setting = PREFIX + name
         if name in _SCALARS:
-            attr, kind = _SCALARS[name]
-            values[attr] = _convert(setting, text, kind)
+            scalar = _SCALARS[name]
+            values[scalar.attr] = _convert(setting, text, scalar.kind)
         elif name.startswith("RATE_"):
             rates[_channel(setting, name[5:])] = Rate.parse(text, setting)
         elif name.startswith("CONCURRENCY_"):
@@ -301,10 +490,10 @@ def _build(raw: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
         secret = parts.get("secret")
         if not secret:
             raise ConfigError(f"{PREFIX}SOURCE_{name.upper()}_SECRET", "every webhook source needs a secret")
-        _check_secret(f"{PREFIX}SOURCE_{name.upper()}_SECRET", secret, scheme)
+        problem = _secret_problem(secret, scheme)
+        if problem:
+            raise ConfigError(f"{PREFIX}SOURCE_{name.upper()}_SECRET", problem)
         sources[name] = Source(name, scheme, Secret(secret))
-    if values.get("admin_token"):  # empty means "not set": the admin API refuses every request
-        _check_secret(f"{PREFIX}ADMIN_TOKEN", values["admin_token"], None)
 
     values.update(rates=rates, concurrency=concurrency, channel_providers=channel_providers,
                   backup_providers=backup_providers,
@@ -315,30 +504,12 @@ def _build(raw: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
     return settings
 
 
-MAX_SOURCE_NAME_CHARS = 64  # inbound_event.source (db/models.py)
-MIN_SECRET_CHARS = 16  # ADMIN_TOKEN and source secrets: 16 random characters are beyond guessing online
-MIN_STANDARD_KEY_BYTES = 16  # a `standard` source's whsec_ key: 128 bits once base64-decoded
-_WHSEC_PREFIX = "whsec_"
-
-
-def _check_secret(setting: str, secret: str, scheme: str | None) -> None:
-    """Refuse a secret too short to resist guessing. Messages never quote the secret."""
-    if scheme == "standard":
-        # Standard Webhooks signs with the base64-decoded bytes after whsec_; its library drops
-        # characters outside the alphabet without a word, so a typo would silently change the key.
-        body = secret.strip().removeprefix(_WHSEC_PREFIX)
-        try:
-            key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
-        except binascii.Error:
-            raise ConfigError(setting, f"expected {_WHSEC_PREFIX}<base64 of at least {MIN_STANDARD_KEY_BYTES} "
-                                       "random bytes>; this is not base64") from None
-        if len(key) < MIN_STANDARD_KEY_BYTES:
-            raise ConfigError(setting, f"too short: the key after {_WHSEC_PREFIX} must decode to at least "
-                                       f"{MIN_STANDARD_KEY_BYTES} bytes (e.g. {_WHSEC_PREFIX}$(openssl rand -base64 32))")
-        return
-    if len(secret.strip()) < MIN_SECRET_CHARS:
-        raise ConfigError(setting, f"too short: at least {MIN_SECRET_CHARS} characters "
-                                   "(e.g. $(openssl rand -hex 32))")
+def _validate(s: Settings) -> None:
+    """Check every scalar setting against its rules (after overrides, which skip the parsing)."""
+    for name, scalar in _SCALARS.items():
+        problem = scalar.rules.problem(getattr(s, scalar.attr))
+        if problem:
+            raise ConfigError(PREFIX + name, problem)
 
 
 def _convert(setting: str, text: str, kind: type) -> Any:
@@ -383,119 +554,7 @@ def _provider(setting: str, text: str) -> str:
     return provider
 
 
-def parse_quiet_hours(text: str) -> tuple[dt.time, dt.time] | None:
-    """``"21:00-08:00"`` -> (21:00, 08:00); ``"off"`` -> None. Raises ValueError."""
-    if text.strip().lower() in ("off", "none", ""):
-        return None
-    start, _, end = text.partition("-")
-    return dt.time.fromisoformat(start.strip()), dt.time.fromisoformat(end.strip())
-
-
 def _positive(setting: str, value: int) -> int:
     if value < 1:
         raise ConfigError(setting, "must be at least 1")
     return value
-
-
-def _validate(s: Settings) -> None:
-    db = urlsplit(s.database_url)
-    if db.scheme not in ("sqlite", "postgresql", "postgres"):
-        raise ConfigError(f"{PREFIX}DATABASE_URL",
-                          "expected sqlite:///path/to.db or postgresql://user@host:port/db")
-    if db.scheme == "sqlite" and not (db.path or db.netloc):
-        raise ConfigError(f"{PREFIX}DATABASE_URL", "a sqlite URL needs a file path: sqlite:///var/retentiond.db")
-    if db.scheme != "sqlite":
-        # libpq's own parser (the one that connects) reads it: several hosts and ports
-        # (postgresql://u:p@db1:5432,db2:5433/app), query parameters; the message never quotes the URL.
-        try:
-            postgres_params(s.database_url)
-        except ValueError as exc:
-            raise ConfigError(f"{PREFIX}DATABASE_URL", str(exc)) from None
-    # Several RabbitMQ URLs may be given, separated by ';' (tried in order): check each.
-    brokers = s.broker_url.split(";")
-    for url in brokers:
-        try:
-            broker = urlsplit(url.strip())
-            _ = broker.port
-        except ValueError:
-            raise ConfigError(f"{PREFIX}BROKER_URL", "a URL whose port is not a number") from None
-        if broker.scheme not in ("amqp", "amqps") and not (broker.scheme == "memory" and len(brokers) == 1):
-            raise ConfigError(f"{PREFIX}BROKER_URL", "expected amqp://user:pass@host:5672/vhost (several: "
-                                                     "separated by ';') or memory://")
-    if s.queue_type.lower() not in ("auto", "classic", "quorum"):
-        raise ConfigError(f"{PREFIX}QUEUE_TYPE", "expected 'auto' (quorum when BROKER_URL lists several nodes), "
-                                                 "'classic' or 'quorum'")
-    if not 0 < s.http_port < 65536:
-        raise ConfigError(f"{PREFIX}HTTP_PORT", "must be between 1 and 65535")
-    public = urlsplit(s.public_url)
-    if public.scheme not in ("http", "https") or not public.netloc:
-        raise ConfigError(f"{PREFIX}PUBLIC_URL", "expected an absolute http(s) URL")
-    for name in ("db_pool_size", "processes", "threads", "max_retries"):
-        if getattr(s, name) < (0 if name == "max_retries" else 1):
-            raise ConfigError(f"{PREFIX}{name.upper()}", "must be at least 1" if name != "max_retries" else "must be >= 0")
-    for name in ("shutdown_timeout_s", "scheduler_interval_s", "db_timeout_s"):
-        if getattr(s, name) <= 0:
-            raise ConfigError(f"{PREFIX}{name.upper()}", "must be positive")
-    # SQLite's busy_timeout is a 32-bit count of milliseconds; a tick or a stop waiting longer than
-    # an hour is a typo for minutes or milliseconds, never a plan.
-    for name in ("scheduler_interval_s", "db_timeout_s", "shutdown_timeout_s"):
-        if getattr(s, name) > 3600:
-            raise ConfigError(f"{PREFIX}{name.upper()}", "at most 3600 (an hour, in seconds)")
-    if s.daily_cap < 0:
-        raise ConfigError(f"{PREFIX}DAILY_CAP", "must be >= 0 (0 turns the cap off)")
-    if s.cooldown_s < 0:
-        raise ConfigError(f"{PREFIX}COOLDOWN_S", "must be >= 0 (0 turns the cooldown off)")
-    try:
-        parse_quiet_hours(s.quiet_hours)
-    except ValueError:
-        raise ConfigError(f"{PREFIX}QUIET_HOURS", "expected HH:MM-HH:MM (e.g. 21:00-08:00) or 'off'") from None
-    try:
-        zoneinfo.ZoneInfo(s.default_timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"{PREFIX}DEFAULT_TIMEZONE", "expected an IANA timezone such as Europe/Paris") from None
-    import phonenumbers  # imported here: only validation needs it
-
-    if s.default_region.upper() not in phonenumbers.SUPPORTED_REGIONS:
-        raise ConfigError(f"{PREFIX}DEFAULT_REGION", "expected a two-letter region code such as US, GB or FR")
-    if not 0 < s.heartbeat_interval_s <= 60:
-        raise ConfigError(f"{PREFIX}HEARTBEAT_INTERVAL_S", "must be positive and at most 60 (seconds)")
-    if not s.journal_dir.strip():
-        raise ConfigError(f"{PREFIX}JOURNAL_DIR", "must name a directory")
-    for name in ("reconcile_after_s", "claim_timeout_s", "failover_cooloff_s"):
-        if getattr(s, name) <= 0:
-            raise ConfigError(f"{PREFIX}{name.upper()}", "must be positive")
-    if s.webhook_max_bytes < 1024:
-        raise ConfigError(f"{PREFIX}WEBHOOK_MAX_BYTES", "must be at least 1024")
-    for name in ("retention_sends_days", "retention_events_days", "retention_job_runs_days"):
-        if getattr(s, name) < 1:
-            raise ConfigError(f"{PREFIX}{name.upper()}", "must be at least 1 (days)")
-    if s.event_id_retention_days < 1:
-        raise ConfigError(f"{PREFIX}EVENT_ID_RETENTION_DAYS", "must be at least 1")
-    if s.webhook_tolerance_s < 1:
-        raise ConfigError(f"{PREFIX}WEBHOOK_TOLERANCE_S", "must be positive")
-    if s.ingest_queue_max < 1:
-        raise ConfigError(f"{PREFIX}INGEST_QUEUE_MAX", "must be at least 1")
-    for name in ("ingest_max_wait_s", "click_max_wait_s", "http_idle_timeout_s", "http_body_timeout_s"):
-        if not 0 < getattr(s, name) < 3600:
-            raise ConfigError(f"{PREFIX}{name.upper()}", "must be positive and under an hour (seconds)")
-    if s.failover_after_errors < 1:
-        raise ConfigError(f"{PREFIX}FAILOVER_AFTER_ERRORS", "must be at least 1")
-    if s.log_format not in ("auto", "json", "text"):
-        raise ConfigError(f"{PREFIX}LOG_FORMAT", "expected 'auto', 'json' or 'text'")
-    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"{PREFIX}LOG_LEVEL", "expected DEBUG, INFO, WARNING or ERROR")
-    for name, ceiling in _INT_CEILINGS.items():
-        if getattr(s, name) > ceiling:
-            raise ConfigError(f"{PREFIX}{name.upper()}", f"must be at most {ceiling:,}")
-
-
-# Whole-number settings whose huge values break something: day counts overflow a timedelta at the
-# retention job, process and thread counts would exhaust the host, a retry count loops for ever.
-_INT_CEILINGS = {
-    "processes": 256, "threads": 1024, "db_pool_size": 1000, "max_retries": 100,
-    "retry_min_backoff_ms": 86_400_000, "retry_max_backoff_ms": 86_400_000,
-    "daily_cap": 1_000_000, "failover_after_errors": 1_000_000, "ingest_queue_max": 1_000_000,
-    "webhook_max_bytes": 64 * 1024 * 1024, "webhook_tolerance_s": 86_400,
-    "event_id_retention_days": 36_500, "retention_sends_days": 36_500, "retention_events_days": 36_500,
-    "retention_job_runs_days": 36_500,
-}

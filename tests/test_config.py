@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -9,11 +12,25 @@ from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from ground.settings import ConfigError, Rate, load_settings
+from ground.settings import ConfigError, Rate, Rules, Secret, Settings, load_settings
 from ops.harness.daemon import base_env, cli
 
 # A `standard` source secret: whsec_ and the base64 of 24 random bytes (Standard Webhooks' format).
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+# Every scalar setting, from the dataclass itself (the families - rates, sources... - are mappings
+# built by a factory): a setting added to Settings is covered by the tests below without editing them.
+SCALAR_FIELDS = [f for f in dataclasses.fields(Settings) if f.default_factory is dataclasses.MISSING]
+
+
+def _kind(f: dataclasses.Field[typing.Any]) -> type:
+    """str, int, float or Secret: the type a field's text is read as (``Secret | None`` is Secret)."""
+    hint = typing.get_type_hints(Settings)[f.name]
+    return next((kind for kind in typing.get_args(hint) if kind is not type(None)), hint)
+
+
+def _rules(f: dataclasses.Field[typing.Any]) -> Rules:
+    return next(value for value in f.metadata.values() if isinstance(value, Rules))
 
 
 def settings(**env: str):  # type: ignore[no-untyped-def]
@@ -282,9 +299,7 @@ def test_a_bad_multi_host_url_names_the_setting_and_the_fault_without_the_passwo
 # -- numbers that are not numbers: NaN and infinity (issue 10, follow-up defect 7) ---------------
 
 def _float_settings() -> list[str]:
-    from ground.settings import _SCALARS
-
-    return sorted(name for name, (_, kind) in _SCALARS.items() if kind is float)
+    return sorted(f.name.upper() for f in SCALAR_FIELDS if _kind(f) is float)
 
 
 @pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "infinity", "1e999"])
@@ -388,3 +403,75 @@ def test_a_whole_number_setting_too_large_to_work_names_itself(name: str) -> Non
         settings(**{name: "10000000000"})
     # Then the setting is refused at start, naming itself
     assert str(caught.value).startswith(f"RETENTIOND_{name}: must be at most")
+
+
+# -- every setting declared once, in the dataclass (issue 12) -------------------------------------
+
+# Values tried, in order, for a text setting: the first one its rules accept is used.
+_TEXT_CANDIDATES = ("sqlite:///var/other.db", "amqp://app:pw@mq.example:5672/v", "https://go.example.com",
+                    "22:30-07:15", "Europe/Paris", "GB", "t" * 32)
+
+
+def _another_valid_value(f: dataclasses.Field[typing.Any]) -> object:
+    """A value the setting accepts and that differs from its default."""
+    kind, rules = _kind(f), _rules(f)
+    if kind is int:
+        candidates: list[object] = [f.default + 1, f.default - 1]
+    elif kind is float:
+        candidates = [f.default + 0.5, f.default / 2]
+    else:
+        candidates = [*rules.choices, *_TEXT_CANDIDATES]
+    for value in candidates:
+        if value != f.default and rules.problem(value) is None:
+            return value
+    raise AssertionError(f"no value accepted by {f.name}: add one to _TEXT_CANDIDATES")
+
+
+@pytest.mark.parametrize("field", SCALAR_FIELDS, ids=lambda f: f.name)
+def test_every_setting_is_read_from_its_environment_name(field: dataclasses.Field[typing.Any]) -> None:
+    # Given RETENTIOND_ and the field's name in capitals, set to a value other than the default
+    value = _another_valid_value(field)
+    s = settings(**{field.name.upper(): str(value)})
+    # Then the settings carry it, with the field's type
+    assert getattr(s, field.name) == value
+    assert isinstance(getattr(s, field.name), _kind(field))
+
+
+@pytest.mark.parametrize("field", [f for f in SCALAR_FIELDS if _kind(f) in (int, float)], ids=lambda f: f.name)
+def test_a_bad_number_names_its_variable(field: dataclasses.Field[typing.Any]) -> None:
+    name, rules = field.name.upper(), _rules(field)
+    # Given a number setting set to a word, or just past one of its bounds
+    bad = {"twelve": "expected an integer" if _kind(field) is int else "expected a number"}
+    for bound, past in ((rules.minimum, -1), (rules.above, 0), (rules.maximum, 1), (rules.below, 0)):
+        if bound is not None:
+            bad[str(_kind(field)(bound + past))] = ""
+    for text, said in bad.items():
+        with pytest.raises(ConfigError) as caught:
+            settings(**{name: text})
+        # Then the one-line message names the variable (and what was expected)
+        message = str(caught.value)
+        assert message.startswith(f"RETENTIOND_{name}: {said}") and "\n" not in message, text
+
+
+def test_an_unknown_setting_is_refused_even_when_close_to_a_field() -> None:
+    for f in SCALAR_FIELDS:
+        with pytest.raises(ConfigError, match=f"did you mean RETENTIOND_{f.name.upper()}"):
+            settings(**{f.name.upper() + "X": "1"})
+
+
+def test_secrets_are_read_as_secrets() -> None:
+    s = settings(ADMIN_TOKEN="t" * 32, SENTRY_DSN="https://key@sentry.example/1")
+    assert isinstance(s.admin_token, Secret) and "key@" not in repr(s.sentry_dsn)
+
+
+def test_the_readme_table_names_every_setting_and_no_other() -> None:
+    # Given README's configuration table (first column: `NAME` or `NAME`, `NAME`)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    first_cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    listed = {name for cell in first_cells for name in re.findall(r"`([A-Z][A-Z0-9_<>]*)`", cell)}
+    scalars = {f.name.upper() for f in SCALAR_FIELDS}
+    # Then every setting is there, and every name there (families aside) is a setting
+    assert not scalars - listed, f"missing from README's configuration table: {sorted(scalars - listed)}"
+    stale = {name for name in listed if "<" not in name} - scalars
+    assert not stale, f"README's configuration table names settings that do not exist: {sorted(stale)}"
