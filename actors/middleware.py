@@ -13,9 +13,10 @@ from dramatiq.middleware import Middleware
 from actors.providers import Provider
 from db.database import db_session
 from db.models import utcnow
-from engine.outcomes import fail_exhausted
+from engine.sends import fail_exhausted
 from ground.channels import channel_of_actor
 from ground.metrics import SENDS
+from ground.send_states import SendMetric
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class DeadLetterSends(Middleware):
         with db_session():
             failed = fail_exhausted(list(message.args[0]), utcnow())
         if failed:
-            SENDS.labels(channel, "failed").inc(len(failed))
+            SENDS.labels(channel, SendMetric.FAILED).inc(len(failed))
             logger.warning("dead-lettered %d %s send(s) after %s retries", len(failed), channel,
                            message.options.get("retries"))
 

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 import dramatiq
 
 from db.database import db_session
-from db.models import Send, utcnow
+from db.models import utcnow
+from engine import sends
 from ground.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -37,12 +38,9 @@ def relay_planned_sends(settings: Settings, actors: Mapping[str, dramatiq.Actor]
     """Enqueue up to ``limit`` due planned sends; return how many were enqueued."""
     now = utcnow()
     with db_session():
-        rows = (Send.select(Send.id, Send.channel)
-                .where(Send.status == "planned", Send.due_at <= now)
-                .order_by(Send.due_at, Send.id).limit(limit))
         by_channel: dict[str, list[int]] = defaultdict(list)
-        for row in rows:
-            by_channel[row.channel].append(row.id)
+        for send_id, channel in sends.due(now, limit):
+            by_channel[channel].append(send_id)
 
         enqueued = 0
         for channel, ids in by_channel.items():
@@ -57,15 +55,12 @@ def relay_planned_sends(settings: Settings, actors: Mapping[str, dramatiq.Actor]
 
 
 def _relay_chunk(actor: dramatiq.Actor, ids: list[int], now) -> int:
-    mine = [r.id for r in (Send.update(status="queued", queued_at=now)
-                           .where(Send.id.in_(ids), Send.status == "planned")
-                           .returning(Send.id).execute())]
+    mine = sends.enqueue(ids, now)
     if not mine:
         return 0
     try:
         actor.send(mine)
     except Exception:
-        (Send.update(status="planned", queued_at=None)
-         .where(Send.id.in_(mine), Send.status == "queued").execute())
+        sends.unqueue(mine)
         raise
     return len(mine)

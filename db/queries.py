@@ -9,6 +9,7 @@ from typing import Any
 
 from db.bulk import MismatchedRows
 from db.database import database, is_postgres
+from ground.send_states import SendStatus
 
 # Columns a settled send gets, in this order, after its id.
 SETTLE_COLUMNS = ("status", "provider", "provider_message_id", "error", "reason", "finished_at", "due_at",
@@ -22,7 +23,7 @@ def _sqlite_value(value: Any) -> Any:
     return str(value) if isinstance(value, dt.datetime) else value
 
 
-def settle_sends(rows: Sequence[tuple[Any, ...]], expected_status: str = "sending") -> int:
+def settle_sends(rows: Sequence[tuple[Any, ...]], expected_status: SendStatus = SendStatus.SENDING) -> int:
     """Write many sends' outcomes: each row is (id, *SETTLE_COLUMNS).
 
     Only rows still in ``expected_status`` change, so a send settled twice (a redelivery racing

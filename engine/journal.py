@@ -14,7 +14,7 @@ most), BEFORE that slice's database write is attempted; so a power loss (or kern
 most the results of the last SETTLE_EVERY_S, none that reached the database. Settled markers and
 truncations are not fsync'd: losing one only means an already-written result is replayed, and
 replay is idempotent (it applies to a send still ``sending`` under the same claimant only, see
-engine/outcomes.settle).
+engine/sends.settle).
 
 Format: JSON lines in ``<JOURNAL_DIR>/<instance>.journal``, one per worker process, opened in append
 mode. A result line is ``{"seq": n, "by": instance, "result": {...}, "fallback": channel}``; a
@@ -46,7 +46,9 @@ from typing import Any
 
 from db.database import db_session
 from db.models import utcnow
-from engine.outcomes import ClaimedSend, Result, settle_journaled
+from engine.outcomes import ClaimedSend, Result
+from engine.sends import settle_journaled
+from ground.send_states import Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +260,7 @@ def decode(data: dict[str, Any]) -> Result:
             rest[name] = _parse_time(rest[name])
     if claimed.due_at is None or "outcome" not in rest:
         raise KeyError("due_at/outcome")
+    rest["outcome"] = Outcome(rest["outcome"])  # an unknown one is a ValueError: the line is skipped
     return Result(claimed, **rest)
 
 

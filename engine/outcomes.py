@@ -1,9 +1,10 @@
-"""Settling a batch of sends: their new state, the decision log, fallback sends, and enrolments
-moving on to their next step — in one transaction, a constant number of statements per batch.
+"""What a claimed send came to, and what that leads to beyond the send's own row: the step's
+fallback channel, the enrolment moving on, a log line.
 
 A step is done when its send is sent, skipped, or failed with no fallback to try; then the
 enrolment advances (or completes). A deferred send keeps its enrolment waiting; a fallback send
-carries the enrolment, and the step is done when the fallback is.
+carries the enrolment, and the step is done when the fallback is. The send's own transitions and
+the decision log are engine/sends.py's.
 """
 
 from __future__ import annotations
@@ -11,20 +12,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
-from db.bulk import insert_many
-from db.database import database, is_postgres, rows
-from db.models import CampaignStep, Contact, Decision, Enrolment, Send
-from db.queries import settle_sends
+from db.database import rows
+from db.models import CampaignStep, Contact, Enrolment, utcnow
+from engine.checks import Verdict
 from ground.channels import CHANNELS
+from ground.send_states import EnrolmentStatus, Outcome
 
 logger = logging.getLogger(__name__)
-
-# what a send's status becomes for each outcome, and what the decision log calls it
-_FINAL = {"sent", "failed", "skipped", "fell_back"}
 
 
 @dataclass(frozen=True)
@@ -51,8 +48,10 @@ class ClaimedSend:
 
 @dataclass(frozen=True)
 class Result:
+    """What a claimed send came to (never ``RATE_LIMITED``: a 429 is settled as ``DEFERRED``)."""
+
     send: ClaimedSend
-    outcome: str  # sent | failed | retrying | released | deferred | skipped | fell_back
+    outcome: Outcome
     reason: str | None = None
     error: str | None = None
     until: dt.datetime | None = None
@@ -63,82 +62,68 @@ class Result:
     fallback_recipient: str | None = None
 
 
-def _row(r: Result, now: dt.datetime) -> tuple[Any, ...]:
-    s = r.send
-    # (id, status, provider, provider_message_id, error, reason, finished_at, due_at, attempts,
-    #  deferrals, claimed_at, queued_at) -- see db.queries.SETTLE_COLUMNS
-    if r.outcome == "sent":
-        return (s.id, "sent", r.provider, r.provider_message_id, None, None, r.finished_at or now, s.due_at,
-                s.attempts, s.deferrals, s.claimed_at, s.queued_at)
-    if r.outcome == "failed":
-        return (s.id, "failed", r.provider, None, r.error, r.reason or "provider refused", now, s.due_at,
-                s.attempts, s.deferrals, s.claimed_at, s.queued_at)
-    if r.outcome == "retrying":
-        return (s.id, "retrying", r.provider, None, r.error, None, None, s.due_at,
-                s.attempts, s.deferrals, s.claimed_at, now)
-    if r.outcome == "released":  # handed back unsent at shutdown: the claim did not count
-        return (s.id, "queued", None, None, None, None, None, s.due_at,
-                s.attempts - 1, s.deferrals, None, s.queued_at)
-    if r.outcome == "deferred":  # back to the outbox with a new due time; no attempt spent
-        return (s.id, "planned", r.provider, None, r.error, r.reason, None, r.until,
-                s.attempts - 1, s.deferrals + 1, None, None)
-    if r.outcome in ("skipped", "fell_back"):
-        return (s.id, "skipped", None, None, None, r.reason, now, s.due_at,
-                s.attempts - 1, s.deferrals, s.claimed_at, s.queued_at)
-    raise ValueError(f"unknown outcome {r.outcome!r}")
+@dataclass(frozen=True)
+class CallOutcome:
+    """What one provider call came to: ``SENT``, ``FAILED``, ``RETRYING``, ``RATE_LIMITED`` or
+    ``RELEASED`` (never handed to the provider)."""
+
+    send_id: int
+    status: Outcome
+    finished_at: dt.datetime | None = None
+    provider_message_id: str | None = None
+    error: str | None = None
+    retry_after_s: float | None = None
+    provider: str | None = None  # when not the channel's primary provider (failover)
+    reason: str | None = None  # why it failed, when not "provider refused"
 
 
-_DECISION_NAMES = {"sent": "sent", "failed": "failed", "retrying": "retried", "deferred": "deferred",
-                   "skipped": "skipped", "fell_back": "fell_back"}
+def from_call(s: ClaimedSend, call: CallOutcome, provider: str) -> Result:
+    """The result a provider's answer makes (``provider``: the channel's primary provider)."""
+    if call.status == Outcome.SENT:
+        note = f"sent by the backup provider {call.provider}" if call.provider and call.provider != provider else None
+        return Result(s, Outcome.SENT, provider=call.provider or provider,
+                      provider_message_id=call.provider_message_id, finished_at=call.finished_at, reason=note)
+    if call.status == Outcome.RATE_LIMITED:
+        wait_s = call.retry_after_s or 1.0
+        return Result(s, Outcome.DEFERRED, provider=provider, error=call.error,
+                      reason=f"provider asked to wait {wait_s:g} s (429)",
+                      until=utcnow() + dt.timedelta(seconds=wait_s))
+    if call.status == Outcome.RELEASED:
+        return Result(s, Outcome.RELEASED)
+    if call.status == Outcome.FAILED:
+        return Result(s, Outcome.FAILED, provider=provider, error=call.error, reason=call.reason or "provider refused")
+    return Result(s, Outcome.RETRYING, provider=provider, error=call.error)
 
 
-def settle(results: Sequence[Result], now: dt.datetime, claimant: str | None = None,
-           step_fallbacks: Mapping[int, str] | None = None) -> list[Result]:
-    """Record outcomes, decisions, fallbacks and progress for the sends still ``sending`` (under
-    ``claimant``, when given); return the results that applied.
-
-    Idempotent, so it is safe to retry after any failure (a commit whose answer was lost, a
-    journal replayed after a restart): the sends still held are locked and picked first, and only
-    their results write a decision, a fallback or an enrolment's progress. A send settled
-    meanwhile (by an earlier attempt, or re-offered by the reconciler) keeps its first outcome.
-    ``step_fallbacks`` (step id -> channel) turns a permanent failure into a fallback send when
-    the contact has an address on that channel."""
-    if not results:
-        return []
-    with database.atomic():
-        held = _still_held([r.send.id for r in results], claimant)
-        results = [r for r in results if r.send.id in held]
-        if step_fallbacks:
-            results = resolve_fallbacks(results, step_fallbacks)
-        if results:
-            settle_sends([_row(r, now) for r in results])
-            decisions = [_decision(r, now) for r in results if r.outcome in _DECISION_NAMES]
-            if decisions:
-                insert_many(Decision, decisions).execute()
-            fallbacks = [r for r in results if r.fallback_channel and r.outcome in ("fell_back", "failed")]
-            if fallbacks:
-                create_fallbacks(fallbacks, now)
-            done = [r.send.enrolment_id for r in results
-                    if r.send.enrolment_id is not None and r.outcome in _FINAL and not r.fallback_channel]
-            advance_enrolments(done, now)
-    log_outcomes(results)
-    return results
+def from_verdict(s: ClaimedSend, verdict: Verdict) -> Result:
+    """The result of a send the checks held back (``verdict.action`` is not ``send``)."""
+    if verdict.action == "defer":
+        return Result(s, Outcome.DEFERRED, reason=verdict.reason, until=verdict.until)
+    if verdict.action == "fallback":
+        return Result(s, Outcome.FELL_BACK, reason=verdict.reason, fallback_channel=verdict.fallback_channel,
+                      fallback_recipient=verdict.fallback_recipient)
+    return Result(s, Outcome.SKIPPED, reason=verdict.reason)
 
 
-def _still_held(send_ids: list[int], claimant: str | None) -> set[int]:
-    """The sends among ``send_ids`` still ``sending`` (by ``claimant``), locked until the
-    transaction ends on PostgreSQL (SQLite's BEGIN IMMEDIATE already excludes other writers)."""
-    query = Send.select(Send.id).where(Send.id.in_(send_ids), Send.status == "sending")
-    if claimant is not None:
-        query = query.where(Send.claimed_by == claimant)
-    if is_postgres():
-        query = query.for_update()
-    return {r[0] for r in rows(query)}
+def step_fallbacks(claimed: Iterable[ClaimedSend]) -> dict[int, str]:
+    """The fallback channel of each step in the batch, by step id (sends that are themselves
+    fallbacks get none): one query."""
+    step_ids = sorted({s.step_id for s in claimed if s.step_id is not None and s.fallback_of_id is None})
+    if not step_ids:
+        return {}
+    return {step_id: channel for step_id, channel in rows(
+        CampaignStep.select(CampaignStep.id, CampaignStep.fallback_channel)
+        .where(CampaignStep.id.in_(step_ids), CampaignStep.fallback_channel.is_null(False)))}
+
+
+def fallback_of(s: ClaimedSend, fallbacks: Mapping[int, str]) -> str | None:
+    """The channel ``s`` falls back to, given its batch's ``step_fallbacks``."""
+    return fallbacks.get(s.step_id) if s.step_id is not None and s.fallback_of_id is None else None
 
 
 def resolve_fallbacks(results: list[Result], step_fallbacks: Mapping[int, str]) -> list[Result]:
     """A permanent failure tries the step's fallback channel, when the contact has that address."""
-    failing = {r.send.id for r in results if r.outcome == "failed" and r.send.step_id in step_fallbacks
+    failing = {r.send.id for r in results if r.outcome == Outcome.FAILED and r.send.step_id in step_fallbacks
                and r.send.fallback_of_id is None and r.send.contact_id is not None}
     if not failing:
         return results
@@ -156,23 +141,6 @@ def resolve_fallbacks(results: list[Result], step_fallbacks: Mapping[int, str]) 
     return out
 
 
-def settle_journaled(by_claimant: Mapping[str, Sequence[tuple[Result, str | None]]], now: dt.datetime) -> list[Result]:
-    """Write results replayed from a dead worker's journal (engine/journal.py), each group under
-    the claimant that wrote it: only sends that worker still holds change. Their subject and body,
-    never journaled, come back from the send rows (a fallback send copies them)."""
-    applied: list[Result] = []
-    for claimant, entries in by_claimant.items():
-        ids = [r.send.id for r, _ in entries]
-        texts = {r[0]: (r[1], r[2], r[3]) for r in rows(Send.select(Send.id, Send.recipient, Send.subject, Send.body)
-                                                         .where(Send.id.in_(ids)))}
-        results = [replace(r, send=replace(r.send, recipient=texts[r.send.id][0], subject=texts[r.send.id][1],
-                                           body=texts[r.send.id][2]))
-                   for r, _ in entries if r.send.id in texts]
-        step_fallbacks = {r.send.step_id: fb for r, fb in entries if fb and r.send.step_id is not None}
-        applied += settle(results, now, claimant=claimant, step_fallbacks=step_fallbacks)
-    return applied
-
-
 def log_outcomes(results: Iterable[Result]) -> None:
     """One line for each send held back or failed, so whoever watches the log sees why a message
     did not go: INFO for a deferral or a skip, WARNING for a failure. The send's id, channel and
@@ -180,13 +148,13 @@ def log_outcomes(results: Iterable[Result]) -> None:
     the message (masked like any message). A send that went, or will be retried, gets no line."""
     for r in results:
         context = {"send_id": r.send.id, "channel": r.send.channel, "campaign": r.send.campaign_id}
-        if r.outcome == "deferred":
+        if r.outcome == Outcome.DEFERRED:
             logger.info("send deferred until %s: %s", _utc(r.until), r.reason, extra=context)
-        elif r.outcome == "skipped":
+        elif r.outcome == Outcome.SKIPPED:
             logger.info("send skipped: %s", r.reason, extra=context)
-        elif r.outcome == "fell_back":
+        elif r.outcome == Outcome.FELL_BACK:
             logger.info("send not made on its channel: %s", r.reason, extra=context)
-        elif r.outcome == "failed":
+        elif r.outcome == Outcome.FAILED:
             fallback = f" (falling back to {r.fallback_channel})" if r.fallback_channel else ""
             logger.warning("send failed%s: %s", fallback, r.error or r.reason, extra=context)
 
@@ -205,40 +173,13 @@ def log_failed_send(send_id: int | None, channel: str, campaign_id: int | None, 
     logger.warning("send failed: %s", reason, extra={"send_id": send_id, "channel": channel, "campaign": campaign_id})
 
 
-def _decision(r: Result, now: dt.datetime) -> dict[str, Any]:
-    reason = r.reason
-    if r.outcome in ("failed", "retrying") and r.error:
-        reason = r.error[:255]
-    if r.outcome == "sent" and r.send.fallback_of_id is not None:
-        reason = f"sent as the fallback of send {r.send.fallback_of_id}" + (f"; {r.reason}" if r.reason else "")
-    return {"send": r.send.id, "contact": r.send.contact_id, "campaign": r.send.campaign_id,
-            "step": r.send.step_id, "channel": r.send.channel, "outcome": _DECISION_NAMES[r.outcome],
-            "reason": reason, "until": r.until, "created_at": now}
-
-
-def create_fallbacks(results: Iterable[Result], now: dt.datetime) -> None:
-    """A planned send on the fallback channel for each result; the relay picks them up."""
-    rows = []
-    for r in results:
-        s = r.send
-        subject = s.subject
-        rows.append({
-            "idempotency_key": f"{s.idempotency_key}.{r.fallback_channel}"[:64],
-            "channel": r.fallback_channel, "status": "planned", "recipient": r.fallback_recipient,
-            "subject": subject, "body": s.body, "contact": s.contact_id, "campaign": s.campaign_id,
-            "step": s.step_id, "enrolment": s.enrolment_id, "fallback_of": s.id,
-            "due_at": now, "created_at": now,
-        })
-    insert_many(Send, rows).on_conflict_ignore().execute()
-
-
 def advance_enrolments(enrolment_ids: Iterable[int | None], now: dt.datetime) -> int:
     """Move waiting enrolments past the step they were waiting on; complete those at the end."""
     ids = sorted({i for i in enrolment_ids if i is not None})
     if not ids:
         return 0
     waiting = rows(Enrolment.select(Enrolment.id, Enrolment.campaign, Enrolment.next_position)
-                   .where(Enrolment.id.in_(ids), Enrolment.status == "waiting"))
+                   .where(Enrolment.id.in_(ids), Enrolment.status == EnrolmentStatus.WAITING))
     if not waiting:
         return 0
     delays = {(c, p): d for c, p, d in rows(CampaignStep.select(CampaignStep.campaign, CampaignStep.position,
@@ -251,36 +192,10 @@ def advance_enrolments(enrolment_ids: Iterable[int | None], now: dt.datetime) ->
     for (campaign_id, position), members in groups.items():
         delay = delays.get((campaign_id, position))
         if delay is None:
-            update = {"status": "completed", "next_position": position, "next_due_at": None, "finished_at": now}
+            update = {"status": EnrolmentStatus.COMPLETED, "next_position": position, "next_due_at": None, "finished_at": now}
         else:
-            update = {"status": "active", "next_position": position,
+            update = {"status": EnrolmentStatus.ACTIVE, "next_position": position,
                       "next_due_at": now + dt.timedelta(seconds=delay)}
         changed += (Enrolment.update(update)
-                    .where(Enrolment.id.in_(members), Enrolment.status == "waiting").execute())
+                    .where(Enrolment.id.in_(members), Enrolment.status == EnrolmentStatus.WAITING).execute())
     return changed
-
-
-def failed_result(send: ClaimedSend, reason: str) -> Result:
-    return Result(send, "failed", reason=reason, error=reason)
-
-
-def with_fallback(result: Result, channel: str | None, recipient: str | None) -> Result:
-    return replace(result, fallback_channel=channel, fallback_recipient=recipient) if channel else result
-
-
-def fail_exhausted(send_ids: Sequence[int], now: dt.datetime) -> list[int]:
-    """Sends whose message was dead-lettered: failed, logged, and their enrolments moved on."""
-    with database.atomic():
-        failed = rows(Send.update(status="failed", reason="retries exhausted", finished_at=now)
-                      .where(Send.id.in_(list(send_ids)), Send.status.in_(("retrying", "queued")))
-                      .returning(Send.id, Send.contact, Send.campaign, Send.step, Send.channel, Send.enrolment,
-                                 Send.error))
-        if failed:
-            insert_many(Decision, [
-                {"send": r[0], "contact": r[1], "campaign": r[2], "step": r[3], "channel": r[4],
-                 "outcome": "failed", "reason": f"retries exhausted: {r[6] or ''}"[:255], "created_at": now}
-                for r in failed]).execute()
-            advance_enrolments([r[5] for r in failed], now)
-    for r in failed:
-        log_failed_send(r[0], r[4], r[2], f"retries exhausted: {r[6] or 'no error recorded'}")
-    return [r[0] for r in failed]

@@ -1,12 +1,12 @@
 """The scheduler's planning step: due enrolment steps become planned sends in the outbox.
 
 One tick takes due enrolments in batches with the indexed query ``status = 'active' AND
-next_due_at <= now ORDER BY next_due_at`` (index ``enrolment(status, next_due_at)``: the cost
+next_due_at <= now ORDER BY next_due_at`` (``due_enrolments``) (index ``enrolment(status, next_due_at)``: the cost
 follows the due work, not the number of contacts), and in ONE transaction per batch: claims them
 (``active -> waiting``, so a second daemon's tick cannot take them too), renders each step for its
 contact, writes the sends (``planned``) and their tracked links. A crash anywhere in the batch
 rolls all of it back. The relay then enqueues the planned sends; the enrolment moves on when its
-send is done (engine/outcomes.py).
+send is done (engine/sends.py settles it, engine/outcomes.py moves the enrolment on).
 
 Idempotency keys are ``e<enrolment>.<position>``: one send per enrolment step, ever.
 """
@@ -18,34 +18,36 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from db.bulk import insert_many
-from db.database import database, db_session, is_postgres, rows, sql_rows
-from db.models import CampaignStep, Contact, Decision, Enrolment, Send
+import peewee
+
+from db.database import database, db_session, is_postgres, rows
+from db.models import CampaignStep, Contact, Enrolment
+from engine import sends
 from engine.links import save_links
-from engine.outcomes import advance_enrolments, log_failed_send
 from engine.templates import Rendered, RenderJob, TemplateError, render_batch
 from ground.channels import CHANNELS
+from ground.send_states import EnrolmentStatus
 from ground.settings import Settings
 
 BATCH = 500
 
-# PostgreSQL: SKIP LOCKED lets two daemons' ticks take disjoint batches instead of queueing.
-_PG_CLAIM = """
-UPDATE enrolment SET status = 'waiting'
-WHERE id IN (SELECT id FROM enrolment WHERE status = 'active' AND next_due_at <= %s
-             ORDER BY next_due_at LIMIT %s FOR UPDATE SKIP LOCKED)
-  AND status = 'active'
-RETURNING id, contact_id, campaign_id, next_position
-"""
-_SQLITE_CLAIM = """
-UPDATE enrolment SET status = 'waiting'
-WHERE id IN (SELECT id FROM enrolment WHERE status = 'active' AND next_due_at <= ?
-             ORDER BY next_due_at LIMIT ?)
-  AND status = 'active'
-RETURNING id, contact_id, campaign_id, next_position
-"""
-DUE_QUERY = ("SELECT id FROM enrolment WHERE status = 'active' AND next_due_at <= {p} "
-             "ORDER BY next_due_at LIMIT {p}")
+
+def due_enrolments(now: dt.datetime, size: int) -> peewee.ModelSelect[Enrolment]:
+    """The due query: up to ``size`` active enrolments due by ``now``, oldest first, on the index
+    ``enrolment(status, next_due_at)``. On PostgreSQL the rows are locked, skipping locked ones,
+    so two daemons' ticks take disjoint batches instead of queueing."""
+    query = (Enrolment.select(Enrolment.id)
+             .where(Enrolment.status == EnrolmentStatus.ACTIVE, Enrolment.next_due_at <= now)
+             .order_by(Enrolment.next_due_at).limit(size))
+    return query.for_update(skip_locked=True) if is_postgres() else query
+
+
+def claim_due(now: dt.datetime, size: int) -> peewee.ModelUpdate:
+    """The statement a planning batch starts with: the due enrolments ``active -> waiting`` (so
+    another daemon's tick cannot take them too), returning (id, contact, campaign, position)."""
+    return (Enrolment.update(status=EnrolmentStatus.WAITING)
+            .where(Enrolment.id.in_(due_enrolments(now, size)), Enrolment.status == EnrolmentStatus.ACTIVE)
+            .returning(Enrolment.id, Enrolment.contact, Enrolment.campaign, Enrolment.next_position))
 
 
 @dataclass
@@ -77,9 +79,7 @@ def plan_due_steps(settings: Settings, now: dt.datetime, limit: int = 10_000) ->
 
 
 def _claim(now: dt.datetime, size: int) -> list[tuple[Any, ...]]:
-    sql = _PG_CLAIM if is_postgres() else _SQLITE_CLAIM
-    value: Any = now if is_postgres() else str(now)
-    return sql_rows(sql, (value, size))
+    return rows(claim_due(now, size))
 
 
 def _plan_batch(settings: Settings, claimed: Sequence[tuple[Any, ...]], now: dt.datetime,
@@ -99,7 +99,7 @@ def _plan_batch(settings: Settings, claimed: Sequence[tuple[Any, ...]], now: dt.
         else:
             work.append((enrolment_id, contact, step))
     if finished:
-        (Enrolment.update(status="completed", next_due_at=None, finished_at=now)
+        (Enrolment.update(status=EnrolmentStatus.COMPLETED, next_due_at=None, finished_at=now)
          .where(Enrolment.id.in_(finished)).execute())
         report.completed += len(finished)
     if not work:
@@ -107,42 +107,27 @@ def _plan_batch(settings: Settings, claimed: Sequence[tuple[Any, ...]], now: dt.
 
     rendered = render_batch([RenderJob(contact=contact_fields(contact), subject=step.subject, body=step.body,
                                        channel=step.channel) for _, contact, step in work], settings.public_url)
-    send_rows = []
-    for (enrolment_id, contact, step), output in zip(work, rendered, strict=True):
-        # Failed and planned rows go in one INSERT, so both carry every column (see db/bulk.py).
-        failed = isinstance(output, TemplateError)
-        send_rows.append({
-            "idempotency_key": f"e{enrolment_id}.{step.position}", "channel": step.channel,
-            "contact": contact.id, "campaign": step.campaign_id, "step": step.id, "enrolment": enrolment_id,
-            "recipient": getattr(contact, CHANNELS[step.channel].address_field), "due_at": now, "created_at": now,
-            "status": "failed" if failed else "planned",
-            "subject": None if isinstance(output, TemplateError) else output.subject,
-            "body": None if isinstance(output, TemplateError) else output.body,
-            "error": str(output)[:2000] if failed else None,
-            "reason": "template error" if failed else None,
-            "finished_at": now if failed else None,
-        })
-    ids = {key: send_id for send_id, key in rows(
-        insert_many(Send, send_rows).on_conflict_ignore().returning(Send.id, Send.idempotency_key))}
+    new = [_new_send(enrolment_id, contact, step, output)
+           for (enrolment_id, contact, step), output in zip(work, rendered, strict=True)]
+    ids = sends.plan(new, now)
 
     links: list[tuple[str, str, int, int | None, int, int]] = []
-    failures = []
-    for (enrolment_id, contact, step), output, row in zip(work, rendered, send_rows, strict=True):
-        send_id = ids.get(row["idempotency_key"])
-        if isinstance(output, TemplateError):
-            failures.append((send_id, enrolment_id, contact, step, str(output)))
-            continue
-        assert isinstance(output, Rendered)
-        links.extend((token, url, contact.id, send_id, step.campaign_id, step.id) for token, url in output.links)
+    for (_, contact, step), output, n in zip(work, rendered, new, strict=True):
+        if isinstance(output, Rendered):
+            links.extend((token, url, contact.id, ids.get(n.idempotency_key), step.campaign_id, step.id)
+                         for token, url in output.links)
     if links:
         save_links(links)
-    if failures:
-        insert_many(Decision, [{"send": send_id, "contact": contact.id, "campaign": step.campaign_id,
-                                "step": step.id, "channel": step.channel, "outcome": "failed",
-                                "reason": f"template error: {error}"[:255], "created_at": now}
-                               for send_id, _, contact, step, error in failures]).execute()
-        advance_enrolments([f[1] for f in failures], now)
-        for send_id, _, _, step, error in failures:
-            log_failed_send(send_id, step.channel, step.campaign_id, f"template error: {error}")
-    report.failed += len(failures)
-    report.planned += len(work) - len(failures)
+    failed = sum(1 for n in new if n.failure)
+    report.failed += failed
+    report.planned += len(new) - failed
+
+
+def _new_send(enrolment_id: int, contact: Contact, step: CampaignStep, output: Rendered | TemplateError) -> sends.NewSend:
+    common: dict[str, Any] = {
+        "idempotency_key": f"e{enrolment_id}.{step.position}", "channel": step.channel, "contact_id": contact.id,
+        "campaign_id": step.campaign_id, "step_id": step.id, "enrolment_id": enrolment_id,
+        "recipient": getattr(contact, CHANNELS[step.channel].address_field)}
+    if isinstance(output, TemplateError):
+        return sends.NewSend(**common, failure="template error", error=str(output))
+    return sends.NewSend(**common, subject=output.subject, body=output.body)

@@ -17,9 +17,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from db.bulk import insert_many
-from db.database import database, db_session, rows
-from db.models import Decision, Send
+from db.database import database, db_session
+from engine import sends
 from engine.workers import dead_claimants, forget_dead
 from ground.settings import Settings
 
@@ -35,21 +34,8 @@ def reconcile(settings: Settings, now: dt.datetime) -> ReconcileReport:
     stale_queue = now - dt.timedelta(seconds=settings.reconcile_after_s)
     stale_claim = now - dt.timedelta(seconds=settings.claim_timeout_s)
     with db_session(), database.atomic():
-        report.requeued = (Send.update(status="planned", queued_at=None)
-                           .where(Send.status.in_(("queued", "retrying")), Send.queued_at < stale_queue)
-                           .execute())
-        abandoned = Send.claimed_by.is_null() & (Send.claimed_at < stale_claim)
+        report.requeued = sends.requeue_lost(stale_queue)
         dead = dead_claimants(now, settings.heartbeat_interval_s, settings.claim_timeout_s)
-        if dead:
-            abandoned = abandoned | Send.claimed_by.in_(dead)
-        reclaimed = rows(Send.update(status="planned", claimed_at=None, queued_at=None)
-                         .where(Send.status == "sending", abandoned)
-                         .returning(Send.id, Send.contact, Send.campaign, Send.step, Send.channel))
-        if reclaimed:
-            insert_many(Decision, [
-                {"send": r[0], "contact": r[1], "campaign": r[2], "step": r[3], "channel": r[4],
-                 "outcome": "reoffered", "reason": "its worker stopped mid-send; offered again (at least once)",
-                 "created_at": now} for r in reclaimed]).execute()
-        report.reclaimed = len(reclaimed)
+        report.reclaimed = sends.reoffer(dead, stale_claim, now)
         forget_dead(now, max(settings.claim_timeout_s, 3600.0))
     return report

@@ -25,6 +25,7 @@ from peewee import fn
 from db.database import rows
 from db.models import Send, WorkerHeartbeat
 from engine.journal import Journal
+from ground.send_states import SendStatus
 
 _STALE_BEATS = 3  # missed heartbeats before a worker counts as dead
 
@@ -89,7 +90,7 @@ def dead_claimants(now: dt.datetime, interval_s: float, outer_bound_s: float) ->
     beats = {i: (b, a) for i, b, a in rows(WorkerHeartbeat.select(
         WorkerHeartbeat.instance, WorkerHeartbeat.beat_at, WorkerHeartbeat.alive_since))}
     claims = rows(Send.select(Send.claimed_by, fn.MAX(Send.claimed_at))
-                  .where(Send.status == "sending", Send.claimed_by.is_null(False)).group_by(Send.claimed_by))
+                  .where(Send.status == SendStatus.SENDING, Send.claimed_by.is_null(False)).group_by(Send.claimed_by))
     dead = []
     for claimant, last_claim in claims:
         last_seen = beats[claimant][0] if claimant in beats else _as_dt(last_claim)
@@ -109,7 +110,7 @@ def retire(instance: str) -> None:
 
 def forget_dead(now: dt.datetime, older_than_s: float) -> int:
     """Heartbeat rows of workers long gone and holding no claim (one row per worker start)."""
-    holding = Send.select(Send.claimed_by).where(Send.status == "sending", Send.claimed_by.is_null(False))
+    holding = Send.select(Send.claimed_by).where(Send.status == SendStatus.SENDING, Send.claimed_by.is_null(False))
     return int(WorkerHeartbeat.delete()
                .where(WorkerHeartbeat.beat_at < now - dt.timedelta(seconds=older_than_s),
                       WorkerHeartbeat.instance.not_in(holding))

@@ -1,5 +1,5 @@
-"""The scheduler's due-step query uses the (status, next_due_at) index on both engines: its cost
-follows the due work, not the number of enrolments."""
+"""The planner's claim of due enrolment steps uses the (status, next_due_at) index on both
+engines: its cost follows the due work, not the number of enrolments."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import datetime as dt
 
 from db.database import database, is_postgres
 from db.models import Campaign, Contact, Enrolment, utcnow
-from engine.planner import DUE_QUERY
+from engine.planner import claim_due
 
 
 def test_the_due_query_is_an_index_range_scan(migrated_db: str) -> None:
@@ -24,13 +24,12 @@ def test_the_due_query_is_an_index_range_scan(migrated_db: str) -> None:
         for start in range(0, len(rows), 1000):
             Enrolment.insert_many(rows[start:start + 1000]).execute()
     database.execute_sql("ANALYZE")
-    # When the planner's query is explained
+    # When the statement the planner runs to claim a batch is explained (not run)
+    sql, params = claim_due(now, 500).sql()
     if is_postgres():
-        plan = "\n".join(r[0] for r in database.execute_sql(
-            "EXPLAIN " + DUE_QUERY.format(p="%s"), (now, 500)).fetchall())
+        plan = "\n".join(r[0] for r in database.execute_sql("EXPLAIN " + sql, params).fetchall())
     else:
-        plan = "\n".join(str(r[-1]) for r in database.execute_sql(
-            "EXPLAIN QUERY PLAN " + DUE_QUERY.format(p="?"), (str(now), 500)).fetchall())
+        plan = "\n".join(str(r[-1]) for r in database.execute_sql("EXPLAIN QUERY PLAN " + sql, params).fetchall())
     print(f"\n{plan}")
     # Then it walks the index, never the whole table
     assert "enrolment_status_next_due_at" in plan
