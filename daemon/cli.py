@@ -63,10 +63,9 @@ class _Parser(argparse.ArgumentParser):
                 action, f"invalid choice: {value!r}, maybe you meant {close[0]!r}? (choose from {choices})") from None
 
 
-def _command(group: argparse._SubParsersAction[_Parser], name: str, summary: str) -> argparse.ArgumentParser:
+def _command(group: argparse._SubParsersAction[_Parser], name: str, summary: str) -> _Parser:
     """A subcommand whose summary shows both in its group's list and at the top of its own --help."""
-    parser: argparse.ArgumentParser = group.add_parser(name, help=summary, description=summary)
-    return parser
+    return group.add_parser(name, help=summary, description=summary)
 
 
 def build_parser() -> argparse.ArgumentParser:
