@@ -11,14 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
+from daemon.web.keys import SETTINGS
 from db.database import db_session
 from engine.contacts import InvalidContact, find_contact
 from engine.history import contact_history
 from engine.stats import overview
-from ground.settings import Settings
 
 routes = web.RouteTableDef()
-SETTINGS = web.AppKey("admin_settings", Settings)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OPENAPI: dict[str, Any] = {

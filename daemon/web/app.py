@@ -1,4 +1,5 @@
-"""The aiohttp side server: health, metrics, webhooks, tracked links and unsubscribe, the admin API."""
+"""The aiohttp side server: the app factory (keys, the group commit's lifetime, the routes of both
+audiences: ``public.py`` and ``operators.py``), the runner, the body deadline."""
 
 from __future__ import annotations
 
@@ -8,69 +9,35 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from daemon.web import admin as routes_admin
-from daemon.web import health, health_details
-from daemon.web import links as routes_links
-from daemon.web import webhooks as routes_webhooks
+from daemon.web import admin, operators, public
 from daemon.web.group_commit import GroupCommitter
-from db.database import pool_in_use
-from ground import metrics
+from daemon.web.keys import COMMITTER, READER_WRITES, SETTINGS
+from daemon.web.reader_writes import ReaderWrites
 from ground.settings import Settings
 
-SETTINGS_KEY = web.AppKey("settings", Settings)
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-async def live(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def ready(request: web.Request) -> web.Response:
-    probes = await health.readiness(request.app[SETTINGS_KEY])
-    ok = all(p.ok for p in probes.values())
-    body = {"status": "ready" if ok else "unavailable", **{k: p.as_dict() for k, p in probes.items()}}
-    return web.json_response(body, status=200 if ok else 503)
-
-
-async def ready_details(request: web.Request) -> web.Response:
-    return web.json_response(await asyncio.to_thread(health_details.details, request.app[SETTINGS_KEY]))
-
-
-async def prometheus(request: web.Request) -> web.Response:
-    body, content_type = metrics.render(pool_in_use())
-    response = web.Response(body=body)
-    response.headers["Content-Type"] = content_type
-    return response
 
 
 def build_app(settings: Settings, wake: Callable[[int], None] | None = None) -> web.Application:
     """The side server. ``wake`` is called after each group commit with the number of new events
     (the daemon passes one that enqueues the event processor's message)."""
     app = web.Application(client_max_size=settings.webhook_max_bytes,
-                          middlewares=[body_deadline(settings.http_body_timeout_s), routes_admin.require_token])
-    app[SETTINGS_KEY] = settings
-    app[routes_admin.SETTINGS] = settings
-    app[routes_webhooks.SETTINGS] = settings
+                          middlewares=[body_deadline(settings.http_body_timeout_s), admin.require_token])
+    app[SETTINGS] = settings
 
     async def committer(app: web.Application) -> AsyncIterator[None]:
         # PostgreSQL takes several commits at once; leave one pooled connection for everything else
         concurrency = min(4, settings.db_pool_size - 1) if settings.database_url.startswith("postgres") else 1
-        app[routes_webhooks.COMMITTER] = GroupCommitter(on_commit=wake, concurrency=max(1, concurrency),
-                                                        max_queued=settings.ingest_queue_max,
-                                                        max_wait_s=settings.ingest_max_wait_s)
-        app[routes_webhooks.COMMITTER].start()
-        app[routes_links.WRITES] = routes_links.ReaderWrites(settings, group_commit=max(1, concurrency))
+        app[COMMITTER] = GroupCommitter(on_commit=wake, concurrency=max(1, concurrency),
+                                        max_queued=settings.ingest_queue_max, max_wait_s=settings.ingest_max_wait_s)
+        app[COMMITTER].start()
+        app[READER_WRITES] = ReaderWrites(settings, group_commit=max(1, concurrency))
         yield
-        await app[routes_webhooks.COMMITTER].stop()
+        await app[COMMITTER].stop()
 
     app.cleanup_ctx.append(committer)
-    app.router.add_get("/health", live)
-    app.router.add_get("/health/ready", ready)
-    app.router.add_get("/health/details", ready_details)
-    app.router.add_get("/metrics", prometheus)
-    app.router.add_routes(routes_links.routes)
-    app.router.add_routes(routes_admin.routes)
-    app.router.add_routes(routes_webhooks.routes)
+    public.add_routes(app)
+    operators.add_routes(app)
     return app
 
 

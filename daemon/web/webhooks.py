@@ -15,18 +15,16 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from daemon.web.group_commit import GroupCommitter, IncomingEvent, Overloaded
+from daemon.web.group_commit import IncomingEvent, Overloaded
+from daemon.web.keys import COMMITTER, SETTINGS
 from daemon.web.signatures import verify
 from engine.events import InvalidEvent, WebhookRequest, interpret, stored_raw
 from ground.errors import InvalidSignature
 from ground.metrics import WEBHOOK_EVENTS, WEBHOOK_LATENCY
-from ground.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
-SETTINGS = web.AppKey("webhook_settings", Settings)
-COMMITTER = web.AppKey("committer", GroupCommitter)
 
 
 def _refuse(source: str, outcome: str, status: int, message: str,
