@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -16,13 +17,14 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon.web import operators, public
 from daemon.web.app import build_app, make_runner
 from db.database import close_database, init_database
 from db.migrate import migrate
 from db.models import InboundEvent
 from ground.metrics import initialise_labels
 from ops.harness.daemon import REPO, free_port
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 async def test_health_is_ok_while_the_process_is_up(aiohttp_client) -> None:  # type: ignore[no-untyped-def]
@@ -194,6 +196,22 @@ def _nginx_for_test(tmp: Path, upstream_port: int, https_port: int, http_port: i
                     f"worker_processes 1;\nevents {{}}\nhttp {{\n  access_log off;\n{temp_paths}\n"
                     f"  include {tmp / 'retentiond.conf'};\n}}\n")
     return main
+
+
+def test_the_public_routes_are_what_the_proxy_passes_and_the_operators_routes_are_not() -> None:
+    # A route added to the wrong audience's module would be served to the world, or not at all
+    locations = re.findall(r"location\s+(=?)\s*(\S+)\s*\{\s*proxy_pass", NGINX_CONF.read_text())
+    assert locations
+
+    def passed(path: str) -> bool:
+        return any(path == prefix if exact else path.startswith(prefix) for exact, prefix in locations)
+
+    def paths(routes: tuple[web.AbstractRouteDef, ...]) -> set[str]:
+        return {route.path for route in routes if isinstance(route, web.RouteDef)}
+
+    assert all(passed(path) for path in paths(public.ROUTES)), paths(public.ROUTES)
+    assert not any(passed(path) for path in paths(operators.ROUTES)), paths(operators.ROUTES)
+    assert {"/metrics", "/health/details", "/api/v1/stats"} <= paths(operators.ROUTES)
 
 
 async def test_the_shipped_nginx_config_is_valid_and_forwards_only_the_public_paths(

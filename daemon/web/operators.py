@@ -30,7 +30,9 @@ async def prometheus(request: web.Request) -> web.Response:
     return response
 
 
+ROUTES: tuple[web.AbstractRouteDef, ...] = (*routes, *admin.routes)
+
+
 def add_routes(app: web.Application) -> None:
     """The operators' routes on ``app``, whose middlewares must include ``admin.require_token``."""
-    app.router.add_routes(routes)
-    app.router.add_routes(admin.routes)
+    app.router.add_routes(ROUTES)

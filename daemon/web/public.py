@@ -25,8 +25,9 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ok else 503)
 
 
+ROUTES: tuple[web.AbstractRouteDef, ...] = (*routes, *links.routes, *webhooks.routes)
+
+
 def add_routes(app: web.Application) -> None:
     """The public routes on ``app`` (which holds the keys of ``daemon/web/keys.py``)."""
-    app.router.add_routes(routes)
-    app.router.add_routes(links.routes)
-    app.router.add_routes(webhooks.routes)
+    app.router.add_routes(ROUTES)
