@@ -9,18 +9,23 @@ from __future__ import annotations
 import logging
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import dramatiq
 import pika
 import psycopg2
 import pytest
 
+from actors.broker import build_broker
+from actors.providers import Provider
 from db.database import close_database, init_database
 from db.migrate import migrate
 from ground.channels import CHANNELS, QUEUE_PREFIX
-from ground.settings import Settings, load_settings
+from tests.support.pipeline import InProcessPipeline, PipelineFactory
+from tests.support.rabbitmq import amqp_url_for
 from tests.support.services import POSTGRES, RABBITMQ, require
+from tests.support.settings import make_settings
 
 # -- PostgreSQL -----------------------------------------------------------------------------------
 
@@ -93,17 +98,6 @@ def rabbitmq_vhost() -> Iterator[str]:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True)
 
 
-def amqp_url_for(vhost: str, host_port: str = f"{RABBITMQ[0]}:{RABBITMQ[1]}") -> str:
-    return f"amqp://guest:guest@{host_port}/{vhost}"
-
-
-def rabbitmq_queue_depths(vhost: str) -> dict[str, int]:
-    """Ready messages per retentiond queue (including .DQ and .XQ), as /health/details reads them."""
-    from daemon.web.health_details import queue_depths
-
-    return queue_depths(make_settings(BROKER_URL=amqp_url_for(vhost)))
-
-
 @pytest.fixture
 def amqp_url(rabbitmq_vhost: str) -> Iterator[str]:
     """The suite's vhost with every retentiond queue deleted before the test (a test may declare
@@ -119,11 +113,53 @@ def amqp_url(rabbitmq_vhost: str) -> Iterator[str]:
     yield amqp_url_for(rabbitmq_vhost)
 
 
-# -- settings -------------------------------------------------------------------------------------
+# -- the delivery pipeline: channel actors and a worker in the test process -----------------------
+
+def _pipelines(**broker: str) -> Iterator[PipelineFactory]:
+    made: list[InProcessPipeline] = []
+
+    def make(providers: dict[str, Provider] | None = None, **env: str) -> InProcessPipeline:
+        made.append(InProcessPipeline(providers or {}, **{**env, **broker}))
+        return made[-1]
+
+    yield make
+    for pipeline in made:
+        pipeline.close()
 
 
-def make_settings(**env: str) -> Settings:
-    return load_settings(environ={f"RETENTIOND_{k}": v for k, v in env.items()})
+@pytest.fixture
+def stub_pipeline(migrated_db: str) -> Iterator[PipelineFactory]:
+    """``stub_pipeline(providers, **env)``: the channel actors on Dramatiq's stub broker with a
+    running worker, over the migrated test database (both engines); stopped after the test."""
+    yield from _pipelines()
+
+
+@pytest.fixture
+def rabbitmq_pipeline(migrated_db: str, amqp_url: str) -> Iterator[PipelineFactory]:
+    """The same on the machine's RabbitMQ: the suite's vhost, its retentiond queues emptied first."""
+    yield from _pipelines(BROKER_URL=amqp_url)
+
+
+@pytest.fixture(params=["stub", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+def pipeline(request: pytest.FixtureRequest, migrated_db: str) -> PipelineFactory:
+    """Each delivery test that holds on any broker runs on the stub one and on RabbitMQ (the
+    database named here, so that its engine parameter reaches the pipeline asked for by name)."""
+    return request.getfixturevalue(f"{request.param}_pipeline")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def rabbitmq_broker(amqp_url: str) -> Iterator[Callable[..., dramatiq.Broker]]:
+    """``rabbitmq_broker(**env)``: the daemon's broker (channel actors declared) on the suite's vhost,
+    built from the settings ``env`` gives; closed after the test."""
+    made: list[dramatiq.Broker] = []
+
+    def make(**env: str) -> dramatiq.Broker:
+        made.append(build_broker(make_settings(BROKER_URL=amqp_url, **env)))
+        return made[-1]
+
+    yield make
+    for broker in made:
+        broker.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -28,8 +28,9 @@ from db.queries import bulk_update
 from engine.enrolments import enrol
 from engine.planner import contact_fields, plan_due_steps
 from engine.templates import RenderJob, TemplateError, render
-from tests.conftest import make_settings
-from tests.support.pipeline import InProcessPipeline, RecordingProvider
+from tests.support.pipeline import InProcessPipeline, PipelineFactory
+from tests.support.providers import RecordingProvider
+from tests.support.settings import make_settings
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLIC_URL = "https://go.example.com"
@@ -112,12 +113,10 @@ def _tokens_out(text: str | None) -> str | None:
 
 
 @pytest.fixture
-def delivery(migrated_db: str) -> Iterator[tuple[InProcessPipeline, RecordingProvider]]:
+def delivery(stub_pipeline: PipelineFactory) -> tuple[InProcessPipeline, RecordingProvider]:
     provider = RecordingProvider()
     # checks that would hold sends back (daily cap, quiet hours) off: every send must go out
-    pipeline = InProcessPipeline({"sms": provider, "email": provider}, DAILY_CAP="0", QUIET_HOURS="off")
-    yield pipeline, provider
-    pipeline.close()
+    return stub_pipeline({"sms": provider, "email": provider}, DAILY_CAP="0", QUIET_HOURS="off"), provider
 
 
 @pytest.mark.slow

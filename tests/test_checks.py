@@ -10,7 +10,7 @@ import pytest
 from db.models import Campaign, CampaignStep, Contact, Send, Suppression
 from engine.checks import Candidate, SendChecks
 from engine.quiet_hours import next_allowed, zone
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 NOW = dt.datetime(2026, 6, 15, 12, 0)  # a Monday, noon UTC
 

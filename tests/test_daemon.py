@@ -19,10 +19,10 @@ from db.migrate import migrate
 from db.models import Send
 from ops.harness.daemon import DaemonProcess, base_env, cli
 from ops.harness.tcp_proxy import TcpProxy
-from tests.conftest import amqp_url_for, rabbitmq_queue_depths
+from tests.support.rabbitmq import amqp_url_for, rabbitmq_queue_depths
+from tests.support.sends import console_keys, plan_sends, status_counts
 from tests.support.services import POSTGRES, RABBITMQ
-
-CONSOLE_LINE = re.compile(r"^--- console (\w+) send=(\d+) key=(\S+) to=", re.M)
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -31,35 +31,6 @@ def database(pg_url: str) -> Iterator[str]:
     migrate()
     yield pg_url
     close_database()
-
-
-
-
-def plan_sends(count: int, channel: str = "sms", prefix: str = "s") -> list[int]:
-    rows = [{"idempotency_key": f"{prefix}{i}", "channel": channel, "recipient": f"+1555000{i:04d}",
-             "body": f"message {i}"} for i in range(count)]
-    ids = []
-    for start in range(0, len(rows), 500):
-        ids += [r.id for r in Send.insert_many(rows[start:start + 500]).returning(Send.id).execute()]
-    return ids
-
-
-def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-def status_counts() -> Counter:
-    return Counter(s.status for s in Send.select(Send.status))
-
-
-def console_keys(*daemons: DaemonProcess) -> Counter:
-    return Counter(m.group(3) for d in daemons for m in CONSOLE_LINE.finditer(d.stdout()))
 
 
 def test_on_rabbitmq_and_postgres_the_channel_queues_exist_and_sends_go_out(

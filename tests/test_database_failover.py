@@ -20,12 +20,13 @@ from db.database import close_database, database, db_session, init_database, ope
 from db.migrate import migrate
 from db.models import Contact, InboundEvent
 from ops.harness.daemon import DaemonProcess, base_env, cli, free_port
+from ops.harness.signing import STANDARD_SECRET
 from ops.harness.tcp_proxy import TcpProxy
 from tests.support.pg_cluster import PgCluster, pg_cluster
+from tests.support.sends import console_keys, plan_sends, status_counts
 from tests.support.services import POSTGRES
-from tests.test_daemon import console_keys, plan_sends, status_counts, wait_until
-from tests.test_ingress_daemon import fire
-from tests.test_webhooks import STANDARD_SECRET
+from tests.support.waiting import wait_until
+from tests.support.webhooks import fire
 
 REAL = f"{POSTGRES[0]}:{POSTGRES[1]}"
 OUTAGE_S = 6.0  # the stimulus, not a synchronisation

@@ -17,9 +17,9 @@ from engine.journal import SUFFIX, read_unsettled
 from ops.harness.daemon import DaemonProcess, base_env
 from ops.harness.simulator_process import SimulatorProcess
 from ops.harness.tcp_proxy import TcpProxy
+from tests.support.campaign_cli import ONE_STEP, prepare
 from tests.support.services import POSTGRES
-from tests.test_daemon import wait_until
-from tests.test_engine_e2e import ONE_STEP, prepare
+from tests.support.waiting import wait_until
 
 OUTAGE_S = 15.0  # the length of the cut in the issue: the stimulus, not a synchronisation
 SENDS = 300

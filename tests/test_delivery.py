@@ -1,5 +1,6 @@
 """The thin slice, in process: a send row relayed to its channel actor reaches the provider once,
-and its status and metric follow. In-process broker and worker; both database engines."""
+and its status and metric follow. A worker in the test process on Dramatiq's stub broker (and,
+where the outcome holds on any broker, on RabbitMQ too); both database engines."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import io
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
@@ -19,47 +19,8 @@ from daemon.outbox import relay_planned_sends
 from db.models import RateLimit, Send
 from ground.errors import PermanentChannelError, ProviderRateLimited, TransientChannelError
 from ground.metrics import SENDS
-from tests.support.pipeline import InProcessPipeline
-
-
-@dataclass
-class ScriptedProvider:
-    """Answers each call from a script per recipient (an exception to raise, or None to succeed)."""
-
-    name: str = "scripted"
-    script: dict[str, list[Exception | None]] = field(default_factory=dict)
-    calls: Counter = field(default_factory=Counter)
-    headers: dict = field(default_factory=dict)
-
-    async def send(self, message: OutboundMessage) -> ProviderResult:
-        self.calls[message.idempotency_key] += 1
-        self.headers[message.idempotency_key] = dict(message.headers)
-        await asyncio.sleep(0)
-        steps = self.script.get(message.recipient or "", [])
-        outcome = steps.pop(0) if steps else None
-        if outcome is not None:
-            raise outcome
-        return ProviderResult(provider_message_id=f"pm-{message.send_id}")
-
-    async def close(self) -> None:
-        return None
-
-
-@pytest.fixture
-def pipeline(migrated_db: str) -> Iterator:
-    made: list[InProcessPipeline] = []
-
-    def make(providers: dict | None = None, **env: str) -> InProcessPipeline:
-        made.append(InProcessPipeline(providers or {}, **env))
-        return made[-1]
-
-    yield make
-    for p in made:
-        p.close()
-
-
-def plan(key: str, channel: str = "sms", recipient: str = "+15550001111", body: str = "hi") -> Send:
-    return Send.create(idempotency_key=key, channel=channel, recipient=recipient, body=body)
+from tests.support.providers import ScriptedProvider
+from tests.support.sends import enrolled_send, plan
 
 
 def sent_total(channel: str, status: str) -> float:
@@ -83,9 +44,9 @@ def test_a_planned_send_reaches_the_console_provider_once(pipeline) -> None:  # 
     assert sent_total("sms", "sent") == before + 1
 
 
-def test_a_redelivered_message_does_not_call_the_provider_again(pipeline) -> None:  # type: ignore[no-untyped-def]
+def test_a_redelivered_message_does_not_call_the_provider_again(stub_pipeline) -> None:  # type: ignore[no-untyped-def]
     provider = ScriptedProvider()
-    p = pipeline({"sms": provider})
+    p = stub_pipeline({"sms": provider})
     sends = [plan(f"k{i}") for i in range(3)]
     p.relay_and_wait()
     # When the same message arrives again (at-least-once delivery)
@@ -122,9 +83,9 @@ def test_a_transient_error_is_retried_only_for_the_send_that_failed(pipeline) ->
     assert (row.status, row.attempts, row.error) == ("sent", 3, None)
 
 
-def test_exhausted_retries_dead_letter_the_message_and_fail_the_send(pipeline) -> None:  # type: ignore[no-untyped-def]
+def test_exhausted_retries_dead_letter_the_message_and_fail_the_send(stub_pipeline) -> None:  # type: ignore[no-untyped-def]
     provider = ScriptedProvider(script={"+15550000003": [TransientChannelError("503")] * 10})
-    p = pipeline({"sms": provider}, MAX_RETRIES="2")
+    p = stub_pipeline({"sms": provider}, MAX_RETRIES="2")
     doomed = plan("doomed", recipient="+15550000003")
     before = sent_total("sms", "failed")
     p.relay_and_wait()
@@ -135,9 +96,9 @@ def test_exhausted_retries_dead_letter_the_message_and_fail_the_send(pipeline) -
     assert sent_total("sms", "failed") == before + 1
 
 
-def test_a_429_holds_the_whole_channel(pipeline) -> None:  # type: ignore[no-untyped-def]
+def test_a_429_holds_the_whole_channel(stub_pipeline) -> None:  # type: ignore[no-untyped-def]
     provider = ScriptedProvider(script={"+15550000004": [ProviderRateLimited("429", retry_after_s=30)]})
-    p = pipeline({"sms": provider}, RATE_SMS="100/s")
+    p = stub_pipeline({"sms": provider}, RATE_SMS="100/s")
     plan("limited", recipient="+15550000004")
     relay = relay_planned_sends(p.settings, p.actors)
     assert relay == 1
@@ -165,21 +126,6 @@ def test_channels_do_not_mix(pipeline) -> None:  # type: ignore[no-untyped-def]
 # -- checks and progress through the actor ------------------------------------------------------
 
 
-def enrolled_send(channel: str = "sms", fallback: str | None = None, **contact_fields: object):  # type: ignore[no-untyped-def]
-    from db.models import Campaign, CampaignStep, Contact, Enrolment
-
-    campaign = Campaign.create(slug=f"c-{channel}-{fallback}", name="C")
-    step = CampaignStep.create(campaign=campaign.id, position=0, channel=channel, body="hello",
-                               subject="Hi" if channel == "email" or fallback == "email" else None,
-                               fallback_channel=fallback)
-    contact = Contact.create(**{"phone": "+12015550100", "email": "ada@example.com", **contact_fields})
-    enrolment = Enrolment.create(contact=contact.id, campaign=campaign.id, status="waiting", next_position=0)
-    address = contact.phone if channel in ("sms", "call") else contact.email
-    send = Send.create(idempotency_key=f"e{enrolment.id}.0", channel=channel, contact=contact.id,
-                       campaign=campaign.id, step=step.id, enrolment=enrolment.id, recipient=address, body="hello")
-    return send, enrolment
-
-
 def test_no_consent_falls_back_to_email_and_the_step_completes(pipeline) -> None:  # type: ignore[no-untyped-def]
     from db.models import Decision, Enrolment
 
@@ -198,10 +144,10 @@ def test_no_consent_falls_back_to_email_and_the_step_completes(pipeline) -> None
     assert outcomes == ["fell_back", "sent"]
 
 
-def test_a_permanent_failure_falls_back_too(pipeline) -> None:  # type: ignore[no-untyped-def]
+def test_a_permanent_failure_falls_back_too(stub_pipeline) -> None:  # type: ignore[no-untyped-def]
     sms = ScriptedProvider(name="sms-p", script={"+12015550100": [PermanentChannelError("unreachable handset")]})
     email = ScriptedProvider(name="email-p")
-    p = pipeline({"sms": sms, "email": email}, DAILY_CAP="0", QUIET_HOURS="off")
+    p = stub_pipeline({"sms": sms, "email": email}, DAILY_CAP="0", QUIET_HOURS="off")
     send, _ = enrolled_send("sms", fallback="email")
     p.relay_and_wait()
     p.relay_and_wait()
@@ -209,12 +155,12 @@ def test_a_permanent_failure_falls_back_too(pipeline) -> None:  # type: ignore[n
     assert Send.get(Send.fallback_of == send.id).status == "sent"
 
 
-def test_quiet_hours_defer_without_spending_an_attempt(pipeline) -> None:  # type: ignore[no-untyped-def]
+def test_quiet_hours_defer_without_spending_an_attempt(stub_pipeline) -> None:  # type: ignore[no-untyped-def]
     from db.models import Decision, Enrolment
 
     sms = ScriptedProvider()
     # every hour of the day is quiet for this contact, so the send must wait
-    p = pipeline({"sms": sms}, DAILY_CAP="0", QUIET_HOURS="00:00-23:59")
+    p = stub_pipeline({"sms": sms}, DAILY_CAP="0", QUIET_HOURS="00:00-23:59")
     send, enrolment = enrolled_send("sms", timezone="Pacific/Auckland")
     p.relay_and_wait()
     row = Send.get_by_id(send.id)
@@ -226,10 +172,10 @@ def test_quiet_hours_defer_without_spending_an_attempt(pipeline) -> None:  # typ
     assert decision.outcome == "deferred" and "quiet hours" in decision.reason and decision.until == row.due_at
 
 
-def test_a_sent_step_moves_the_enrolment_to_the_next_one(pipeline) -> None:  # type: ignore[no-untyped-def]
+def test_a_sent_step_moves_the_enrolment_to_the_next_one(stub_pipeline) -> None:  # type: ignore[no-untyped-def]
     from db.models import CampaignStep, Enrolment
 
-    p = pipeline({"sms": ScriptedProvider()}, DAILY_CAP="0", QUIET_HOURS="off")
+    p = stub_pipeline({"sms": ScriptedProvider()}, DAILY_CAP="0", QUIET_HOURS="off")
     send, enrolment = enrolled_send("sms")
     CampaignStep.create(campaign=send.campaign_id, position=1, channel="email", body="later", subject="s",
                         delay_s=3600)
@@ -239,11 +185,11 @@ def test_a_sent_step_moves_the_enrolment_to_the_next_one(pipeline) -> None:  # t
     assert 3590 <= (moved.next_due_at - Send.get_by_id(send.id).finished_at).total_seconds() <= 3610
 
 
-def test_campaign_emails_carry_one_click_unsubscribe_headers(pipeline) -> None:  # type: ignore[no-untyped-def]
+def test_campaign_emails_carry_one_click_unsubscribe_headers(stub_pipeline) -> None:  # type: ignore[no-untyped-def]
     from db.models import UnsubscribeToken
 
     email = ScriptedProvider(name="email-p")
-    p = pipeline({"email": email}, DAILY_CAP="0", PUBLIC_URL="https://go.example.com")
+    p = stub_pipeline({"email": email}, DAILY_CAP="0", PUBLIC_URL="https://go.example.com")
     send, enrolment = enrolled_send("email")
     p.relay_and_wait()
     headers = email.headers[f"e{enrolment.id}.0"]
@@ -253,9 +199,9 @@ def test_campaign_emails_carry_one_click_unsubscribe_headers(pipeline) -> None: 
     assert (row.contact_id, row.channel) == (send.contact_id, "email")
 
 
-def test_results_are_written_as_calls_finish_not_when_the_whole_batch_ends(pipeline) -> None:  # type: ignore[no-untyped-def]
+def test_results_are_written_as_calls_finish_not_when_the_whole_batch_ends(stub_pipeline) -> None:  # type: ignore[no-untyped-def]
     # Given one message carrying 15 sends on a channel limited to 10/s: its calls span ~1.4 s
-    p = pipeline({"sms": ScriptedProvider()}, RATE_SMS="10/s")
+    p = stub_pipeline({"sms": ScriptedProvider()}, RATE_SMS="10/s")
     ids = [Send.create(idempotency_key=f"r{i}", channel="sms", recipient="+15550001111", body="hi",
                        status="queued").id for i in range(15)]
     p.actors["sms"].send(ids)
@@ -282,7 +228,7 @@ class SlowProvider(ScriptedProvider):
 
 
 def test_results_whose_write_fails_are_written_when_the_database_answers_again(  # type: ignore[no-untyped-def]
-        pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        stub_pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     import peewee
 
     import actors.delivery
@@ -302,7 +248,7 @@ def test_results_whose_write_fails_are_written_when_the_database_answers_again( 
     monkeypatch.setattr(actors.delivery, "settle", flaky_settle)
     caplog.set_level(logging.INFO, logger="actors.delivery")
     provider = SlowProvider()
-    p = pipeline({"sms": provider}, CONCURRENCY_SMS="1")
+    p = stub_pipeline({"sms": provider}, CONCURRENCY_SMS="1")
     sends = [plan(f"w{i}") for i in range(3)]
     # When they are relayed and the worker drains the queue
     p.relay_and_wait()
@@ -330,10 +276,10 @@ class ClosingProvider:
         self.closed_in_loop = asyncio.get_running_loop().is_running()
 
 
-def test_a_stopping_worker_closes_its_providers_on_its_event_loop(pipeline) -> None:  # type: ignore[no-untyped-def]
+def test_a_stopping_worker_closes_its_providers_on_its_event_loop(stub_pipeline) -> None:  # type: ignore[no-untyped-def]
     # Given a worker whose sms and email go through providers holding sessions
     sms, email = ClosingProvider(), ClosingProvider()
-    p = pipeline({"sms": sms, "email": email})
+    p = stub_pipeline({"sms": sms, "email": email})
     plan("close-1")
     assert p.relay_and_wait() == 1
     # When the worker stops
@@ -343,7 +289,7 @@ def test_a_stopping_worker_closes_its_providers_on_its_event_loop(pipeline) -> N
 
 
 def test_each_answer_is_journaled_once_as_its_call_returns(  # type: ignore[no-untyped-def]
-        pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+        stub_pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     from engine.journal import Journal
 
     # Given a worker whose journal notes where each result is appended from
@@ -362,7 +308,7 @@ def test_each_answer_is_journaled_once_as_its_call_returns(  # type: ignore[no-u
     monkeypatch.setattr(Journal, "append", spy)
     provider = ScriptedProvider(script={"+15550000001": [TransientChannelError("503")],
                                         "+15550000002": [PermanentChannelError("400")]})
-    p = pipeline({"sms": provider}, RETRY_MIN_BACKOFF_MS="10", RETRY_MAX_BACKOFF_MS="20")
+    p = stub_pipeline({"sms": provider}, RETRY_MIN_BACKOFF_MS="10", RETRY_MAX_BACKOFF_MS="20")
     sends = [plan(f"j{i}", recipient=f"+1555000000{i}") for i in range(6)]
     # When they are relayed, some sent, one refused, one retried then sent
     p.relay_and_wait()
@@ -373,13 +319,13 @@ def test_each_answer_is_journaled_once_as_its_call_returns(  # type: ignore[no-u
     assert {Send.get_by_id(s.id).status for s in sends} == {"sent", "failed"}
 
 
-def test_a_claim_not_yet_held_is_never_taken_for_an_orphan(pipeline, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_claim_not_yet_held_is_never_taken_for_an_orphan(stub_pipeline, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import threading
 
     from actors import delivery
     from db.database import db_session
 
-    sender = pipeline({}).actors["sms"].fn
+    sender = stub_pipeline({}).actors["sms"].fn
     send = plan("race-1")
     Send.update(status="queued").where(Send.id == send.id).execute()
     # Given thread A whose claim is committed but not yet recorded as held by this process

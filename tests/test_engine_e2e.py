@@ -6,7 +6,6 @@ they stop beating, and results they had journaled are written by the next start,
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +14,10 @@ import pytest
 from db.database import close_database, init_database
 from db.models import Decision, Enrolment, Send
 from engine.journal import SUFFIX, read_unsettled
-from ops.harness.daemon import DaemonProcess, base_env, cli
+from ops.harness.daemon import DaemonProcess, base_env
 from ops.harness.simulator_process import SimulatorProcess
-from tests.test_daemon import wait_until
+from tests.support.campaign_cli import ONE_STEP, prepare
+from tests.support.waiting import wait_until
 
 TWO_STEP = """\
 slug: two-step
@@ -34,27 +34,6 @@ steps:
     body: "Hello again {{ contact.name }}."
 """
 
-ONE_STEP = """\
-slug: one-step
-name: One step
-trigger: manual
-steps:
-  - channel: sms
-    delay: 0s
-    body: "Hi {{ contact.name }}"
-"""
-
-
-def write_contacts(path: Path, count: int) -> Path:
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["external_id", "email", "phone", "name", "timezone"])
-        for i in range(count):
-            writer.writerow([f"c{i}", f"person{i}@example.com", f"+1201555{i:04d}", f"Person {i}", "Europe/Paris"])
-    return path
-
-
-
 
 @pytest.fixture
 def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
@@ -69,16 +48,6 @@ def engine_env(db_url: str, broker_url: str, simulator: SimulatorProcess, **extr
                 "MAX_RETRIES": "20", "CONCURRENCY_SMS": "128", "CONCURRENCY_EMAIL": "128",
                 "PROVIDER_POSTMARK_BATCH_WAIT_MS": "500", **simulator.provider_env(), **extra}
     return base_env(**settings)
-
-
-def prepare(env: dict[str, str], tmp_path: Path, campaign: str, contacts: int, slug: str) -> None:
-    assert cli("migrate", env=env).returncode == 0
-    (tmp_path / "campaign.yaml").write_text(campaign)
-    applied = cli("campaign", "apply", str(tmp_path / "campaign.yaml"), env=env)
-    assert applied.returncode == 0, applied.stderr
-    imported = cli("contacts", "import", str(write_contacts(tmp_path / "contacts.csv", contacts)),
-                   "--campaign", slug, "--no-progress", env=env, timeout_s=300)
-    assert imported.returncode == 0, imported.stderr
 
 
 def run_two_step(db_url: str, broker_url: str, tmp_path: Path, daemons: list, simulator: SimulatorProcess,

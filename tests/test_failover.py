@@ -71,7 +71,7 @@ async def test_429s_and_permanent_refusals_do_not_trip_the_circuit() -> None:
 
 def test_a_backup_provider_is_configured_per_channel() -> None:
     from actors.registry import declare_channel_actors  # noqa: F401 (wiring exists)
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     settings = make_settings(CHANNEL_SMS_BACKUP_PROVIDER="console")
     assert settings.backup_providers == {"sms": "console"}

@@ -11,8 +11,9 @@ from daemon.web import health_details as hd
 from db.database import close_database, init_database
 from db.models import Decision, JobRun, Lease, OpsAlert, utcnow
 from ops.harness.daemon import free_port
-from tests.conftest import amqp_url_for, make_settings
-from tests.test_daemon import wait_until
+from tests.support.rabbitmq import amqp_url_for
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_until
 
 
 def decisions(sent: int, failed: int, retried: int) -> None:

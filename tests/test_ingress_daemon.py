@@ -7,36 +7,18 @@ import asyncio
 import json
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from db.database import close_database, init_database
 from db.migrate import migrate
 from db.models import Contact, InboundEvent
 from ops.harness.daemon import DaemonProcess, base_env
-from ops.harness.signing import STANDARD_SECRET, standard
+from ops.harness.signing import STANDARD_SECRET
 from ops.harness.tcp_proxy import TcpProxy
-from tests.conftest import amqp_url_for
+from tests.support.rabbitmq import amqp_url_for
 from tests.support.services import RABBITMQ
-from tests.test_daemon import wait_until
-
-
-def upsert(i: int) -> dict:
-    return {"type": "contact.upsert", "data": {"external_id": f"w{i}", "email": f"w{i}@example.com"}}
-
-
-async def fire(port: int, count: int, concurrency: int, prefix: str) -> dict[str, int]:
-    """Post ``count`` signed webhooks, ``concurrency`` at a time; return status -> event id."""
-    answered: dict[str, int] = {}
-    gate = asyncio.Semaphore(concurrency)
-    async with aiohttp.ClientSession() as session:
-        async def one(i: int) -> None:
-            body, headers = standard(upsert(i), f"{prefix}-{i}")
-            async with gate, session.post(f"http://127.0.0.1:{port}/webhooks/app", data=body,
-                                          headers=headers) as response:
-                answered[f"{prefix}-{i}"] = response.status
-        await asyncio.gather(*[one(i) for i in range(count)])
-    return answered
+from tests.support.waiting import wait_until
+from tests.support.webhooks import fire
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from daemon.jobs import Job, JobRunner
 from db.database import close_database, init_database
 from db.leases import hold_until, holder_of, renew, try_acquire
 from db.models import JobRun, utcnow
-from tests.test_daemon import wait_until
+from tests.support.waiting import wait_until
 
 
 def test_a_lease_has_one_holder_until_it_expires(migrated_db: str) -> None:

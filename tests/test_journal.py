@@ -14,24 +14,12 @@ from pathlib import Path
 
 from db.models import Decision, Send, WorkerHeartbeat, utcnow
 from engine.journal import Journal, apply_entries, read_unsettled, replay_orphans
-from engine.outcomes import ClaimedSend, Result
+from engine.outcomes import Result
 from engine.reconciler import reconcile
 from engine.workers import beat
 from ops.harness.daemon import REPO
-from tests.conftest import make_settings
-
-
-def claimed(send_id: int, now: dt.datetime | None = None) -> ClaimedSend:
-    now = now or utcnow()
-    return ClaimedSend(id=send_id, idempotency_key=f"k{send_id}", channel="sms", recipient="+15550001111",
-                       subject=None, body="hello", contact_id=None, campaign_id=None, step_id=None,
-                       enrolment_id=None, fallback_of_id=None, attempts=1, deferrals=0, due_at=now,
-                       queued_at=now, claimed_at=now)
-
-
-def sent(send_id: int) -> Result:
-    return Result(claimed(send_id), "sent", provider="twilio", provider_message_id=f"SM{send_id}",
-                  finished_at=utcnow())
+from tests.support.results import claimed, sent
+from tests.support.settings import make_settings
 
 
 def sending_row(key: str, claimant: str | None, claimed_at: dt.datetime | None = None) -> Send:
@@ -177,7 +165,7 @@ def test_claims_of_a_killed_worker_are_re_offered_three_beats_later(migrated_db:
 KILLED_AT_CALL_TIME = """
 import os, signal, sys
 from engine.journal import Journal
-from tests.test_journal import sent
+from tests.support.results import sent
 
 journal = Journal(sys.argv[1], "host:7:killed")
 journal.append([(sent(42), None)])  # as the provider call returns: no fsync yet

@@ -15,12 +15,13 @@ from db.database import close_database, init_database
 from db.migrate import migrate
 from ground.outage_log import CollapseRepeats, Family, OutageLog
 from ops.harness.daemon import DaemonProcess, base_env
+from ops.harness.signing import STANDARD_SECRET
 from ops.harness.tcp_proxy import TcpProxy
-from tests.conftest import amqp_url_for
+from tests.support.rabbitmq import amqp_url_for
+from tests.support.sends import plan_sends, status_counts
 from tests.support.services import POSTGRES, RABBITMQ
-from tests.test_daemon import plan_sends, status_counts, wait_until
-from tests.test_ingress_daemon import fire
-from tests.test_webhooks import STANDARD_SECRET
+from tests.support.waiting import wait_until
+from tests.support.webhooks import fire
 
 OUTAGE_S = 13.0  # the length of the outage in the report: the stimulus, not a synchronisation
 

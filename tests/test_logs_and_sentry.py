@@ -174,7 +174,7 @@ async def test_a_garbage_request_does_not_put_its_bytes_in_the_log(capfd: pytest
     from daemon.logging_setup import setup_logging
     from daemon.web.app import build_app
     from ops.harness.daemon import free_port
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
@@ -232,7 +232,7 @@ async def test_a_500_sends_sentry_no_token(aiohttp_client, sentry_events: list[d
     from daemon.web import admin as routes_admin
     from daemon.web import webhooks as routes_webhooks
     from daemon.web.app import build_app
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the handler broke")

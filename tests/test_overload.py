@@ -25,7 +25,7 @@ from daemon.web.webhooks import COMMITTER
 from db.database import database, sqlite_path
 from db.models import Contact, InboundEvent, Suppression, TrackedLink
 from engine.links import make_unsubscribe_tokens
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 TOKEN = "overload-test-token-0123456789abcdef"
 LINK = "tok-locked-0123456789abc"  # a tracked-link token has the renderer's shape: 24 base64url characters

@@ -278,22 +278,18 @@ async def test_an_http_request_that_cannot_be_built_is_permanent(answers) -> Non
     await close_session()
 
 
-def test_an_unbuildable_email_fails_after_one_attempt_with_its_reason(migrated_db: str) -> None:
+def test_an_unbuildable_email_fails_after_one_attempt_with_its_reason(stub_pipeline) -> None:  # type: ignore[no-untyped-def]
     from db.models import Decision, Send
-    from tests.support.pipeline import InProcessPipeline
 
     # Given a planned email whose subject carries a line break (written before subjects were
     # made one line, or by hand), and SMTP as the email provider, retries allowed
     smtp = build_provider("smtp", options(host="127.0.0.1", port=str(free_port()), timeout_s="2",
                                           **{"from": "team@example.com"}), "email")
-    pipeline = InProcessPipeline({"email": smtp}, MAX_RETRIES="3")
-    try:
-        send = Send.create(idempotency_key="inj-1", channel="email", recipient="ada@example.com",
-                           subject=INJECTED, body="hi")
-        # When the outbox delivers it
-        pipeline.relay_and_wait()
-    finally:
-        pipeline.close()
+    pipeline = stub_pipeline({"email": smtp}, MAX_RETRIES="3")
+    send = Send.create(idempotency_key="inj-1", channel="email", recipient="ada@example.com",
+                       subject=INJECTED, body="hi")
+    # When the outbox delivers it
+    pipeline.relay_and_wait()
     # Then it failed on its one attempt, saying why, and was not retried
     row = Send.get_by_id(send.id)
     assert (row.status, row.attempts, row.reason) == ("failed", 1, "message cannot be built")

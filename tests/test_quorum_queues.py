@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
-import re
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,11 @@ from db.database import close_database, init_database
 from db.migrate import migrate
 from db.models import Send
 from ops.harness.daemon import DaemonProcess, base_env, cli, free_port
-from tests.conftest import make_settings
 from tests.support.rabbit_cluster import RabbitCluster, require_cluster_support
+from tests.support.sends import console_keys
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_until
 
-CONSOLE_LINE = re.compile(r"^--- console (\w+) send=(\d+) key=(\S+) to=", re.M)
 QUEUES = [f"retentiond.{name}" for name in ("sms", "email", "call", "push", "webhook", "events")]
 
 
@@ -119,15 +119,11 @@ def queue_types(vhost: str) -> dict[str, str]:
 ])
 def test_a_queue_of_the_other_type_stops_the_start_with_exit_2_and_one_line_saying_what_to_do(
         existing: str, asked: str, hint: str, amqp_url: str, rabbitmq_vhost: str,
-        tmp_path: Path) -> None:
+        rabbitmq_broker: Callable[..., dramatiq.Broker], tmp_path: Path) -> None:
     # Given queues a daemon of the other type left on the broker
-    settings = make_settings(BROKER_URL=amqp_url, QUEUE_TYPE=existing)
-    broker = build_broker(settings)
-    try:
-        for queue in sorted(broker.get_declared_queues()):
-            broker.declare_queue(queue, ensure=True)
-    finally:
-        broker.close()
+    broker = rabbitmq_broker(QUEUE_TYPE=existing)
+    for queue in sorted(broker.get_declared_queues()):
+        broker.declare_queue(queue, ensure=True)
     assert queue_types(rabbitmq_vhost)["retentiond.sms"] == existing
     # When the operator starts a daemon asking for the other type
     env = base_env(DATABASE_URL=f"sqlite:///{tmp_path / 'r.db'}", BROKER_URL=amqp_url,
@@ -147,14 +143,10 @@ def test_a_queue_of_the_other_type_stops_the_start_with_exit_2_and_one_line_sayi
 
 
 def test_a_message_redelivered_past_the_delivery_limit_is_dead_lettered_not_looped(
-        amqp_url: str, rabbitmq_vhost: str) -> None:
+        amqp_url: str, rabbitmq_vhost: str, rabbitmq_broker: Callable[..., dramatiq.Broker]) -> None:
     # Given the quorum sms queue, and a message on it that never gets acknowledged (a poison message
     # that kills whatever worker takes it)
-    broker = build_broker(make_settings(BROKER_URL=amqp_url, QUEUE_TYPE="quorum"))
-    try:
-        broker.declare_queue("retentiond.sms", ensure=True)
-    finally:
-        broker.close()
+    rabbitmq_broker(QUEUE_TYPE="quorum").declare_queue("retentiond.sms", ensure=True)
     assert queue_types(rabbitmq_vhost)["retentiond.sms.XQ"] == "quorum"
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
@@ -203,16 +195,6 @@ def sent_count() -> int:
     return int(Send.select().where(Send.status == "sent").count())
 
 
-def wait_until(predicate: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
 def utc(timestamp: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).replace(tzinfo=None)
 
@@ -243,20 +225,19 @@ def test_killing_the_node_that_leads_the_channel_queue_mid_dispatch_loses_and_re
         for wave in range(TOTAL // WAVE):
             plan_sends(wave * WAVE, WAVE)
             if wave == 15:  # ~40% planned, sends under way
-                wait_until(lambda: sent_count() > 0, 30, "the first sends")
+                wait_until(lambda: sent_count() > 0, 30, "the first sends", interval_s=0.05)
                 # When the node leading retentiond.sms dies (kill -9) mid-dispatch
                 cluster.kill(leader)
                 killed_at, after_kill = time.time(), (wave + 1) * WAVE
             time.sleep(WAVE_S)  # pacing the load, not waiting for an outcome
         assert killed_at is not None and after_kill is not None
         # Then every send goes out, on the nodes left, without the daemon restarting
-        wait_until(lambda: sent_count() == TOTAL, 120, f"all {TOTAL} sends")
+        wait_until(lambda: sent_count() == TOTAL, 120, f"all {TOTAL} sends", interval_s=0.05)
         assert cluster.leader("retentiond.sms").name != leader.name
         assert daemon.process is not None and daemon.process.poll() is None
         assert "restarting it" not in daemon.stderr()
         # and each exactly once
-        keys = Counter(m.group(3) for m in CONSOLE_LINE.finditer(daemon.stdout()))
-        assert keys == Counter({f"q{i}": 1 for i in range(TOTAL)})
+        assert console_keys(daemon) == Counter({f"q{i}": 1 for i in range(TOTAL)})
         # How long it took: the first send planned after the kill, and the longest pause in sending
         finished = sorted(s.finished_at for s in Send.select(Send.finished_at))
         planned_later = Send.select(Send.finished_at).where(

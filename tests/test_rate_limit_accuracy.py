@@ -12,7 +12,8 @@ from db.database import close_database, init_database
 from db.migrate import migrate
 from db.models import Send
 from ops.harness.daemon import DaemonProcess, base_env
-from tests.test_daemon import plan_sends, status_counts, wait_until
+from tests.support.sends import plan_sends, status_counts
+from tests.support.waiting import wait_until
 
 RATE = 20  # sends per second on the limited channel
 SMS_COUNT = 221  # 220 intervals: 11 s at 20/s

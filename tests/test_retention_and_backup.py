@@ -11,7 +11,7 @@ from db.migrate import migrate
 from db.models import Contact, Decision, InboundEvent, JobRun, Send, utcnow
 from engine.retention import cleanup
 from ops.harness.daemon import base_env, cli
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 NOW = dt.datetime(2026, 11, 24, 12, 0)
 

@@ -16,10 +16,8 @@ import pytest
 
 from ground.errors import PermanentChannelError, TransientChannelError
 from ops.harness.daemon import REPO
-from tests import test_delivery
-from tests.test_delivery import ScriptedProvider, enrolled_send, plan
-
-pipeline = test_delivery.pipeline  # the in-process broker and worker over the test database
+from tests.support.providers import ScriptedProvider
+from tests.support.sends import enrolled_send, plan
 
 LOG_ONE_LINE = ("from ground.settings import load_settings; from daemon.logging_setup import setup_logging; "
                 "import logging; setup_logging('INFO', load_settings().log_format); "
@@ -90,10 +88,10 @@ def _about(caplog: pytest.LogCaptureFixture, send_id: int) -> list[logging.LogRe
     return [r for r in caplog.records if r.name == "engine.outcomes" and getattr(r, "send_id", None) == send_id]
 
 
-def test_a_send_deferred_by_quiet_hours_says_so_once(pipeline, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_a_send_deferred_by_quiet_hours_says_so_once(stub_pipeline, caplog) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.INFO, logger="engine.outcomes")
     # Given a newcomer's SMS at a time of day that is quiet for the contact
-    p = pipeline({"sms": ScriptedProvider()}, DAILY_CAP="0", QUIET_HOURS="00:00-23:59")
+    p = stub_pipeline({"sms": ScriptedProvider()}, DAILY_CAP="0", QUIET_HOURS="00:00-23:59")
     send, _ = enrolled_send("sms", timezone="Europe/Paris")
     # When the daemon takes it
     p.relay_and_wait()
@@ -105,9 +103,9 @@ def test_a_send_deferred_by_quiet_hours_says_so_once(pipeline, caplog) -> None: 
     assert "deferred" in message and "quiet hours" in message and "until" in message and "UTC" in message
 
 
-def test_a_skipped_send_says_so_once(pipeline, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_a_skipped_send_says_so_once(stub_pipeline, caplog) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.INFO, logger="engine.outcomes")
-    p = pipeline({"sms": ScriptedProvider()}, DAILY_CAP="0", QUIET_HOURS="off")
+    p = stub_pipeline({"sms": ScriptedProvider()}, DAILY_CAP="0", QUIET_HOURS="off")
     send, _ = enrolled_send("sms", consent={"sms": False})
     p.relay_and_wait()
     [record] = _about(caplog, send.id)
@@ -115,11 +113,11 @@ def test_a_skipped_send_says_so_once(pipeline, caplog) -> None:  # type: ignore[
     assert "skipped" in record.getMessage() and "no consent for sms" in record.getMessage()
 
 
-def test_failed_sends_are_warnings_with_their_reason(pipeline, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_failed_sends_are_warnings_with_their_reason(stub_pipeline, caplog) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.INFO, logger="engine.outcomes")
     provider = ScriptedProvider(script={"+15550000000": [PermanentChannelError("invalid number")],
                                         "+15550000003": [TransientChannelError("503")] * 10})
-    p = pipeline({"sms": provider}, MAX_RETRIES="1")
+    p = stub_pipeline({"sms": provider}, MAX_RETRIES="1")
     refused, doomed, fine = plan("refused", recipient="+15550000000"), plan("doomed", recipient="+15550000003"), plan("ok")
     p.relay_and_wait()
     [refused_line] = _about(caplog, refused.id)
@@ -134,14 +132,15 @@ def test_a_send_that_fails_at_planning_says_so_once(migrated_db: str, caplog) ->
     from db.models import Send, utcnow
     from engine.campaigns import enrol
     from engine.planner import plan_due_steps
-    from tests.test_planner import SETTINGS, campaign_with, contacts
+    from tests.support.campaigns import campaign_with, contacts
+    from tests.support.settings import PLANNER_SETTINGS
 
     caplog.set_level(logging.INFO, logger="engine.outcomes")
     # Given a campaign step whose template names a field no contact has
     campaign = campaign_with("Hi {{ contact.nme }}")
     enrol(contacts(1), campaign)
     # When the scheduler plans it
-    plan_due_steps(SETTINGS, utcnow() + dt.timedelta(seconds=1))
+    plan_due_steps(PLANNER_SETTINGS, utcnow() + dt.timedelta(seconds=1))
     # Then one WARNING line names the send, its channel and campaign, and the error
     failed = Send.get()
     [record] = _about(caplog, failed.id)

@@ -13,8 +13,8 @@ from daemon.web.app import build_app
 from db.models import Contact, Decision, InboundEvent, Send, Suppression, TrackedLink
 from engine.links import make_unsubscribe_tokens
 from engine.templates import TOKEN_BYTES
-from tests.conftest import make_settings
 from tests.support.raw_http import raw_request
+from tests.support.settings import make_settings
 
 ADMIN_TOKEN = "s3cret-admin-token"
 

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from daemon.web.app import build_app
 from db.models import InboundEvent
 from engine.events import START_WORDS, STOP_WORDS
-from ground.vocabulary import DELIVERY_STATUSES, EVENT_TYPES
 from engine.processing import process_pending
+from ground.vocabulary import DELIVERY_STATUSES, EVENT_TYPES
 from ops.harness.signing import TOKEN, cal_signed, settings_for, standard, stripe_signed, twilio_signed
 
 ACCEPTABLE = {200, 202, 400}

@@ -17,7 +17,6 @@ from db.models import Attribution, Campaign, CampaignStep, Contact, Enrolment, I
 from engine.processing import process_pending
 from ops.harness.signing import (
     CAL_SECRET,
-    STANDARD_SECRET,  # noqa: F401 - other test modules import it from here
     TOKEN,
     cal_signed,
     settings_for,

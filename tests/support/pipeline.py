@@ -1,39 +1,30 @@
-"""An in-process delivery pipeline (Dramatiq's stub broker and a worker over the migrated test
-database) and a provider that records what it was handed, for tests that follow a send from the
-outbox to the provider."""
+"""A delivery pipeline in the test process (the channel actors on a broker, with a worker over the
+migrated test database), for tests that follow a send from the outbox to the provider: on
+Dramatiq's stub broker, or on the machine's RabbitMQ when ``BROKER_URL`` names it."""
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import dramatiq
+from dramatiq.brokers.stub import StubBroker
 
 from actors.broker import build_broker
-from actors.providers import OutboundMessage, Provider, ProviderResult
+from actors.providers import Provider
 from daemon.outbox import relay_planned_sends
-from tests.conftest import make_settings
+from db.models import Send
+from ground.channels import QUEUE_PREFIX
+from ground.send_states import CLAIMABLE, SendStatus
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_until
 
-
-@dataclass
-class RecordingProvider:
-    """Accepts every message and keeps it, by send id, exactly as the provider was handed it."""
-
-    name: str = "recording"
-    messages: dict[int, list[OutboundMessage]] = field(default_factory=dict)
-
-    async def send(self, message: OutboundMessage) -> ProviderResult:
-        self.messages.setdefault(message.send_id, []).append(message)
-        await asyncio.sleep(0)
-        return ProviderResult(provider_message_id=f"rec-{message.send_id}")
-
-    async def close(self) -> None:
-        return None
+# A send in one of these is on a queue or in a worker's hands: the pipeline is not done with it.
+IN_FLIGHT = (*CLAIMABLE, SendStatus.SENDING)
 
 
 class InProcessPipeline:
-    """The channel actors on a stub broker with a running worker; sms and email unthrottled,
-    retries fast. ``env`` adds or overrides settings."""
+    """The channel actors on a broker (the stub one unless ``BROKER_URL`` says otherwise) with a
+    running worker; sms and email unthrottled, retries fast. ``env`` adds or overrides settings."""
 
     def __init__(self, providers: dict[str, Provider], **env: str) -> None:
         env = {"RATE_SMS": "unlimited", "RATE_EMAIL": "unlimited", "RETRY_MIN_BACKOFF_MS": "10",
@@ -47,11 +38,25 @@ class InProcessPipeline:
     def relay_and_wait(self) -> int:
         """Enqueue the due planned sends and wait until every queue (retries included) is drained."""
         relayed = relay_planned_sends(self.settings, self.actors)
-        for name in self.actors:
-            self.broker.join(f"retentiond.{name}", fail_fast=False)
-        self.worker.join()
+        self.wait_until_idle()
         return relayed
+
+    def wait_until_idle(self) -> None:
+        """Return once no message is left on a queue or in the worker."""
+        if isinstance(self.broker, StubBroker):
+            for name in self.actors:
+                self.broker.join(f"{QUEUE_PREFIX}{name}", fail_fast=False)
+        else:
+            # RabbitmqBroker.join does not see the messages a worker holds unacknowledged (a retry
+            # waiting out its backoff): wait for what a user sees instead, no send left in flight.
+            wait_until(lambda: not Send.select().where(Send.status.in_(IN_FLIGHT)).exists(), 30,
+                       "every send out of the queues and the worker", interval_s=0.02)
+        self.worker.join()
 
     def close(self) -> None:
         self.worker.stop()
         self.broker.close()
+
+
+# What the ``stub_pipeline``, ``rabbitmq_pipeline`` and ``pipeline`` fixtures give: providers, **env -> a pipeline.
+PipelineFactory = Callable[..., InProcessPipeline]
