@@ -12,6 +12,7 @@ import peewee
 
 from db.database import database
 from db.fields import JSONTextField
+from ground.send_states import EnrolmentStatus, SendStatus
 
 
 def utcnow() -> dt.datetime:
@@ -76,7 +77,7 @@ class Enrolment(BaseModel):
     id = peewee.AutoField()
     contact = peewee.ForeignKeyField(Contact, backref="enrolments", on_delete="CASCADE")
     campaign = peewee.ForeignKeyField(Campaign, backref="enrolments", on_delete="CASCADE")
-    status = peewee.CharField(max_length=16, default="active")  # active | waiting | completed | exited
+    status = peewee.CharField(max_length=16, default=EnrolmentStatus.ACTIVE)  # see ground/send_states.py
     next_position = peewee.IntegerField(default=0)
     next_due_at = peewee.DateTimeField(null=True)
     enrolled_at = peewee.DateTimeField(default=utcnow)
@@ -96,8 +97,8 @@ class Send(BaseModel):
     id = peewee.AutoField()
     idempotency_key = peewee.CharField(max_length=64, unique=True)
     channel = peewee.CharField(max_length=16)
-    status = peewee.CharField(max_length=16, default="planned")
-    # planned -> queued -> sending -> sent | failed | skipped ; deferred rows wait for due_at
+    # a SendStatus; every transition, and the module making it, in ground/send_states.py
+    status = peewee.CharField(max_length=16, default=SendStatus.PLANNED)
     contact = peewee.ForeignKeyField(Contact, null=True, backref="sends", on_delete="CASCADE")
     contact_id: int | None
     enrolment = peewee.ForeignKeyField(Enrolment, null=True, backref="sends", on_delete="SET NULL")

@@ -21,6 +21,7 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import peewee
 
@@ -28,6 +29,7 @@ from db.database import rows
 from db.models import Campaign, Contact, Send, Suppression
 from engine.quiet_hours import next_allowed, zone
 from ground.channels import CHANNELS
+from ground.send_states import SendStatus
 from ground.settings import Settings, parse_quiet_hours
 
 _IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's variable limit
@@ -45,9 +47,13 @@ class Candidate:
     fallback_channel: str | None = None  # the step's, when this send is not itself a fallback
 
 
+# What the checks say of a send: go ahead, or hold it back (engine/outcomes.from_verdict says how).
+Action = Literal["send", "skip", "defer", "fallback"]
+
+
 @dataclass(frozen=True)
 class Verdict:
-    action: str  # send | skip | defer | fallback
+    action: Action
     reason: str | None = None
     until: dt.datetime | None = None
     fallback_channel: str | None = None
@@ -191,7 +197,7 @@ class SendChecks:
         in_last_day = peewee.fn.SUM(peewee.Case(None, [(Send.finished_at >= day_ago, 1)], 0))
         for chunk in _chunks(ids):
             found = rows(Send.select(Send.contact, in_last_day, peewee.fn.MAX(Send.finished_at))
-                         .where(Send.contact.in_(chunk), Send.status == "sent", Send.finished_at >= since)
+                         .where(Send.contact.in_(chunk), Send.status == SendStatus.SENT, Send.finished_at >= since)
                          .group_by(Send.contact))
             for contact_id, count, latest in found:
                 daily[contact_id] = int(count or 0)
@@ -207,7 +213,7 @@ class SendChecks:
         for chunk in _chunks(contact_ids):
             found = rows(Send.select(Send.contact, Send.campaign, peewee.fn.COUNT(Send.id))
                          .where(Send.contact.in_(chunk), Send.campaign.in_(sorted(campaign_ids)),
-                                Send.status == "sent", Send.finished_at >= since)
+                                Send.status == SendStatus.SENT, Send.finished_at >= since)
                          .group_by(Send.contact, Send.campaign))
             for contact_id, campaign_id, count in found:
                 weekly[(contact_id, campaign_id)] = count

@@ -21,6 +21,7 @@ from typing import Any
 
 from db.database import database, db_session
 from db.models import Decision, InboundEvent, JobRun, OpsAlert, Send
+from ground.send_states import FINISHED
 from ground.settings import Settings
 
 BATCH = 5000
@@ -45,7 +46,7 @@ RULES = [
     # decisions first: they point at the sends about to go
     Rule("decision log", Decision, lambda now, s: Decision.created_at < _sends(now, s)),
     Rule("send log", Send, lambda now, s: (Send.finished_at < _sends(now, s))
-         & Send.status.in_(("sent", "failed", "skipped"))),
+         & Send.status.in_(FINISHED)),
     Rule("inbound events", InboundEvent, lambda now, s: (InboundEvent.received_at < _events(now, s))
          & (InboundEvent.status != "pending")),
     Rule("job runs", JobRun, lambda now, s: (JobRun.started_at < _runs(now, s)) & JobRun.finished_at.is_null(False)),

@@ -105,4 +105,3 @@ class EnrolmentStatus(StrEnum):
     EXITED = "exited"
 
 
-OPEN_ENROLMENTS = (EnrolmentStatus.ACTIVE, EnrolmentStatus.WAITING)
