@@ -31,13 +31,21 @@ class Channel:
         return f"send_{self.name}"
 
 
-CHANNELS: Mapping[str, Channel] = {c.name: c for c in (
+class _ChannelTable(dict[str, Channel]):
+    """The table by name. ``x in CHANNELS`` is False for anything but a channel's name, even an
+    unhashable value from a payload or a YAML file (a plain dict would raise TypeError there)."""
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key)
+
+
+CHANNELS: Mapping[str, Channel] = _ChannelTable((c.name, c) for c in (
     Channel("sms", address_field="phone", quiet_hours=True, default_rate="1/s"),
     Channel("email", address_field="email", quiet_hours=False, default_rate="10/s"),
     Channel("call", address_field="phone", quiet_hours=True, default_rate="1/s"),
     Channel("push", address_field="external_id", quiet_hours=True, default_rate="5/s"),
     Channel("webhook", address_field="external_id", quiet_hours=False, default_rate="50/s"),  # ours
-)}
+))
 
 
 def channel_of_actor(actor_name: str) -> str | None:
