@@ -197,12 +197,9 @@ class ChannelSender:
         commit went through while its answer was lost to a dropped connection would otherwise sit
         ``sending`` under a live worker, whose claims the reconciler never re-offers."""
         with _claiming:
-            claimed = self._claim_unguarded(send_ids, instance)
+            claimed = sends.claim(self.channel, send_ids, instance, utcnow(), in_hand=_in_hand(send_ids))
             _hold(claimed)
             return claimed
-
-    def _claim_unguarded(self, send_ids: list[int], instance: str) -> list[ClaimedSend]:
-        return sends.claim(self.channel, send_ids, instance, utcnow(), in_hand=_in_hand(send_ids))
 
     def _message(self, s: ClaimedSend, headers: dict[str, str]) -> OutboundMessage:
         return OutboundMessage(send_id=s.id, channel=self.channel, idempotency_key=s.idempotency_key,
