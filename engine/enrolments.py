@@ -15,11 +15,12 @@ import peewee
 from db.database import database
 from db.models import Campaign, CampaignStep, Contact, Enrolment, utcnow
 from ground.errors import RetentiondError
+from ground.send_states import EnrolmentStatus
 
 # Ids per statement. Large enough that a typical batch is one statement, small enough for
 # SQLite's bound-parameter limit (32,766 since 3.32) and PostgreSQL's (65,535).
 CHUNK = 10_000
-OPEN_STATUSES = ("active", "waiting")
+OPEN_STATUSES = (EnrolmentStatus.ACTIVE, EnrolmentStatus.WAITING)  # may still send
 
 
 class CampaignError(RetentiondError):
@@ -61,7 +62,7 @@ def enrol(contact_ids: Sequence[int], campaign: Campaign | str, *, now: dt.datet
     with database.atomic():
         for chunk in _chunks(contact_ids):
             rows = (Contact
-                    .select(Contact.id, peewee.Value(campaign.id), peewee.Value("active"), peewee.Value(0),
+                    .select(Contact.id, peewee.Value(campaign.id), peewee.Value(EnrolmentStatus.ACTIVE.value), peewee.Value(0),
                             peewee.Value(due), peewee.Value(now))
                     .where(Contact.id.in_(chunk)))
             query = (Enrolment
@@ -97,7 +98,7 @@ def exit_enrolments(contact_ids: Sequence[int], event_type: str, *, reason: str 
     with database.atomic():
         for chunk in _chunks(contact_ids):
             exited += (Enrolment
-                       .update(status="exited", finished_at=now, exit_reason=(reason or event_type)[:100])
+                       .update(status=EnrolmentStatus.EXITED, finished_at=now, exit_reason=(reason or event_type)[:100])
                        .where(Enrolment.contact.in_(chunk)
                               & Enrolment.campaign.in_(campaign_ids)
                               & Enrolment.status.in_(OPEN_STATUSES))

@@ -33,6 +33,7 @@ from engine.campaigns import CampaignError, enrol
 from engine.contacts import ContactInput, find_contact, suppress, unsubscribe, unsuppress, upsert_contacts
 from engine.enrolments import follow_campaigns
 from ground.metrics import EVENTS_PROCESSED
+from ground.send_states import SendStatus
 from ground.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ def _last_touch(contact_id: int) -> dict[str, Any]:
     if click is not None:
         return {"send": click.send_id, "campaign": click.campaign_id, "step": click.step_id}
     send = (Send.select(Send.id, Send.campaign, Send.step)
-            .where(Send.contact == contact_id, Send.status == "sent").order_by(Send.finished_at.desc()).first())
+            .where(Send.contact == contact_id, Send.status == SendStatus.SENT).order_by(Send.finished_at.desc()).first())
     if send is not None:
         return {"send": send.id, "campaign": send.campaign_id, "step": send.step_id}
     return {}

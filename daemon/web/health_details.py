@@ -31,6 +31,7 @@ from db.database import db_session, rows
 from db.models import Decision, JobRun, Lease, OpsAlert, utcnow
 from ground.channels import CHANNELS, QUEUE_PREFIX
 from ground.metrics import HEALTH_STATUS, OPS_ALERTS, QUEUE_DEPTH
+from ground.send_states import Decided
 from ground.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -103,12 +104,12 @@ def queue_findings(settings: Settings) -> tuple[Finding, Finding]:
 def provider_errors_finding(now: dt.datetime) -> Finding:
     counts = dict(rows(Decision.select(Decision.outcome, peewee.fn.COUNT(Decision.id))
                        .where(Decision.created_at >= now - dt.timedelta(minutes=5),
-                              Decision.outcome.in_(("sent", "failed", "retried")))
+                              Decision.outcome.in_((Decided.SENT, Decided.FAILED, Decided.RETRIED)))
                        .group_by(Decision.outcome)))
     calls = sum(counts.values())
     if calls < 20:
         return Finding("healthy", f"{calls} provider call(s) in 5 minutes")
-    share = (counts.get("failed", 0) + counts.get("retried", 0)) / calls
+    share = (counts.get(Decided.FAILED, 0) + counts.get(Decided.RETRIED, 0)) / calls
     return Finding(_level(share, 0.05, 0.25), f"{share:.1%} of {calls} calls failed or retried in 5 minutes")
 
 
