@@ -1,1 +1,2 @@
-"""The retentiond process: configuration, broker setup, supervision, scheduler and side server."""
+"""The retentiond process, top floor: the CLI, supervision and signals, the scheduler loop and the
+outbox relay, the worker processes, and the web side (``daemon/web``)."""
