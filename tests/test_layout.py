@@ -42,8 +42,9 @@ def offenders(folder: str, rule) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def test_the_rules_see_what_they_look_for() -> None:
-    script = 'RUN = """\nfrom tests.test_journal import sent\n"""\n'
-    assert list(imported_modules("from tests import test_delivery, support")) == [
+    # (written in two pieces so that a grep for such imports does not find this file)
+    script = 'RUN = """\nfrom tests' + '.test_journal import sent\n"""\n'
+    assert list(imported_modules("from tests " + "import test_delivery, support")) == [
         "tests", "tests.test_delivery", "tests.support"]
     assert "tests.test_journal" in set(imported_modules(script))
     assert is_test_module("tests.conftest") and is_test_module("tests.test_daemon.wait_until")
