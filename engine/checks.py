@@ -4,7 +4,8 @@ Order, for each send: the contact still exists; suppression (unsubscribed, bounc
 channel or on all channels; consent (an explicit ``false`` for the channel blocks, a missing entry
 allows); an address for the channel; the per-contact daily cap across channels (rolling 24 h);
 the per-campaign weekly cap (rolling 7 days); the cooldown since the contact's previous send;
-quiet hours in the contact's timezone (sms, call and push only). The first three, and a missing
+quiet hours in the contact's timezone (channels whose ``quiet_hours`` flag is set in
+ground/channels.py). The first three, and a missing
 address, fall back to the step's fallback channel when it has one.
 
 Caps and cooldowns are skips or deferrals, never drops: a deferral is a new due time in the
