@@ -16,7 +16,6 @@ from db.bulk import insert_many
 from db.database import database
 from db.models import Campaign, CampaignStep, Contact, utcnow
 from engine.campaign_file import (
-    EVENT_TYPES,
     CampaignFileError,
     CampaignSpec,
     StepSpec,
@@ -27,7 +26,7 @@ from engine.enrolments import CampaignError, campaigns_triggered_by, enrol, exit
 from engine.templates import RenderJob, TemplateError, render
 
 __all__ = [
-    "EVENT_TYPES", "ApplyResult", "CampaignError", "CampaignFileError", "CampaignSpec", "StepSpec",
+    "ApplyResult", "CampaignError", "CampaignFileError", "CampaignSpec", "StepSpec",
     "apply_campaign", "apply_campaigns", "campaigns_triggered_by", "enrol", "exit_enrolments",
     "load_campaign_file", "parse_campaign_text", "template_warnings",
 ]
