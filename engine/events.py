@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -76,19 +76,9 @@ class WebhookRequest:
 
 def interpret(scheme: str, request: WebhookRequest, default_region: str) -> Interpreted:
     """The meaning of a verified request, storable as it is; ``InvalidEvent`` (400) otherwise."""
-    if scheme == "standard":
-        document = _json_object(request.body)
-        meaning = Interpreted(request.headers.get("webhook-id", ""), document.get("type"),
-                              [canonical(document, default_region)])
-    elif scheme == "stripe":
-        meaning = _stripe(_json_object(request.body), default_region)
-    elif scheme == "calcom":
-        meaning = _calcom(_json_object(request.body), default_region)
-    elif scheme == "twilio":
-        meaning = _twilio(request.form, default_region)
-    else:
-        meaning = _token(request, default_region)
-    return _storable(meaning)
+    # No fallback: a scheme without an interpreter is a KeyError here (and a failing test), never
+    # read silently as another scheme's payload.
+    return _storable(INTERPRETERS[scheme](request, default_region))
 
 
 def stored_raw(scheme: str, request: WebhookRequest, secret: str) -> str:
@@ -260,7 +250,8 @@ def _mapped(event_id: str, kind: str, events: Sequence[Mapping[str, Any]], defau
         return Interpreted(event_id, kind, unmappable=str(exc))
 
 
-def _stripe(document: Mapping[str, Any], default_region: str) -> Interpreted:
+def _stripe(request: WebhookRequest, default_region: str) -> Interpreted:
+    document = _json_object(request.body)
     event_id = _text(document.get("id"), "id", EVENT_ID_MAX)
     kind = _text(document.get("type"), "type", TYPE_MAX) or ""
     if not event_id:
@@ -282,7 +273,8 @@ def _stripe(document: Mapping[str, Any], default_region: str) -> Interpreted:
     return _mapped(event_id, kind, [conversion], default_region)
 
 
-def _calcom(document: Mapping[str, Any], default_region: str) -> Interpreted:
+def _calcom(request: WebhookRequest, default_region: str) -> Interpreted:
+    document = _json_object(request.body)
     trigger = _text(document.get("triggerEvent"), "triggerEvent", TYPE_MAX) or ""
     payload = _object(document.get("payload"), "payload")
     uid = _text(payload.get("uid"), "payload.uid") or _text(payload.get("bookingId"), "payload.bookingId")
@@ -307,7 +299,8 @@ def _calcom(document: Mapping[str, Any], default_region: str) -> Interpreted:
     return _mapped(event_id, trigger, [upsert, conversion], default_region)
 
 
-def _twilio(form: Mapping[str, str], default_region: str) -> Interpreted:
+def _twilio(request: WebhookRequest, default_region: str) -> Interpreted:
+    form = request.form
     sid = _text(form.get("MessageSid"), "MessageSid") or _text(form.get("SmsSid"), "SmsSid")
     if not sid:
         raise InvalidEvent("MessageSid: required")
@@ -384,3 +377,14 @@ def _postmark(document: Mapping[str, Any]) -> Interpreted:
         status = "failed"  # a soft bounce: recorded, no suppression
     return Interpreted(event_id, "delivery", [{"type": "delivery",
                                                "data": {"provider_message_id": message_id, "status": status}}])
+
+
+def _standard(request: WebhookRequest, default_region: str) -> Interpreted:
+    document = _json_object(request.body)
+    return Interpreted(request.headers.get("webhook-id", ""), document.get("type"), [canonical(document, default_region)])
+
+
+# Each webhook scheme's interpreter: the keys are ground.vocabulary.WEBHOOK_SCHEMES (a test keeps them equal).
+INTERPRETERS: dict[str, Callable[[WebhookRequest, str], Interpreted]] = {
+    "standard": _standard, "stripe": _stripe, "calcom": _calcom, "twilio": _twilio, "token": _token,
+}
