@@ -13,6 +13,7 @@ import peewee
 from db.database import database
 from db.fields import JSONTextField
 from ground.send_states import EnrolmentStatus, SendStatus
+from ground.vocabulary import InboundStatus
 
 
 def utcnow() -> dt.datetime:
@@ -142,7 +143,7 @@ class InboundEvent(BaseModel):
     event_id = peewee.CharField(max_length=255)
     type = peewee.CharField(max_length=100, null=True)
     payload = peewee.TextField()
-    status = peewee.CharField(max_length=16, default="pending")  # pending | processed | unmappable | failed
+    status = peewee.CharField(max_length=16, default=InboundStatus.PENDING)  # an InboundStatus
     error = peewee.TextField(null=True)
     contact = peewee.ForeignKeyField(Contact, null=True, backref="events", on_delete="SET NULL")
     received_at = peewee.DateTimeField(default=utcnow)

@@ -41,6 +41,7 @@ from db.queries import bulk_update
 from engine.enrolments import follow_campaigns
 from ground.channels import CHANNELS
 from ground.errors import RetentiondError
+from ground.vocabulary import EventType
 
 FIELDS = ("external_id", "email", "phone", "name", "timezone", "attributes", "consent")
 KEYS = ("external_id", "email", "phone")
@@ -337,7 +338,7 @@ def unsubscribe(contact_ids: Iterable[int], channel: str = "*", reason: str = "u
     the notes of ``follow_campaigns`` (a triggered campaign that could not take them)."""
     ids = sorted(set(contact_ids))
     suppress(ids, reason, channel)
-    return follow_campaigns("contact.unsubscribe", ids, reason="unsubscribed")
+    return follow_campaigns(EventType.CONTACT_UNSUBSCRIBE, ids, reason="unsubscribed")
 
 
 def unsuppress(contact_ids: Iterable[int], channel: str = "*") -> int:

@@ -11,6 +11,7 @@ import peewee
 from db.database import database, db_session
 from db.models import InboundEvent
 from ground.settings import Settings
+from ground.vocabulary import InboundStatus
 
 BATCH = 5000
 
@@ -22,7 +23,7 @@ def expire_event_ids(settings: Settings, now: dt.datetime, max_batches: int = 20
         for _ in range(max_batches):
             with database.atomic():
                 ids = [e.id for e in InboundEvent.select(InboundEvent.id)
-                       .where(InboundEvent.received_at < cutoff, InboundEvent.status != "pending",
+                       .where(InboundEvent.received_at < cutoff, InboundEvent.status != InboundStatus.PENDING,
                               ~InboundEvent.event_id.startswith("expired:"))
                        .limit(BATCH)]
                 if not ids:

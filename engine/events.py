@@ -35,7 +35,7 @@ from urllib.parse import quote, quote_plus
 from engine.contacts import InvalidContact, normalise_email, normalise_phone, parse_contact
 from ground.channels import CHANNELS
 from ground.errors import RetentiondError
-from ground.vocabulary import DELIVERY_STATUSES, EVENT_TYPES
+from ground.vocabulary import DELIVERY_STATUSES, EVENT_TYPES, EventType
 
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
 START_WORDS = {"START", "UNSTOP", "YES", "OPTIN"}
@@ -207,7 +207,7 @@ def canonical(document: Mapping[str, Any], default_region: str) -> dict[str, Any
         raise InvalidEvent(f"type: unknown event type {_short(kind)!r} (one of {', '.join(EVENT_TYPES)})")
     if not isinstance(data, Mapping):
         raise InvalidEvent("data: expected an object")
-    if kind == "contact.upsert":
+    if kind == EventType.CONTACT_UPSERT:
         fields = {k: v for k, v in data.items() if k != "campaign"}
         try:
             contact = parse_contact(fields, default_region)
@@ -218,16 +218,16 @@ def canonical(document: Mapping[str, Any], default_region: str) -> dict[str, Any
         if campaign:
             out["campaign"] = campaign
         return {"type": kind, "data": out}
-    if kind == "contact.unsubscribe":
+    if kind == EventType.CONTACT_UNSUBSCRIBE:
         channel = data.get("channel")
         if channel is not None and channel not in CHANNELS:
             raise InvalidEvent(f"data.channel: unknown channel {_short(channel)!r}")
         return {"type": kind, "data": {**_key(data, "data", default_region), **({"channel": channel} if channel else {})}}
-    if kind == "conversion":
+    if kind == EventType.CONVERSION:
         return {"type": kind, "data": {**_key(data, "data", default_region),
                                        "name": _text(data.get("name"), "data.name", NAME_MAX),
                                        "value": _number(data.get("value"), "data.value")}}
-    if kind == "delivery":
+    if kind == EventType.DELIVERY:
         provider_message_id = _text(data.get("provider_message_id"), "data.provider_message_id")
         if not provider_message_id:
             raise InvalidEvent("data.provider_message_id: required")
@@ -237,7 +237,7 @@ def canonical(document: Mapping[str, Any], default_region: str) -> dict[str, Any
     token = _text(data.get("token"), "data.token")
     if not token:
         raise InvalidEvent("data.token: required")
-    return {"type": "click", "data": {"token": token}}
+    return {"type": EventType.CLICK, "data": {"token": token}}
 
 
 def _mapped(event_id: str, kind: str, events: Sequence[Mapping[str, Any]], default_region: str) -> Interpreted:
@@ -269,7 +269,7 @@ def _stripe(request: WebhookRequest, default_region: str) -> Interpreted:
         return Interpreted(event_id, kind, unmappable=f"stripe event {_short(kind)!r} has no mapping")
     if not any(key.values()):
         return Interpreted(event_id, kind, unmappable="no customer email or client_reference_id to find the contact")
-    conversion = {"type": "conversion", "data": {**key, "name": kind, "value": (value or 0) / 100}}
+    conversion = {"type": EventType.CONVERSION, "data": {**key, "name": kind, "value": (value or 0) / 100}}
     return _mapped(event_id, kind, [conversion], default_region)
 
 
@@ -289,13 +289,13 @@ def _calcom(request: WebhookRequest, default_region: str) -> Interpreted:
     if not attendees or not isinstance(attendees[0], Mapping) or not attendees[0].get("email"):
         return Interpreted(event_id, trigger, unmappable="no attendee email")
     attendee = attendees[0]
-    upsert: dict[str, Any] = {"type": "contact.upsert", "data": {
+    upsert: dict[str, Any] = {"type": EventType.CONTACT_UPSERT, "data": {
         "email": attendee["email"], "name": attendee.get("name"), "timezone": attendee.get("timeZone")}}
     try:
         upsert = canonical(upsert, default_region)
     except InvalidEvent:  # a name or timezone we cannot take does not lose the booking
-        upsert = {"type": "contact.upsert", "data": {"email": attendee["email"]}}
-    conversion = {"type": "conversion", "data": {"email": attendee["email"], "name": "booking", "value": None}}
+        upsert = {"type": EventType.CONTACT_UPSERT, "data": {"email": attendee["email"]}}
+    conversion = {"type": EventType.CONVERSION, "data": {"email": attendee["email"], "name": "booking", "value": None}}
     return _mapped(event_id, trigger, [upsert, conversion], default_region)
 
 
@@ -310,8 +310,8 @@ def _twilio(request: WebhookRequest, default_region: str) -> Interpreted:
         event_id = f"{sid}:{status}"
         if mapped is None:
             return Interpreted(event_id, f"status.{status}", unmappable=f"intermediate status {_short(status)!r}")
-        return Interpreted(event_id, "delivery", [{"type": "delivery",
-                                                   "data": {"provider_message_id": sid, "status": mapped}}])
+        return Interpreted(event_id, EventType.DELIVERY, [{"type": EventType.DELIVERY,
+                                                           "data": {"provider_message_id": sid, "status": mapped}}])
     word = (form.get("Body") or "").strip().upper()
     kind = "inbound.stop" if word in STOP_WORDS else "inbound.start" if word in START_WORDS else None
     if kind is None:
@@ -321,9 +321,9 @@ def _twilio(request: WebhookRequest, default_region: str) -> Interpreted:
     except InvalidContact:
         return Interpreted(sid, kind, unmappable="a STOP/START from a number we cannot read")
     if kind == "inbound.stop":
-        return Interpreted(sid, kind, [{"type": "contact.unsubscribe",
+        return Interpreted(sid, kind, [{"type": EventType.CONTACT_UNSUBSCRIBE,
                                         "data": {"phone": sender, "channel": "sms", "reason": "STOP"}}])
-    return Interpreted(sid, kind, [{"type": "contact.resubscribe", "data": {"phone": sender, "channel": "sms"}}])
+    return Interpreted(sid, kind, [{"type": EventType.CONTACT_RESUBSCRIBE, "data": {"phone": sender, "channel": "sms"}}])
 
 
 def _token(request: WebhookRequest, default_region: str) -> Interpreted:
@@ -344,24 +344,24 @@ def _token(request: WebhookRequest, default_region: str) -> Interpreted:
 
 
 def _postback(params: Mapping[str, str], default_region: str) -> Interpreted:
-    kind = params.get("event", "conversion")
+    kind = params.get("event", EventType.CONVERSION)
     event_id = (_text(params.get("event_id"), "event_id", EVENT_ID_MAX)
                 or _text(params.get("click_id"), "click_id", EVENT_ID_MAX)
                 or _text(params.get("transaction_id"), "transaction_id", EVENT_ID_MAX))
     if not event_id:
         raise InvalidEvent("click_id: a postback needs click_id, event_id or transaction_id")
-    if kind == "click":
+    if kind == EventType.CLICK:
         link = _text(params.get("link"), "link")
         if not link:
             raise InvalidEvent("link: a click postback needs the tracked link token")
-        return Interpreted(event_id, "click", [{"type": "click", "data": {"token": link}}])
-    if kind != "conversion":
+        return Interpreted(event_id, EventType.CLICK, [{"type": EventType.CLICK, "data": {"token": link}}])
+    if kind != EventType.CONVERSION:
         raise InvalidEvent("event: expected conversion or click")
     if not any(params.get(k) for k in KEY_FIELDS):
         raise InvalidEvent("a conversion postback needs external_id, email or phone")
-    document = {"type": "conversion", "data": {**{k: params.get(k) for k in KEY_FIELDS},
-                                               "name": params.get("name") or "postback", "value": params.get("value")}}
-    return Interpreted(event_id, "conversion", [canonical(document, default_region)])
+    document = {"type": EventType.CONVERSION, "data": {**{k: params.get(k) for k in KEY_FIELDS},
+                                                       "name": params.get("name") or "postback", "value": params.get("value")}}
+    return Interpreted(event_id, EventType.CONVERSION, [canonical(document, default_region)])
 
 
 def _postmark(document: Mapping[str, Any]) -> Interpreted:
@@ -375,8 +375,8 @@ def _postmark(document: Mapping[str, Any]) -> Interpreted:
         return Interpreted(event_id, record, unmappable=f"postmark {_short(record)!r} has no mapping")
     if record == "Bounce" and document.get("Type") not in (None, "HardBounce", "BadEmailAddress", "ManuallyDeactivated"):
         status = "failed"  # a soft bounce: recorded, no suppression
-    return Interpreted(event_id, "delivery", [{"type": "delivery",
-                                               "data": {"provider_message_id": message_id, "status": status}}])
+    return Interpreted(event_id, EventType.DELIVERY, [{"type": EventType.DELIVERY,
+                                                       "data": {"provider_message_id": message_id, "status": status}}])
 
 
 def _standard(request: WebhookRequest, default_region: str) -> Interpreted:

@@ -35,6 +35,7 @@ from engine.enrolments import follow_campaigns
 from ground.metrics import EVENTS_PROCESSED
 from ground.send_states import SendStatus
 from ground.settings import Settings
+from ground.vocabulary import EventType, InboundStatus
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def process_pending(settings: Settings, limit: int = 50_000, should_stop: Callab
                 if is_postgres() and not database.execute_sql(
                         "SELECT pg_try_advisory_xact_lock(%s)", (_PG_LOCK_KEY,)).fetchone()[0]:
                     break  # another process is on it
-                events = list(InboundEvent.select().where(InboundEvent.status == "pending")
+                events = list(InboundEvent.select().where(InboundEvent.status == InboundStatus.PENDING)
                               .order_by(InboundEvent.id).limit(BATCH))
                 outcomes.update(_process_batch(settings, events))
             if len(events) < BATCH:
@@ -97,7 +98,7 @@ def _lone_event(event: InboundEvent) -> tuple[str | None, dict[str, Any]]:
 
 
 # An event row's outcome: (id, status, processed_at, contact_id, error), written in one bulk update.
-EventUpdate = tuple[int, str, Any, int | None, str | None]
+EventUpdate = tuple[int, InboundStatus, Any, int | None, str | None]
 Run = list[tuple[InboundEvent, dict[str, Any]]]
 
 
@@ -109,8 +110,8 @@ def _process_run(settings: Settings, kind: str, run: Run) -> Counter:
             if notes:  # campaign notes concern every event of the run
                 updates = [(*u[:4], "; ".join(([u[4]] if u[4] else []) + notes)[:2000]) for u in updates]
             bulk_update("inbound_event", ("status", "processed_at", "contact_id", "error"), updates,
-                        casts={"processed_at": "timestamp", "contact_id": "integer"}, guard=("status", "pending"))
-        return Counter(processed=len(run))
+                        casts={"processed_at": "timestamp", "contact_id": "integer"}, guard=("status", InboundStatus.PENDING))
+        return Counter({InboundStatus.PROCESSED: len(run)})
     except _DATABASE_AWAY:
         raise
     except Exception:
@@ -129,11 +130,11 @@ def _apply_clicks(run: Run, now: Any) -> list[EventUpdate]:
     for event, data in run:
         link = links.get(data["token"])
         if link is None:
-            updates.append((event.id, "processed", now, None, "unknown link"))
+            updates.append((event.id, InboundStatus.PROCESSED, now, None, "unknown link"))
             continue
-        attributions.append({"event": event.id, "kind": "click", "contact": link.contact_id, "send": link.send_id,
+        attributions.append({"event": event.id, "kind": EventType.CLICK, "contact": link.contact_id, "send": link.send_id,
                              "campaign": link.campaign_id, "step": link.step_id, "created_at": now})
-        updates.append((event.id, "processed", now, link.contact_id, None))
+        updates.append((event.id, InboundStatus.PROCESSED, now, link.contact_id, None))
     if attributions:
         insert_many(Attribution, attributions).execute()
     return updates
@@ -151,12 +152,12 @@ def _apply_deliveries(run: Run, now: Any) -> list[EventUpdate]:
     for event, data in run:
         send = sends.get(data["provider_message_id"])
         if send is None:
-            updates.append((event.id, "processed", now, None, "no send with that provider_message_id"))
+            updates.append((event.id, InboundStatus.PROCESSED, now, None, "no send with that provider_message_id"))
             continue
         statuses[send.id] = data["status"]
         if data["status"] in ("bounced", "complained") and send.contact_id is not None:
             suppressions.setdefault((data["status"], send.channel), set()).add(send.contact_id)
-        updates.append((event.id, "processed", now, send.contact_id, None))
+        updates.append((event.id, InboundStatus.PROCESSED, now, send.contact_id, None))
     bulk_update("send", ("delivery_status",), list(statuses.items()))
     for (reason, channel), contact_ids in suppressions.items():
         suppress(contact_ids, reason, channel)
@@ -170,27 +171,30 @@ _DATABASE_AWAY = (peewee.OperationalError, peewee.InterfaceError)
 
 
 # Event kinds applied set-based: how, and the data field that identifies what they concern.
-_SET_BASED = {"click": (_apply_clicks, "token"), "delivery": (_apply_deliveries, "provider_message_id")}
+_SET_BASED: dict[str, tuple[Callable[[Run, Any], list[EventUpdate]], str]] = {
+    EventType.CLICK: (_apply_clicks, "token"),
+    EventType.DELIVERY: (_apply_deliveries, "provider_message_id"),
+}
 
 
-def _process_one(settings: Settings, event: InboundEvent) -> str:
+def _process_one(settings: Settings, event: InboundEvent) -> InboundStatus:
     notes: list[str] = []
     try:
         with database.atomic():
             contact_id = None
             for canonical in json.loads(event.payload)["events"]:
                 contact_id = _apply(settings, event, canonical, notes) or contact_id
-            (InboundEvent.update(status="processed", processed_at=utcnow(), contact=contact_id,
+            (InboundEvent.update(status=InboundStatus.PROCESSED, processed_at=utcnow(), contact=contact_id,
                                  error="; ".join(notes)[:2000] or None)
              .where(InboundEvent.id == event.id).execute())
-        return "processed"
+        return InboundStatus.PROCESSED
     except _DATABASE_AWAY:
         raise
     except Exception as exc:  # one bad event must not stop the others
         logger.exception("inbound event %d from %s failed", event.id, event.source)
-        (InboundEvent.update(status="failed", processed_at=utcnow(), error=f"{type(exc).__name__}: {exc}"[:2000])
+        (InboundEvent.update(status=InboundStatus.FAILED, processed_at=utcnow(), error=f"{type(exc).__name__}: {exc}"[:2000])
          .where(InboundEvent.id == event.id).execute())
-        return "failed"
+        return InboundStatus.FAILED
 
 
 def _contact(settings: Settings, data: dict[str, Any], notes: list[str]) -> Contact | None:
@@ -202,34 +206,34 @@ def _contact(settings: Settings, data: dict[str, Any], notes: list[str]) -> Cont
 
 def _apply(settings: Settings, event: InboundEvent, canonical: dict[str, Any], notes: list[str]) -> int | None:
     kind, data = canonical["type"], dict(canonical["data"])
-    if kind == "contact.upsert":
+    if kind == EventType.CONTACT_UPSERT:
         campaign = data.pop("campaign", None)
         (result,) = upsert_contacts([ContactInput(**data)])
-        notes.extend(follow_campaigns("contact.upsert", [result.contact_id]))
+        notes.extend(follow_campaigns(EventType.CONTACT_UPSERT, [result.contact_id]))
         if campaign:
             try:
                 enrol([result.contact_id], campaign)
             except CampaignError as exc:
                 notes.append(str(exc))
         return result.contact_id
-    if kind in ("contact.unsubscribe", "contact.resubscribe"):
+    if kind in (EventType.CONTACT_UNSUBSCRIBE, EventType.CONTACT_RESUBSCRIBE):
         contact = _contact(settings, data, notes)
         if contact is None:
             return None
         channel = data.get("channel") or "*"
-        if kind == "contact.resubscribe":
+        if kind == EventType.CONTACT_RESUBSCRIBE:
             unsuppress([contact.id], channel)
         else:
             notes.extend(unsubscribe([contact.id], channel, data.get("reason") or "unsubscribed"))
         return contact.id
-    if kind == "conversion":
+    if kind == EventType.CONVERSION:
         contact = _contact(settings, data, notes)
         if contact is None:
             return None
         cause = _last_touch(contact.id)
-        Attribution.create(event=event.id, kind="conversion", contact=contact.id, name=data.get("name"),
+        Attribution.create(event=event.id, kind=EventType.CONVERSION, contact=contact.id, name=data.get("name"),
                            value=data.get("value"), **cause)
-        notes.extend(follow_campaigns("conversion", [contact.id], reason=data.get("name") or "conversion"))
+        notes.extend(follow_campaigns(EventType.CONVERSION, [contact.id], reason=data.get("name") or EventType.CONVERSION))
         return contact.id
     if kind in _SET_BASED:  # the same rules as a run of them, for a run of one
         ((_, _, _, contact_id, note),) = _SET_BASED[kind][0]([(event, data)], utcnow())
@@ -243,7 +247,7 @@ def _apply(settings: Settings, event: InboundEvent, canonical: dict[str, Any], n
 
 def _last_touch(contact_id: int) -> dict[str, Any]:
     """What caused a conversion: the contact's last click, else the last message sent to them."""
-    click = (Attribution.select().where(Attribution.contact == contact_id, Attribution.kind == "click")
+    click = (Attribution.select().where(Attribution.contact == contact_id, Attribution.kind == EventType.CLICK)
              .order_by(Attribution.id.desc()).first())
     if click is not None:
         return {"send": click.send_id, "campaign": click.campaign_id, "step": click.step_id}
@@ -255,5 +259,5 @@ def _last_touch(contact_id: int) -> dict[str, Any]:
 
 
 def pending_count() -> int:
-    return int(InboundEvent.select().where(InboundEvent.status == "pending").count())
+    return int(InboundEvent.select().where(InboundEvent.status == InboundStatus.PENDING).count())
 

@@ -23,6 +23,7 @@ from db.database import database, db_session
 from db.models import Decision, InboundEvent, JobRun, OpsAlert, Send
 from ground.send_states import FINISHED
 from ground.settings import Settings
+from ground.vocabulary import InboundStatus
 
 BATCH = 5000
 
@@ -48,7 +49,7 @@ RULES = [
     Rule("send log", Send, lambda now, s: (Send.finished_at < _sends(now, s))
          & Send.status.in_(FINISHED)),
     Rule("inbound events", InboundEvent, lambda now, s: (InboundEvent.received_at < _events(now, s))
-         & (InboundEvent.status != "pending")),
+         & (InboundEvent.status != InboundStatus.PENDING)),
     Rule("job runs", JobRun, lambda now, s: (JobRun.started_at < _runs(now, s)) & JobRun.finished_at.is_null(False)),
     Rule("ops alerts", OpsAlert, lambda now, s: OpsAlert.created_at < _events(now, s)),
 ]

@@ -1,4 +1,5 @@
-"""The project's basic words, each defined once: event types, webhook schemes, provider names.
+"""The project's basic words, each defined once: event types and an inbound event's statuses,
+webhook schemes, provider names.
 
 (Channels have their own table, ``ground/channels.py``; a send's statuses and decisions are in
 ``ground/send_states.py``.) StrEnum members compare equal to their text, which is what the database,
@@ -11,16 +12,31 @@ from enum import StrEnum
 
 
 class EventType(StrEnum):
-    """A canonical inbound event's ``type`` (contract: "Canonical events")."""
+    """A canonical inbound event's ``type`` (contract: "Canonical events"), and a campaign's
+    ``trigger``/``exit_on`` event (the public five, ``EVENT_TYPES``)."""
 
     CONTACT_UPSERT = "contact.upsert"
     CONTACT_UNSUBSCRIBE = "contact.unsubscribe"
     CONVERSION = "conversion"
     DELIVERY = "delivery"
     CLICK = "click"
+    # Internal: what an inbound SMS START word means (lifts the sms suppression). A sender cannot
+    # post it and a campaign cannot trigger or exit on it, so it is not in EVENT_TYPES.
+    CONTACT_RESUBSCRIBE = "contact.resubscribe"
 
 
-EVENT_TYPES: tuple[str, ...] = tuple(EventType)
+# The public event types: what a webhook sender may post and a campaign file may name.
+EVENT_TYPES: tuple[str, ...] = tuple(kind for kind in EventType if kind is not EventType.CONTACT_RESUBSCRIBE)
+
+
+class InboundStatus(StrEnum):
+    """``InboundEvent.status``: where a committed webhook event is in its processing."""
+
+    PENDING = "pending"  # committed, waiting for the event processor
+    PROCESSED = "processed"  # its effects applied (its ``error`` may hold notes: "no such contact")
+    UNMAPPABLE = "unmappable"  # verified but with no meaning for us; kept with its reason, never processed
+    FAILED = "failed"  # applying it raised; its ``error`` says why
+
 
 # What a provider's delivery receipt can say of a sent message (a `delivery` event's status).
 DELIVERY_STATUSES = ("delivered", "failed", "bounced", "complained")

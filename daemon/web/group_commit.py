@@ -40,6 +40,7 @@ import peewee
 from db.database import database, db_session, is_postgres, sql_rows, transaction_waiting_at_most
 from db.models import utcnow
 from ground.outage_log import OutageLog
+from ground.vocabulary import InboundStatus
 
 logger = logging.getLogger(__name__)
 # With the database away every batch fails: one line per outage, not one per batch.
@@ -52,7 +53,7 @@ class IncomingEvent:
     event_id: str
     type: str | None
     payload: str
-    status: str = "pending"  # or 'unmappable', kept with its reason
+    status: InboundStatus = InboundStatus.PENDING  # or UNMAPPABLE, kept with its reason
     error: str | None = None
 
 

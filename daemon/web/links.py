@@ -26,6 +26,7 @@ from engine import contacts
 from engine.templates import TOKEN_BYTES
 from ground.metrics import WEBHOOK_EVENTS
 from ground.outage_log import OutageLog
+from ground.vocabulary import EventType
 
 logger = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -131,8 +132,8 @@ async def tracked_link(request: web.Request) -> web.Response:
     _lookups.succeeded()
     if url is None:
         raise web.HTTPNotFound(text="unknown link")
-    click = IncomingEvent(CLICK_SOURCE, secrets.token_hex(16), "click",
-                          json.dumps({"events": [{"type": "click", "data": {"token": token}}]}))
+    click = IncomingEvent(CLICK_SOURCE, secrets.token_hex(16), EventType.CLICK,
+                          json.dumps({"events": [{"type": EventType.CLICK, "data": {"token": token}}]}))
     settings = request.app[SETTINGS]
     try:
         await committer.submit_within(click, settings.click_max_wait_s)

@@ -21,6 +21,7 @@ from daemon.web.signatures import verify
 from engine.events import InvalidEvent, WebhookRequest, interpret, stored_raw
 from ground.errors import InvalidSignature
 from ground.metrics import WEBHOOK_EVENTS, WEBHOOK_LATENCY
+from ground.vocabulary import InboundStatus
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ async def receive(request: web.Request) -> web.Response:
             return _refuse(name, "invalid", 400, "no event id")
         raw = stored_raw(source.scheme, incoming, str(source.secret or ""))
         event = IncomingEvent(name, meaning.event_id, meaning.type, meaning.stored_payload(raw),
-                              status="unmappable" if meaning.unmappable else "pending", error=meaning.unmappable)
+                              status=InboundStatus.UNMAPPABLE if meaning.unmappable else InboundStatus.PENDING, error=meaning.unmappable)
         committer = request.app[COMMITTER]
         # 503 + Retry-After: nothing was accepted (and nothing will be written), the sender retries.
         try:
