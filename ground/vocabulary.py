@@ -41,8 +41,31 @@ class InboundStatus(StrEnum):
 # What a provider's delivery receipt can say of a sent message (a `delivery` event's status).
 DELIVERY_STATUSES = ("delivered", "failed", "bounced", "complained")
 
-# How a webhook source signs (contract: "Webhook schemes"); RETENTIOND_SOURCE_<NAME>_SCHEME.
-WEBHOOK_SCHEMES = ("standard", "stripe", "twilio", "calcom", "token")
 
-# Provider names a channel can use (RETENTIOND_CHANNEL_<CHANNEL>_PROVIDER); actors/providers builds them.
-PROVIDERS = ("console", "smtp", "twilio", "postmark", "webhook", "push")
+class WebhookScheme(StrEnum):
+    """How a webhook source signs (contract: "Webhook schemes"); RETENTIOND_SOURCE_<NAME>_SCHEME.
+    daemon/web/signatures.py verifies each (tests/test_dispatch_tables.py holds them together)."""
+
+    STANDARD = "standard"
+    STRIPE = "stripe"
+    TWILIO = "twilio"
+    CALCOM = "calcom"
+    TOKEN = "token"
+
+
+WEBHOOK_SCHEMES: tuple[str, ...] = tuple(WebhookScheme)
+
+
+class ProviderName(StrEnum):
+    """A provider a channel can use (RETENTIOND_CHANNEL_<CHANNEL>_PROVIDER); actors/providers builds
+    each (tests/test_dispatch_tables.py holds them together)."""
+
+    CONSOLE = "console"
+    SMTP = "smtp"
+    TWILIO = "twilio"
+    POSTMARK = "postmark"
+    WEBHOOK = "webhook"
+    PUSH = "push"
+
+
+PROVIDERS: tuple[str, ...] = tuple(ProviderName)

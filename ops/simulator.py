@@ -12,12 +12,14 @@ delivered: a message sent twice) and ``by_channel``; ``POST /stats/reset`` zeroe
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
 import signal
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -157,16 +159,26 @@ class Simulator:
 
 SIMULATOR = web.AppKey("simulator", Simulator)
 
+Handler = Callable[[Simulator, web.Request], Awaitable[web.Response]]
+
+# The POST routes standing in for each provider that speaks HTTP, by the provider's name
+# (ground.vocabulary.ProviderName; not imported: the simulator stands outside the project, and
+# tests/test_dispatch_tables.py checks these names against the providers that call out over HTTP).
+PROVIDER_ROUTES: Mapping[str, Sequence[tuple[str, Handler]]] = {
+    "twilio": [("/2010-04-01/Accounts/{sid}/{resource:Messages|Calls}.json", Simulator.twilio)],
+    "postmark": [("/email", Simulator.postmark_email), ("/email/batch", Simulator.postmark_batch)],
+    "webhook": [("/webhook", Simulator.webhook)],
+    "push": [("/push", Simulator.push)],
+}
+
 
 def build_simulator_app(latency_ms: float = 0, error_rate: float = 0, rate_429: float = 0,
                         seed: int | None = None) -> web.Application:
     sim = Simulator(latency_ms, error_rate, rate_429, seed)
     app = web.Application(client_max_size=8 * 1024 * 1024)
-    app.router.add_post("/2010-04-01/Accounts/{sid}/{resource:Messages|Calls}.json", sim.twilio)
-    app.router.add_post("/email", sim.postmark_email)
-    app.router.add_post("/email/batch", sim.postmark_batch)
-    app.router.add_post("/webhook", sim.webhook)
-    app.router.add_post("/push", sim.push)
+    for routes in PROVIDER_ROUTES.values():
+        for path, handler in routes:
+            app.router.add_post(path, functools.partial(handler, sim))
     app.router.add_get("/stats", sim.stats)
     app.router.add_post("/stats/reset", sim.reset)
     app[SIMULATOR] = sim

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ground.errors import UnbuildableMessage
+from ground.settings import Secret
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,11 @@ class Provider(Protocol):
     async def send(self, message: OutboundMessage) -> ProviderResult: ...
 
     async def close(self) -> None: ...
+
+
+class ProviderClass(Protocol):
+    """A provider's class, as ``build_provider`` uses it."""
+
+    def from_options(self, options: Mapping[str, Secret], channel: str) -> Provider:
+        """The provider for ``channel``, configured from its ``RETENTIOND_PROVIDER_<NAME>_*`` settings."""
+        ...

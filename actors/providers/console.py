@@ -11,6 +11,7 @@ from typing import TextIO
 from actors.providers.base import OutboundMessage, ProviderResult
 from ground.errors import ConfigError
 from ground.settings import Secret
+from ground.vocabulary import ProviderName
 
 
 class ConsoleProvider:
@@ -20,7 +21,7 @@ class ConsoleProvider:
     (and test it) with a provider that is slow like a real one.
     """
 
-    name = "console"
+    name: str = ProviderName.CONSOLE
 
     def __init__(self, delay_ms: float = 0.0, stream: TextIO | None = None) -> None:
         self.delay_s = delay_ms / 1000
@@ -28,7 +29,8 @@ class ConsoleProvider:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Secret]) -> ConsoleProvider:
+    def from_options(cls, options: Mapping[str, Secret], channel: str = "") -> ConsoleProvider:
+        # every channel prints the same way: ``channel`` is taken for build_provider's sake
         try:
             delay_ms = float(options.get("delay_ms", "0"))
         except ValueError:

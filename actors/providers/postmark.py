@@ -21,6 +21,7 @@ from actors.providers.base import OutboundMessage, ProviderResult, refuse_header
 from actors.providers.http import base_url, close_session, request, required
 from ground.errors import ChannelError, ConfigError, PermanentChannelError, TransientChannelError
 from ground.settings import Secret
+from ground.vocabulary import ProviderName
 
 # Postmark ErrorCodes worth another try (service maintenance, temporary account hold).
 RETRYABLE_CODES = {100, 405}
@@ -32,7 +33,7 @@ def _message_error(code: int, message: str) -> ChannelError:
 
 
 class PostmarkProvider:
-    name = "postmark"
+    name: str = ProviderName.POSTMARK
 
     def __init__(self, url: str, token: str, sender: str, stream: str | None = None, batch: bool = True,
                  batch_size: int = 50, batch_wait_s: float = 5.0) -> None:
@@ -57,8 +58,8 @@ class PostmarkProvider:
             raise ConfigError("RETENTIOND_PROVIDER_POSTMARK_BATCH_SIZE", "expected numbers for the batch settings") from None
         if not 1 <= size <= 500:
             raise ConfigError("RETENTIOND_PROVIDER_POSTMARK_BATCH_SIZE", "Postmark takes 1 to 500 messages per batch")
-        return cls(base_url(options, "postmark", "https://api.postmarkapp.com"),
-                   required(options, "postmark", "server_token"), required(options, "postmark", "from"),
+        return cls(base_url(options, cls.name, "https://api.postmarkapp.com"),
+                   required(options, cls.name, "server_token"), required(options, cls.name, "from"),
                    options.get("message_stream"), str(options.get("batch", "true")).lower() in ("1", "true", "yes"),
                    size, wait_ms / 1000)
 
@@ -74,10 +75,10 @@ class PostmarkProvider:
     async def send(self, message: OutboundMessage) -> ProviderResult:
         if not message.recipient:
             raise PermanentChannelError("postmark: no recipient address")
-        refuse_header_line_breaks(message, "postmark")  # Postmark puts To, Subject, Headers in MIME headers
+        refuse_header_line_breaks(message, self.name)  # Postmark puts To, Subject, Headers in MIME headers
         payload = self._payload(message)
         if not self.batch:
-            answer = await request("postmark", "POST", f"{self.url}/email", json=payload,
+            answer = await request(self.name, "POST", f"{self.url}/email", json=payload,
                                    headers={**self.headers, "Idempotency-Key": message.idempotency_key})
             return self._result(answer)
         loop = asyncio.get_running_loop()
@@ -108,7 +109,7 @@ class PostmarkProvider:
     async def _send_batch(self, batch: list[tuple[dict[str, Any], asyncio.Future[ProviderResult]]]) -> None:
         self.batch_calls += 1
         try:
-            answers = await request("postmark", "POST", f"{self.url}/email/batch", json=[p for p, _ in batch],
+            answers = await request(self.name, "POST", f"{self.url}/email/batch", json=[p for p, _ in batch],
                                     headers=self.headers)
             if not isinstance(answers, list) or len(answers) != len(batch):
                 raise TransientChannelError("postmark: the batch answer does not match the batch")

@@ -10,10 +10,11 @@ from actors.providers.base import OutboundMessage, ProviderResult
 from actors.providers.http import base_url, close_session, request
 from ground.errors import PermanentChannelError
 from ground.settings import Secret
+from ground.vocabulary import ProviderName
 
 
 class PushProvider:
-    name = "push"
+    name: str = ProviderName.PUSH
 
     def __init__(self, url: str, token: str | None) -> None:
         self.url = url
@@ -22,7 +23,7 @@ class PushProvider:
     @classmethod
     def from_options(cls, options: Mapping[str, Secret], channel: str) -> PushProvider:
         token = options.get("token")
-        return cls(base_url(options, "push", "https://ntfy.sh"), str(token) if token else None)
+        return cls(base_url(options, cls.name, "https://ntfy.sh"), str(token) if token else None)
 
     async def send(self, message: OutboundMessage) -> ProviderResult:
         if not message.recipient:
@@ -30,7 +31,7 @@ class PushProvider:
         headers = {"Idempotency-Key": message.idempotency_key}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        answer = await request("push", "POST", self.url, headers=headers,
+        answer = await request(self.name, "POST", self.url, headers=headers,
                                json={"topic": message.recipient, "title": message.subject or "",
                                      "message": message.body or ""})
         return ProviderResult(provider_message_id=str(answer.get("id") or message.idempotency_key))

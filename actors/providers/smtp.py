@@ -20,10 +20,11 @@ from actors.providers.base import OutboundMessage, ProviderResult, refuse_header
 from actors.providers.http import required
 from ground.errors import ConfigError, PermanentChannelError, TransientChannelError, UnbuildableMessage
 from ground.settings import Secret
+from ground.vocabulary import ProviderName
 
 
 class SmtpProvider:
-    name = "smtp"
+    name: str = ProviderName.SMTP
 
     def __init__(self, host: str, port: int, sender: str, username: str | None = None, password: str | None = None,
                  starttls: bool = False, timeout_s: float = 30.0) -> None:
@@ -41,7 +42,7 @@ class SmtpProvider:
             raise ConfigError("RETENTIOND_PROVIDER_SMTP_PORT", "expected a number") from None
         username = options.get("username")
         starttls = str(options.get("starttls", "true" if username else "false")).lower() in ("1", "true", "yes")
-        return cls(required(options, "smtp", "host"), port, required(options, "smtp", "from"),
+        return cls(required(options, cls.name, "host"), port, required(options, cls.name, "from"),
                    str(username) if username else None, str(options["password"]) if options.get("password") else None,
                    starttls, timeout_s)
 
@@ -61,7 +62,7 @@ class SmtpProvider:
     async def send(self, message: OutboundMessage) -> ProviderResult:
         if not message.recipient:
             raise PermanentChannelError("smtp: no recipient address")
-        refuse_header_line_breaks(message, "smtp")
+        refuse_header_line_breaks(message, self.name)
         try:
             email = self.build(message)
         except (ValueError, TypeError, MessageError) as exc:

@@ -16,10 +16,11 @@ from actors.providers.base import OutboundMessage, ProviderResult
 from actors.providers.http import base_url, close_session, request, required
 from ground.errors import ConfigError
 from ground.settings import Secret
+from ground.vocabulary import ProviderName
 
 
 class WebhookProvider:
-    name = "webhook"
+    name: str = ProviderName.WEBHOOK
 
     def __init__(self, url: str, secret: str) -> None:
         self.url = url
@@ -30,7 +31,7 @@ class WebhookProvider:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Secret], channel: str) -> WebhookProvider:
-        return cls(base_url(options, "webhook", ""), required(options, "webhook", "secret"))
+        return cls(base_url(options, cls.name, ""), required(options, cls.name, "secret"))
 
     async def send(self, message: OutboundMessage) -> ProviderResult:
         body = json.dumps({"type": "retentiond.message", "data": {
@@ -40,7 +41,7 @@ class WebhookProvider:
         headers = {"webhook-id": message.idempotency_key, "webhook-timestamp": str(int(now.timestamp())),
                    "webhook-signature": self.signer.sign(message.idempotency_key, now, body),
                    "Idempotency-Key": message.idempotency_key, "Content-Type": "application/json"}
-        await request("webhook", "POST", self.url, data=body.encode(), headers=headers)
+        await request(self.name, "POST", self.url, data=body.encode(), headers=headers)
         return ProviderResult(provider_message_id=message.idempotency_key)
 
     async def close(self) -> None:

@@ -23,20 +23,23 @@ import functools
 import hashlib
 import hmac
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.events import WebhookRequest
 from ground.errors import InvalidSignature
 from ground.settings import Source
+from ground.vocabulary import WebhookScheme
 
 
 def verify(source: Source, request: WebhookRequest, public_url: str, tolerance_s: int = 300) -> None:
     secret = str(source.secret or "")
     if not secret:
         raise InvalidSignature("no secret configured")
-    check = _SCHEMES[source.scheme]
     try:
-        check(secret, request, public_url, tolerance_s)
+        # inside the try: a scheme the settings accepted but no check here fails closed, never a 500
+        # (tests/test_dispatch_tables.py keeps SCHEMES equal to WebhookScheme)
+        SCHEMES[WebhookScheme(source.scheme)](secret, request, public_url, tolerance_s)
     except (TypeError, ValueError, UnicodeError) as exc:
         # Fail closed: input a library could not even compare is not a valid signature.
         raise InvalidSignature(type(exc).__name__) from None
@@ -124,4 +127,12 @@ def _raw(header: str) -> bytes:
     return header.encode("utf-8", "surrogateescape")
 
 
-_SCHEMES = {"standard": _standard, "stripe": _stripe, "twilio": _twilio, "calcom": _calcom, "token": _token}
+Check = Callable[[str, WebhookRequest, str, int], None]
+
+SCHEMES: Mapping[WebhookScheme, Check] = {
+    WebhookScheme.STANDARD: _standard,
+    WebhookScheme.STRIPE: _stripe,
+    WebhookScheme.TWILIO: _twilio,
+    WebhookScheme.CALCOM: _calcom,
+    WebhookScheme.TOKEN: _token,
+}

@@ -1,0 +1,35 @@
+"""Each dispatch table answers for every word of its vocabulary, and for nothing else.
+
+A scheme the settings accept but no verifier knows would pass start-up and then refuse every
+request; a provider name without a builder would fail only when a channel is set to it; a provider
+the simulator does not serve would fail only in the benchmarks and the chaos suite.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import actors.providers.http
+from actors.providers import BUILDERS
+from daemon.web.signatures import SCHEMES
+from ground.vocabulary import PROVIDERS, WEBHOOK_SCHEMES, ProviderName, WebhookScheme
+from ops.simulator import PROVIDER_ROUTES
+
+
+def test_every_webhook_scheme_has_its_verifier() -> None:
+    assert set(SCHEMES) == set(WebhookScheme) == set(WEBHOOK_SCHEMES)
+
+
+def test_every_provider_name_has_its_builder() -> None:
+    assert set(BUILDERS) == set(ProviderName) == set(PROVIDERS)
+
+
+def test_the_simulator_serves_every_provider_that_speaks_http() -> None:
+    # Given the providers whose module calls out through the shared HTTP client (the simulator may
+    # not import the project, so both sides are read from here)
+    speaks_http = {name for name, cls in BUILDERS.items()
+                   if getattr(inspect.getmodule(cls), "request", None) is actors.providers.http.request}
+    assert speaks_http  # the reading itself works: twilio, postmark, webhook and push at least
+    # Then the simulator has routes for exactly those, by the same names (build_simulator_app
+    # serves what PROVIDER_ROUTES lists)
+    assert set(PROVIDER_ROUTES) == set(map(str, speaks_http))
