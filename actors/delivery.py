@@ -63,6 +63,7 @@ from engine.outcomes import CallOutcome, ClaimedSend, Result, from_call
 from engine.sends import settle
 from engine.workers import ThisProcess
 from engine.workers import current as this_process
+from ground.channels import CHANNELS
 from ground.errors import (
     PermanentChannelError,
     ProviderRateLimited,
@@ -104,7 +105,7 @@ class ChannelSender:
         self._event_loop = event_loop
         self._in_flight: asyncio.Semaphore | None = None
         self.actor: dramatiq.Actor  # set once the actor wrapping this sender is declared
-        self.__name__ = f"send_{channel}"  # Dramatiq names loggers after the callable
+        self.__name__ = CHANNELS[channel].actor_name  # Dramatiq names loggers after the callable
         # eight threads per worker meet the same outage: told once, with a summary a minute
         self._claim_outage = OutageLog(logger, f"claiming {channel} sends")
         self._write_outage = OutageLog(logger, f"writing {channel} send results")

@@ -38,6 +38,7 @@ from daemon.web.app import build_app, make_runner
 from daemon.worker_process import spawn_entry
 from db.database import close_database
 from ground import metrics
+from ground.channels import CHANNELS
 from ground.errors import ConfigError
 from ground.outage_log import OutageLog
 from ground.settings import PREFIX, Settings
@@ -84,7 +85,7 @@ class Daemon:
         self.broker = build_broker(self.settings)
         # A queue of another type than the one asked for (classic vs quorum) stops the start: exit 2.
         check_queues(self.broker)
-        self.actors = {name: self.broker.get_actor(f"send_{name}") for name in self.settings.rates}
+        self.actors = {name: self.broker.get_actor(CHANNELS[name].actor_name) for name in self.settings.rates}
         self.scheduler = Scheduler(self.settings, self.actors, self.broker.get_actor(EVENT_ACTOR), self.instance_id)
 
         self.event_actor = self.broker.get_actor(EVENT_ACTOR)

@@ -271,8 +271,8 @@ class _Validator:
         subject = None
         if raw.get("subject") is not None:
             subject = self.template(raw["subject"], f"{where}.subject")
-        elif channel == "email":
-            self.error(f"{where}.subject", "required for an email step")
+        elif isinstance(channel, str) and channel in CHANNELS and CHANNELS[channel].has_subject:
+            self.error(f"{where}.subject", f"required for an {channel} step")
         fallback = raw.get("fallback")
         if fallback is not None:
             if fallback not in CHANNELS:

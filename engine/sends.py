@@ -41,6 +41,7 @@ from engine.outcomes import (
     resolve_fallbacks,
     step_fallbacks,
 )
+from ground.channels import CHANNELS
 from ground.send_states import CLAIMABLE, EFFECTS, Decided, Outcome, SendStatus
 
 # -- plan ------------------------------------------------------------------------------------------
@@ -180,11 +181,11 @@ def prepare(claimed: Sequence[ClaimedSend], checks: SendChecks, public_url: str,
 
 def _unsubscribe_headers(to_send: Sequence[ClaimedSend], public_url: str) -> dict[int, dict[str, str]]:
     """List-Unsubscribe and RFC 8058 one-click headers on campaign emails."""
-    campaign_emails = [s for s in to_send if s.channel == "email" and s.contact_id is not None
+    campaign_emails = [s for s in to_send if CHANNELS[s.channel].list_unsubscribe and s.contact_id is not None
                        and s.campaign_id is not None]
     if not campaign_emails:
         return {}
-    tokens = make_unsubscribe_tokens([(int(s.contact_id or 0), "email", s.id) for s in campaign_emails])
+    tokens = make_unsubscribe_tokens([(int(s.contact_id or 0), s.channel, s.id) for s in campaign_emails])
     return {s.id: {"List-Unsubscribe": f"<{unsubscribe_url(public_url, token)}>",
                    "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
             for s, token in zip(campaign_emails, tokens, strict=True)}

@@ -29,7 +29,7 @@ import pika.exceptions
 from daemon.web.health import broker_parameters, probe_broker, probe_database
 from db.database import db_session, rows
 from db.models import Decision, JobRun, Lease, OpsAlert, utcnow
-from ground.channels import CHANNELS, QUEUE_PREFIX
+from ground.channels import CHANNELS
 from ground.metrics import HEALTH_STATUS, OPS_ALERTS, QUEUE_DEPTH
 from ground.send_states import Decided
 from ground.settings import Settings
@@ -69,9 +69,9 @@ def queue_depths(settings: Settings) -> dict[str, int]:
     connection = pika.BlockingConnection(broker_parameters(settings, timeout_s=2))
     depths = {}
     try:
-        for channel_name in CHANNELS:
+        for queue in (c.queue_name for c in CHANNELS.values()):
             for suffix in ("", ".DQ", ".XQ"):
-                name = f"{QUEUE_PREFIX}{channel_name}{suffix}"
+                name = queue + suffix
                 channel = connection.channel()
                 try:
                     depths[name] = channel.queue_declare(name, passive=True).method.message_count
