@@ -260,7 +260,10 @@ def _still_held(send_ids: list[int], claimant: str | None) -> set[int]:
 def _settled_row(r: Result, now: dt.datetime) -> tuple[Any, ...]:
     """(id, *db.queries.SETTLE_COLUMNS): status, provider, provider_message_id, error, reason,
     finished_at, due_at, attempts, deferrals, claimed_at, queued_at."""
-    s, status = r.send, EFFECTS[r.outcome].status
+    effect = EFFECTS.get(r.outcome)
+    if effect is None:  # RATE_LIMITED is settled as DEFERRED before it comes here
+        raise ValueError(f"no send status for outcome {r.outcome!r}")
+    s, status = r.send, effect.status
     if r.outcome == Outcome.SENT:
         return (s.id, status, r.provider, r.provider_message_id, None, None, r.finished_at or now, s.due_at,
                 s.attempts, s.deferrals, s.claimed_at, s.queued_at)
@@ -276,10 +279,10 @@ def _settled_row(r: Result, now: dt.datetime) -> tuple[Any, ...]:
     if r.outcome == Outcome.DEFERRED:  # back to the outbox with a new due time; no attempt spent
         return (s.id, status, r.provider, None, r.error, r.reason, None, r.until,
                 s.attempts - 1, s.deferrals + 1, None, None)
-    if r.outcome in (Outcome.SKIPPED, Outcome.FELL_BACK):
-        return (s.id, status, None, None, None, r.reason, now, s.due_at,
-                s.attempts - 1, s.deferrals, s.claimed_at, s.queued_at)
-    raise ValueError(f"no send status for outcome {r.outcome!r}")
+    # the rest of EFFECTS: SKIPPED and FELL_BACK, held back by the checks
+    assert r.outcome in (Outcome.SKIPPED, Outcome.FELL_BACK), r.outcome
+    return (s.id, status, None, None, None, r.reason, now, s.due_at,
+            s.attempts - 1, s.deferrals, s.claimed_at, s.queued_at)
 
 
 def _decision(r: Result, now: dt.datetime) -> dict[str, Any]:

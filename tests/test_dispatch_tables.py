@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
+
 import actors.providers.http
 from actors.providers import BUILDERS
 from daemon.web.signatures import SCHEMES
+from db.models import utcnow
+from engine.outcomes import Result
+from engine.sends import _settled_row
+from ground.send_states import EFFECTS, Outcome
 from ground.vocabulary import PROVIDERS, WEBHOOK_SCHEMES, ProviderName, WebhookScheme
 from ops.simulator import PROVIDER_ROUTES
+from tests.support.results import claimed
 
 
 def test_every_webhook_scheme_has_its_verifier() -> None:
@@ -33,3 +40,13 @@ def test_the_simulator_serves_every_provider_that_speaks_http() -> None:
     # Then the simulator has routes for exactly those, by the same names (build_simulator_app
     # serves what PROVIDER_ROUTES lists)
     assert set(PROVIDER_ROUTES) == set(map(str, speaks_http))
+
+
+def test_every_outcome_with_an_effect_settles_to_its_status_and_any_other_is_named() -> None:
+    # Given a claimed send and each outcome: those in EFFECTS become a settled row with their status
+    now = utcnow()
+    for outcome, effect in EFFECTS.items():
+        assert _settled_row(Result(claimed(1, now), outcome), now)[1] == effect.status
+    # And an outcome never stored as such (a 429 is settled as a deferral first) is a ValueError naming it
+    with pytest.raises(ValueError, match="rate_limited"):
+        _settled_row(Result(claimed(1, now), Outcome.RATE_LIMITED), now)
