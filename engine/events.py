@@ -35,7 +35,7 @@ from urllib.parse import quote, quote_plus
 from engine.contacts import InvalidContact, normalise_email, normalise_phone, parse_contact
 from ground.channels import CHANNELS
 from ground.errors import RetentiondError
-from ground.vocabulary import DELIVERY_STATUSES, EVENT_TYPES, EventType
+from ground.vocabulary import DELIVERY_STATUSES, EVENT_TYPES, EventType, WebhookScheme
 
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
 START_WORDS = {"START", "UNSTOP", "YES", "OPTIN"}
@@ -76,16 +76,16 @@ class WebhookRequest:
 
 def interpret(scheme: str, request: WebhookRequest, default_region: str) -> Interpreted:
     """The meaning of a verified request, storable as it is; ``InvalidEvent`` (400) otherwise."""
-    # No fallback: a scheme without an interpreter is a KeyError here (and a failing test), never
-    # read silently as another scheme's payload.
-    return _storable(INTERPRETERS[scheme](request, default_region))
+    # No fallback: a scheme without an interpreter is a KeyError (ValueError if not a scheme at all)
+    # here, and a failing test, never read silently as another scheme's payload.
+    return _storable(INTERPRETERS[WebhookScheme(scheme)](request, default_region))
 
 
 def stored_raw(scheme: str, request: WebhookRequest, secret: str) -> str:
     """What is kept of the request beside its meaning, for an operator: the body, or the query
     parameters of a bodiless postback — without the source's secret, whatever the scheme."""
     if request.body:
-        if request.form and scheme == "token":
+        if request.form and scheme == WebhookScheme.TOKEN:
             raw = json.dumps({k: v for k, v in request.form.items() if k != "token"})
         else:
             raw = request.body.decode("utf-8", "replace")
@@ -384,7 +384,8 @@ def _standard(request: WebhookRequest, default_region: str) -> Interpreted:
     return Interpreted(request.headers.get("webhook-id", ""), document.get("type"), [canonical(document, default_region)])
 
 
-# Each webhook scheme's interpreter: the keys are ground.vocabulary.WEBHOOK_SCHEMES (a test keeps them equal).
-INTERPRETERS: dict[str, Callable[[WebhookRequest, str], Interpreted]] = {
-    "standard": _standard, "stripe": _stripe, "calcom": _calcom, "twilio": _twilio, "token": _token,
+# Each webhook scheme's interpreter (tests/test_vocabulary.py keeps the keys equal to WebhookScheme).
+INTERPRETERS: dict[WebhookScheme, Callable[[WebhookRequest, str], Interpreted]] = {
+    WebhookScheme.STANDARD: _standard, WebhookScheme.STRIPE: _stripe, WebhookScheme.CALCOM: _calcom,
+    WebhookScheme.TWILIO: _twilio, WebhookScheme.TOKEN: _token,
 }
