@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 from engine.contacts import InvalidContact, normalise_email, normalise_phone, parse_contact
-from ground.channels import CHANNELS
+from ground.channels import CHANNELS, ChannelName
 from ground.errors import RetentiondError
 from ground.vocabulary import DELIVERY_STATUSES, EVENT_TYPES, EventType, WebhookScheme
 
@@ -322,8 +322,8 @@ def _twilio(request: WebhookRequest, default_region: str) -> Interpreted:
         return Interpreted(sid, kind, unmappable="a STOP/START from a number we cannot read")
     if kind == "inbound.stop":
         return Interpreted(sid, kind, [{"type": EventType.CONTACT_UNSUBSCRIBE,
-                                        "data": {"phone": sender, "channel": "sms", "reason": "STOP"}}])
-    return Interpreted(sid, kind, [{"type": EventType.CONTACT_RESUBSCRIBE, "data": {"phone": sender, "channel": "sms"}}])
+                                        "data": {"phone": sender, "channel": ChannelName.SMS, "reason": "STOP"}}])
+    return Interpreted(sid, kind, [{"type": EventType.CONTACT_RESUBSCRIBE, "data": {"phone": sender, "channel": ChannelName.SMS}}])
 
 
 def _token(request: WebhookRequest, default_region: str) -> Interpreted:

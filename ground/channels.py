@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 QUEUE_PREFIX = "retentiond."
 EVENTS_QUEUE = QUEUE_PREFIX + "events"  # the event processor's queue (actors/events.py)
@@ -54,6 +55,9 @@ class _ChannelTable(dict[str, Channel]):
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and super().__contains__(key)
+
+    def get(self, key: object, default: Any = None) -> Any:
+        return super().get(key, default) if isinstance(key, str) else default
 
 
 # Names are the enum's plain text (.value), so settings and the table's keys stay plain strings.
