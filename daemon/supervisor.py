@@ -117,6 +117,11 @@ class Daemon:
 
         await self._stopping.wait()
         notify("STOPPING=1")
+        # The shutdown is under way and bounded by SHUTDOWN_TIMEOUT_S; a repeated SIGTERM (Ctrl-C
+        # twice, a supervisor repeating itself) must not cut it short. The loop's handlers ignore
+        # them until it closes, which puts SIGTERM back to its default action (death by signal)
+        # for the rest of the teardown: from here on the process ignores both signals instead.
+        _ignore_stop_signals(loop)
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
 
         # 1. no more HTTP
@@ -244,3 +249,17 @@ class Daemon:
             else:
                 self._tick_outage.succeeded()
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+def _ignore_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """SIGTERM and SIGINT ignored from now on, with no instant at their default action: blocked
+    while the loop's handlers are removed (which restores the defaults), then ignored, then
+    unblocked (one that arrived meanwhile is then discarded)."""
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    try:
+        for sig in stop_signals:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)

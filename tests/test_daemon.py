@@ -174,6 +174,26 @@ def test_embedded_defaults_run_from_an_empty_directory(tmp_path: Path, daemons: 
     assert daemon.stop() == 0
 
 
+def test_sigterm_repeated_until_the_daemon_is_gone_still_ends_in_a_clean_exit(tmp_path: Path, daemons: list) -> None:
+    # Given a running daemon on the embedded defaults (an operator pressing Ctrl-C twice, a
+    # supervisor that repeats its stop signal)
+    env = base_env()
+    assert cli("migrate", env=env, cwd=tmp_path).returncode == 0
+    daemon = DaemonProcess(env, tmp_path)
+    daemons.append(daemon)
+    daemon.start()
+    assert daemon.process is not None
+    # When SIGTERM keeps coming, every 5 ms, through the whole shutdown and teardown
+    deadline = time.monotonic() + 30
+    while daemon.process.poll() is None and time.monotonic() < deadline:
+        daemon.process.send_signal(signal.SIGTERM)
+        time.sleep(0.005)  # the signals' spacing, not a wait for anything
+    # Then the shutdown that the first one started ends cleanly: exit 0, never death by signal
+    # (asyncio puts SIGTERM back to its default action when its loop closes)
+    assert daemon.process.wait(timeout=30) == 0
+    assert "stopped after" in daemon.stderr() + daemon.stdout()
+
+
 @pytest.mark.slow
 def test_a_worker_process_that_dies_is_replaced(database: str, amqp_url: str, tmp_path: Path,
                                                 daemons: list) -> None:
