@@ -130,6 +130,7 @@ class Send(BaseModel):
     class Meta:
         indexes = (
             (("status", "due_at"), False),  # planner and reconciler
+            (("status", "channel", "due_at"), False),  # the relay's pacing: due and in flight per channel
             (("contact", "created_at"), False),  # caps and cooldowns, one query per batch
             (("finished_at",), False),  # retention cleanup
         )
