@@ -6,11 +6,20 @@ the process whose UPDATE matched the rows enqueues them), then enqueued; when th
 chunk goes back to ``planned`` for the next tick. A crash between the two steps leaves ``queued``
 rows that were never enqueued: the reconciler re-enqueues those after a timeout, and the actor's
 claim makes a duplicate message harmless.
+
+Pacing: a rate-limited channel is relayed only up to its window (``PACING_WINDOW_S`` of its rate,
+never less than one message) beyond the sends already in flight on it (queued, retrying,
+sending), so its backlog waits in the outbox, not on its queue: worker threads are not parked
+waiting for its rate-limit slots, and its queue's depth is the work due now. An unlimited channel
+is relayed whole, as before. Each pass reads the counts in flight (one grouped statement) and the
+due sends of every channel (one statement) on ``send(status, channel, due_at)``. Two relays at once
+(two daemons' jobs) may together exceed a window, never enqueue a send twice: the conditional
+UPDATE still decides who publishes.
 """
 
 from __future__ import annotations
 
-import logging
+import math
 from collections import defaultdict
 from collections.abc import Mapping
 
@@ -21,9 +30,8 @@ from db.models import utcnow
 from engine import sends
 from ground.settings import Settings
 
-logger = logging.getLogger(__name__)
-
 MAX_BATCH = 100  # sends per message on an unlimited (or fast) channel
+PACING_WINDOW_S = 3.0  # seconds of a rate-limited channel's rate kept in flight
 
 
 def batch_size(settings: Settings, channel: str) -> int:
@@ -34,23 +42,33 @@ def batch_size(settings: Settings, channel: str) -> int:
     return max(1, min(MAX_BATCH, int(per_second)))
 
 
+def window(settings: Settings, channel: str) -> int | None:
+    """How many sends of ``channel`` may be in flight at once (None: unlimited, relayed whole).
+    At least two scheduler ticks of its rate too, so the channel never runs dry between passes."""
+    per_second = settings.rate(channel).per_second
+    if per_second is None:
+        return None
+    seconds = max(PACING_WINDOW_S, 2 * settings.scheduler_interval_s)
+    return max(batch_size(settings, channel), math.ceil(per_second * seconds))
+
+
 def relay_planned_sends(settings: Settings, actors: Mapping[str, dramatiq.Actor], limit: int = 10_000) -> int:
-    """Enqueue up to ``limit`` due planned sends; return how many were enqueued."""
+    """Enqueue the due planned sends, at most ``limit`` per channel and a rate-limited channel only
+    up to its window; return how many were enqueued."""
     now = utcnow()
     with db_session():
+        windows = {channel: window(settings, channel) for channel in actors}
+        busy = sends.in_flight([c for c, w in windows.items() if w is not None])
+        room = {c: limit if w is None else min(limit, w - busy.get(c, 0)) for c, w in windows.items()}
         by_channel: dict[str, list[int]] = defaultdict(list)
-        for send_id, channel in sends.due(now, limit):
+        for send_id, channel in sends.due(now, room):
             by_channel[channel].append(send_id)
 
         enqueued = 0
         for channel, ids in by_channel.items():
-            actor = actors.get(channel)
-            if actor is None:
-                logger.error("%d planned send(s) on unknown channel %r left planned", len(ids), channel)
-                continue
             size = batch_size(settings, channel)
             for start in range(0, len(ids), size):
-                enqueued += _relay_chunk(actor, ids[start:start + size], now)
+                enqueued += _relay_chunk(actors[channel], ids[start:start + size], now)
     return enqueued
 
 

@@ -4,7 +4,8 @@ The statuses and what each outcome does are in ground/send_states.py; this modul
 transitions, each one set-based (a constant number of statements per batch, whatever its size):
 
 * ``plan`` — new sends (``planned``, or ``failed`` at once on a template error), by the planner;
-* ``enqueue`` / ``unqueue`` — ``planned -> queued`` and back, by the outbox relay;
+* ``enqueue`` / ``unqueue`` — ``planned -> queued`` and back, by the outbox relay (which reads
+  ``due`` and ``in_flight`` per channel to pace the rate-limited ones);
 * ``claim`` — ``queued``/``retrying -> sending`` under a worker's instance id, before any provider call;
 * ``settle`` — a claimed send's outcome: sent, failed, skipped, retrying, deferred (back to
   ``planned`` with a later due time) or released (back to ``queued``), with its decision, its
@@ -20,9 +21,13 @@ engine/outcomes.py.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import operator
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+
+import peewee
 
 from db.bulk import insert_many
 from db.database import database, is_postgres, rows
@@ -43,6 +48,9 @@ from engine.outcomes import (
 )
 from ground.channels import CHANNELS
 from ground.send_states import CLAIMABLE, EFFECTS, Decided, Outcome, SendStatus
+
+# On a channel queue or in a worker's hands: what the relay's pacing counts against a channel's window.
+IN_FLIGHT = (*CLAIMABLE, SendStatus.SENDING)
 
 # -- plan ------------------------------------------------------------------------------------------
 
@@ -103,11 +111,31 @@ def _plan_fallbacks(results: Sequence[Result], now: dt.datetime) -> None:
 # -- relay -----------------------------------------------------------------------------------------
 
 
-def due(now: dt.datetime, limit: int) -> list[tuple[int, str]]:
-    """(id, channel) of the planned sends due by ``now``, oldest first."""
-    return [(i, c) for i, c in rows(Send.select(Send.id, Send.channel)
-                                    .where(Send.status == SendStatus.PLANNED, Send.due_at <= now)
-                                    .order_by(Send.due_at, Send.id).limit(limit))]
+def due(now: dt.datetime, limits: Mapping[str, int]) -> list[tuple[int, str]]:
+    """(id, channel) of the planned sends due by ``now``, oldest first on each channel, at most
+    ``limits[channel]`` of each: one statement, a UNION ALL of one LIMITed index range per channel
+    on ``send(status, channel, due_at)``, so its cost follows what is taken, not the backlog."""
+    parts = []
+    for index, (channel, limit) in enumerate(sorted((c, n) for c, n in limits.items() if n > 0)):
+        # Ordered by due_at alone, so each range is read in index order and stops at its LIMIT
+        # (a tie-break on id makes PostgreSQL sort the channel's whole due backlog first).
+        ranged = (Send.select(Send.id, Send.channel)
+                  .where(Send.status == SendStatus.PLANNED, Send.channel == channel, Send.due_at <= now)
+                  .order_by(Send.due_at).limit(limit)).alias(f"due_{index}")
+        parts.append(Send.select(ranged.c.id, ranged.c.channel).from_(ranged))
+    if not parts:
+        return []
+    return [(i, c) for i, c in rows(functools.reduce(operator.add, parts))]  # + is UNION ALL
+
+
+def in_flight(channels: Collection[str]) -> dict[str, int]:
+    """Sends on their way per channel (``queued``, ``retrying``, ``sending``), one grouped statement
+    on ``send(status, channel, due_at)``; a channel with none is absent."""
+    if not channels:
+        return {}
+    return {c: int(n) for c, n in rows(Send.select(Send.channel, peewee.fn.COUNT(Send.id))
+                                       .where(Send.status.in_(IN_FLIGHT), Send.channel.in_(sorted(channels)))
+                                       .group_by(Send.channel))}
 
 
 def enqueue(send_ids: Sequence[int], now: dt.datetime) -> list[int]:
