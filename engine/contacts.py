@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import zoneinfo
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -240,9 +240,56 @@ def upsert_contacts(inputs: Sequence[ContactInput]) -> list[UpsertResult]:
     raise AssertionError("unreachable")
 
 
-def _upsert(inputs: Sequence[ContactInput]) -> list[UpsertResult]:
+def upsert_in_order(inputs: Sequence[ContactInput]) -> list[UpsertResult]:
+    """Upsert inputs as if one ``upsert_contacts([input])`` after another, in a few statements.
+
+    The inputs are cut into rounds, each the longest prefix of what is left whose inputs share no
+    key and no existing contact (one SELECT shows which contacts their keys reach): inside a round
+    no input can see another's effect, so one set-based write of the round is the same as writing
+    its inputs in turn. Distinct contacts are one round (one SELECT, one INSERT, one UPDATE); a
+    contact met again starts the next round. Results in input order; each round's contact ids
+    are the ids of distinct contacts."""
+    for attempt in (1, 2):
+        try:
+            with database.atomic():
+                results: list[UpsertResult] = []
+                for round_ in iter_rounds(inputs):
+                    results.extend(round_)
+                return results
+        except peewee.IntegrityError:  # another process inserted one of them: see upsert_contacts
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def iter_rounds(inputs: Sequence[ContactInput]) -> Iterator[list[UpsertResult]]:
+    """Apply ``inputs`` round by round (see ``upsert_in_order``), yielding each round's results
+    once written, so that a caller can apply what follows the upserts of a round before the next
+    (a contact's second upsert comes after its first one's enrolments). Call inside a transaction."""
+    start = 0
+    while start < len(inputs):
+        existing = _existing(inputs[start:])
+        holders: dict[tuple[str, str], int] = {(k, getattr(c, k)): c.id for c in existing for k in KEYS
+                                               if getattr(c, k)}
+        seen: set[object] = set()
+        end = start
+        while end < len(inputs):
+            keys = inputs[end].keys()
+            reach = {*keys, *(holders[k] for k in keys if k in holders)}
+            if reach & seen:
+                break
+            seen |= reach
+            end += 1
+        round_ = inputs[start:end]
+        reached = {holders[k] for item in round_ for k in item.keys() if k in holders}
+        yield _upsert(round_, [c for c in existing if c.id in reached])
+        start = end
+
+
+def _upsert(inputs: Sequence[ContactInput], existing: Sequence[Contact] | None = None) -> list[UpsertResult]:
     merged, index_of = _merge_batch(inputs)
-    existing = _existing(merged)
+    if existing is None:
+        existing = _existing(merged)
     by_key = {(k, getattr(c, k)): c for c in existing for k in KEYS if getattr(c, k)}
     now = utcnow()
 
@@ -309,17 +356,54 @@ def _existing(merged: Sequence[ContactInput]) -> list[Contact]:
     return list(Contact.select().where(condition))
 
 
-def find_contact(key: Mapping[str, Any], default_region: str) -> Contact | None:
-    """The contact with this external_id, email or phone (normalised first), if any."""
+def contact_key(key: Mapping[str, Any], default_region: str) -> tuple[str, str]:
+    """The (field, normalised value) an event names its contact by: external_id, else email, else phone."""
     if key.get("external_id"):
         external_id = str(key["external_id"]).strip()
         _refuse_nul("external_id", external_id)
-        return Contact.get_or_none(Contact.external_id == external_id)
+        return "external_id", external_id
     if key.get("email"):
-        return Contact.get_or_none(Contact.email == normalise_email(str(key["email"])))
+        return "email", normalise_email(str(key["email"]))
     if key.get("phone"):
-        return Contact.get_or_none(Contact.phone == normalise_phone(str(key["phone"]), default_region))
+        return "phone", normalise_phone(str(key["phone"]), default_region)
     raise InvalidContact("external_id", "give an external_id, an email or a phone")
+
+
+def find_contact(key: Mapping[str, Any], default_region: str) -> Contact | None:
+    """The contact with this external_id, email or phone (normalised first), if any."""
+    name, value = contact_key(key, default_region)
+    return Contact.get_or_none(getattr(Contact, name) == value)
+
+
+def find_contact_ids(keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """The ids of the contacts with these ``contact_key`` keys (those that exist): one query."""
+    clauses = [getattr(Contact, name).in_(sorted({v for k, v in keys if k == name}))
+               for name in KEYS if any(k == name for k, _ in keys)]
+    if not clauses:
+        return {}
+    condition = clauses[0]
+    for clause in clauses[1:]:
+        condition = condition | clause
+    found: dict[tuple[str, str], int] = {}
+    for contact in Contact.select(Contact.id, Contact.external_id, Contact.email, Contact.phone).where(condition):
+        for name in KEYS:
+            if getattr(contact, name):
+                found[(name, getattr(contact, name))] = contact.id
+    return found
+
+
+def suppress_first(items: Iterable[tuple[int, str, str]]) -> None:
+    """Suppress each (contact, channel, reason) as if in turn: the first reason for a contact and
+    channel is the one kept (``suppress`` ignores a second), so only it is written; one INSERT per
+    channel and reason."""
+    first: dict[tuple[int, str], str] = {}
+    for contact_id, channel, reason in items:
+        first.setdefault((contact_id, channel), reason)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for (contact_id, channel), reason in first.items():
+        groups.setdefault((channel, reason), []).append(contact_id)
+    for (channel, reason), ids in groups.items():
+        suppress(ids, reason, channel)
 
 
 def suppress(contact_ids: Iterable[int], reason: str, channel: str = "*") -> int:

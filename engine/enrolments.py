@@ -8,7 +8,8 @@ import or a redelivered message never restarts a sequence, not even one already 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import peewee
 
@@ -56,13 +57,16 @@ def enrol(contact_ids: Sequence[int], campaign: Campaign | str, *, now: dt.datet
              .first())
     if first is None:
         raise CampaignError(f"campaign {campaign.slug!r} has no steps")
-    now = now or utcnow()
-    due = now + dt.timedelta(seconds=first.delay_s)
+    return _insert_enrolments(contact_ids, campaign.id, first.delay_s, now or utcnow())
+
+
+def _insert_enrolments(contact_ids: Sequence[int], campaign_id: int, delay_s: int, now: dt.datetime) -> int:
+    due = now + dt.timedelta(seconds=delay_s)
     enrolled = 0
     with database.atomic():
         for chunk in _chunks(contact_ids):
             rows = (Contact
-                    .select(Contact.id, peewee.Value(campaign.id), peewee.Value(EnrolmentStatus.ACTIVE.value), peewee.Value(0),
+                    .select(Contact.id, peewee.Value(campaign_id), peewee.Value(EnrolmentStatus.ACTIVE.value), peewee.Value(0),
                             peewee.Value(due), peewee.Value(now))
                     .where(Contact.id.in_(chunk)))
             query = (Enrolment
@@ -91,14 +95,17 @@ def exit_enrolments(contact_ids: Sequence[int], event_type: str, *, reason: str 
     UPDATE per chunk of contacts.
     """
     campaign_ids = [c.id for c in Campaign.select(Campaign.id, Campaign.exit_on) if event_type in (c.exit_on or ())]
+    return _exit(contact_ids, campaign_ids, reason or event_type, now or utcnow())
+
+
+def _exit(contact_ids: Sequence[int], campaign_ids: Sequence[int], reason: str, now: dt.datetime) -> int:
     if not campaign_ids or not contact_ids:
         return 0
-    now = now or utcnow()
     exited = 0
     with database.atomic():
         for chunk in _chunks(contact_ids):
             exited += (Enrolment
-                       .update(status=EnrolmentStatus.EXITED, finished_at=now, exit_reason=(reason or event_type)[:100])
+                       .update(status=EnrolmentStatus.EXITED, finished_at=now, exit_reason=reason[:100])
                        .where(Enrolment.contact.in_(chunk)
                               & Enrolment.campaign.in_(campaign_ids)
                               & Enrolment.status.in_(OPEN_STATUSES))
@@ -112,13 +119,56 @@ def follow_campaigns(kind: str, contact_ids: Sequence[int], reason: str | None =
     active campaign triggered by ``kind`` (a contact already enrolled there, even finished, is left
     alone). A campaign that cannot take them (no steps) is not an error: returned as a note for
     the caller to keep (the event processor writes it on the event)."""
-    notes: list[str] = []
     if not contact_ids:
+        return []
+    return CampaignRules.load().follow(kind, contact_ids, reason)
+
+
+@dataclass(frozen=True)
+class CampaignRules:
+    """Every campaign's trigger, ``exit_on`` and first step, read once (two queries) so that a
+    batch of events follows them without a query per event. Campaigns are few: all of them fit."""
+
+    campaigns: tuple[Campaign, ...]
+    first_delay_s: Mapping[int, int]  # campaign id -> its first step's delay; absent: no steps
+
+    @classmethod
+    def load(cls) -> CampaignRules:
+        campaigns = tuple(Campaign.select(Campaign.id, Campaign.slug, Campaign.active, Campaign.trigger_event,
+                                          Campaign.exit_on).order_by(Campaign.id))
+        firsts = {step.campaign_id: step.delay_s for step in CampaignStep.select(CampaignStep.campaign,
+                                                                                   CampaignStep.delay_s)
+                  .where(CampaignStep.position == 0)}
+        return cls(campaigns, firsts)
+
+    def exits_and_triggers(self, kind: str) -> bool:
+        """True when one campaign both starts and ends on ``kind``: a contact's second such event
+        then exits what its first one enrolled, so events of one contact must be followed in turn."""
+        return any(c.trigger_event == kind and c.active and kind in (c.exit_on or ()) for c in self.campaigns)
+
+    def follow(self, kind: str, contact_ids: Sequence[int], reason: str | None = None,
+               now: dt.datetime | None = None) -> list[str]:
+        """``follow_campaigns`` with these rules: one UPDATE, then one INSERT per triggered campaign."""
+        notes: list[str] = []
+        if not contact_ids:
+            return notes
+        now = now or utcnow()
+        _exit(contact_ids, [c.id for c in self.campaigns if kind in (c.exit_on or ())], reason or kind, now)
+        for campaign in self.campaigns:
+            if campaign.trigger_event == kind and campaign.active:
+                try:
+                    self.enrol(contact_ids, campaign.slug, now)
+                except CampaignError as exc:
+                    notes.append(str(exc))
         return notes
-    exit_enrolments(contact_ids, kind, reason=reason or kind)
-    for campaign in campaigns_triggered_by(kind):
-        try:
-            enrol(contact_ids, campaign)
-        except CampaignError as exc:
-            notes.append(str(exc))
-    return notes
+
+    def enrol(self, contact_ids: Sequence[int], slug: str, now: dt.datetime | None = None) -> int:
+        """``enrol`` with these rules (the same checks and messages): one INSERT ... SELECT."""
+        campaign = next((c for c in self.campaigns if c.slug == slug), None)
+        if campaign is None:
+            raise CampaignError(f"unknown campaign {slug!r}")
+        if not campaign.active:
+            raise CampaignError(f"campaign {campaign.slug!r} is inactive")
+        if campaign.id not in self.first_delay_s:
+            raise CampaignError(f"campaign {campaign.slug!r} has no steps")
+        return _insert_enrolments(contact_ids, campaign.id, self.first_delay_s[campaign.id], now or utcnow())

@@ -26,12 +26,19 @@ from typing import Any
 import peewee
 
 from db.bulk import insert_many
-from db.database import database, db_session, is_postgres
-from db.models import Attribution, Contact, InboundEvent, Send, TrackedLink, utcnow
+from db.database import database, db_session, is_postgres, rows
+from db.models import Attribution, InboundEvent, Send, TrackedLink, utcnow
 from db.queries import bulk_update
-from engine.campaigns import CampaignError, enrol
-from engine.contacts import ContactInput, find_contact, suppress, unsubscribe, unsuppress, upsert_contacts
-from engine.enrolments import follow_campaigns
+from engine.contacts import (
+    ContactInput,
+    contact_key,
+    find_contact,
+    find_contact_ids,
+    iter_rounds,
+    suppress_first,
+    unsuppress,
+)
+from engine.enrolments import CampaignError, CampaignRules
 from ground.metrics import EVENTS_PROCESSED
 from ground.send_states import SendStatus
 from ground.settings import Settings
@@ -62,9 +69,25 @@ def process_pending(settings: Settings, limit: int = 50_000, should_stop: Callab
     return outcomes
 
 
-def _process_batch(settings: Settings, events: list[InboundEvent]) -> Counter:
-    """In arrival order: runs of consecutive clicks, or of consecutive delivery receipts, set-based;
-    anything else one at a time."""
+class _Batch:
+    """What every run of a batch shares: the settings, and the campaign rules read once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._rules: CampaignRules | None = None
+        self.contact_ids: set[int] = set()  # whose enrolments to plan once the batch is committed
+
+    @property
+    def rules(self) -> CampaignRules:
+        if self._rules is None:
+            self._rules = CampaignRules.load()
+        return self._rules
+
+
+def _process_batch(settings: Settings, events: list[InboundEvent], batch: _Batch | None = None) -> Counter:
+    """In arrival order: runs of consecutive events of one set-based kind together; anything else
+    one at a time."""
+    batch = batch or _Batch(settings)
     outcomes: Counter = Counter()
     run: Run = []
     run_kind: str | None = None
@@ -74,23 +97,24 @@ def _process_batch(settings: Settings, events: list[InboundEvent]) -> Counter:
             run.append((event, data))
             continue
         if run and run_kind is not None:
-            outcomes.update(_process_run(settings, run_kind, run))
+            outcomes.update(_process_run(batch, run_kind, run))
             run, run_kind = [], None
         if kind is not None:
             run, run_kind = [(event, data)], kind
         else:
-            outcomes[_process_one(settings, event)] += 1
+            outcomes[_process_one(settings, event, batch)] += 1
     if run and run_kind is not None:
-        outcomes.update(_process_run(settings, run_kind, run))
+        outcomes.update(_process_run(batch, run_kind, run))
     return outcomes
 
 
 def _lone_event(event: InboundEvent) -> tuple[str | None, dict[str, Any]]:
-    """(kind, data) when the event is a single click or delivery receipt, else (None, {})."""
+    """(kind, data) when the event is a single event of a set-based kind, of the expected shape,
+    else (None, {})."""
     try:
         (canonical,) = json.loads(event.payload)["events"]
         kind, data = canonical["type"], canonical["data"]
-        if kind in _SET_BASED and isinstance(data[_SET_BASED[kind][1]], str):
+        if kind in _SET_BASED and isinstance(data, dict) and _SET_BASED[kind][1](data):
             return kind, data
     except (ValueError, KeyError, TypeError):
         pass  # the one-at-a-time path deals with it, and with its errors
@@ -102,25 +126,60 @@ EventUpdate = tuple[int, InboundStatus, Any, int | None, str | None]
 Run = list[tuple[InboundEvent, dict[str, Any]]]
 
 
-def _process_run(settings: Settings, kind: str, run: Run) -> Counter:
+def _process_run(batch: _Batch, kind: str, run: Run) -> Counter:
     try:
         with database.atomic():
-            updates = _SET_BASED[kind][0](run, utcnow())
-            notes = follow_campaigns(kind, sorted({u[3] for u in updates if u[3] is not None}))
-            if notes:  # campaign notes concern every event of the run
-                updates = [(*u[:4], "; ".join(([u[4]] if u[4] else []) + notes)[:2000]) for u in updates]
+            updates = _SET_BASED[kind][0](batch, run, utcnow())
             bulk_update("inbound_event", ("status", "processed_at", "contact_id", "error"), updates,
                         casts={"processed_at": "timestamp", "contact_id": "integer"}, guard=("status", InboundStatus.PENDING))
+        batch.contact_ids.update(u[3] for u in updates if u[3] is not None)
         return Counter({InboundStatus.PROCESSED: len(run)})
     except _DATABASE_AWAY:
         raise
     except Exception:
         logger.warning("a run of %d %s events failed set-based; applying them one at a time", len(run), kind,
                        exc_info=True)
-        return Counter(_process_one(settings, event) for event, _ in run)
+        return Counter(_process_one(batch.settings, event, batch) for event, _ in run)
 
 
-def _apply_clicks(run: Run, now: Any) -> list[EventUpdate]:
+def _with_notes(update: EventUpdate, notes: list[str]) -> EventUpdate:
+    if not notes:
+        return update
+    return (*update[:4], "; ".join(([update[4]] if update[4] else []) + notes)[:2000])
+
+
+def _follow(batch: _Batch, kind: str, updates: list[EventUpdate], reasons: list[str | None] | None = None,
+            now: Any = None) -> list[EventUpdate]:
+    """Each event's consequences for campaigns (``follow_campaigns``), its notes added to its row.
+
+    Set-based, yet as if event after event: a contact's k-th event of the run is followed in
+    round k, when it matters — a campaign that starts and ends on ``kind`` (the second event
+    exits what the first enrolled), or a reason per event (the first exit's reason stays).
+    Otherwise every contact is followed once, which is what following them again would leave."""
+    reasons = reasons or [None] * len(updates)
+    in_turn = len(set(reasons)) > 1 or batch.rules.exits_and_triggers(kind)
+    rounds: list[dict[str | None, list[int]]] = []
+    seen: Counter = Counter()
+    for index, update in enumerate(updates):
+        contact_id = update[3]
+        if contact_id is None:
+            continue
+        number = seen[contact_id] if in_turn else 0
+        seen[contact_id] += 1
+        while len(rounds) <= number:
+            rounds.append({})
+        rounds[number].setdefault(reasons[index], []).append(index)
+    out = list(updates)
+    for groups in rounds:
+        for reason, indexes in groups.items():
+            contact_ids = sorted({c for c in (updates[i][3] for i in indexes) if c is not None})
+            notes = batch.rules.follow(kind, contact_ids, reason, now)
+            for i in indexes:
+                out[i] = _with_notes(out[i], notes)
+    return out
+
+
+def _apply_clicks(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
     """Each click attributed to its link's send, step and campaign: one query, one insert."""
     links = {link.token: link for link in TrackedLink.select(
         TrackedLink.token, TrackedLink.contact, TrackedLink.send, TrackedLink.campaign, TrackedLink.step)
@@ -137,17 +196,17 @@ def _apply_clicks(run: Run, now: Any) -> list[EventUpdate]:
         updates.append((event.id, InboundStatus.PROCESSED, now, link.contact_id, None))
     if attributions:
         insert_many(Attribution, attributions).execute()
-    return updates
+    return _follow(batch, EventType.CLICK, updates, now=now)
 
 
-def _apply_deliveries(run: Run, now: Any) -> list[EventUpdate]:
+def _apply_deliveries(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
     """Each receipt's status on its send (the last receipt of a send wins, as one at a time would),
     bounces and complaints suppressed on the send's channel: one query, two writes."""
     sends = {send.provider_message_id: send for send in Send.select(
         Send.id, Send.provider_message_id, Send.contact, Send.channel)
         .where(Send.provider_message_id.in_(sorted({data["provider_message_id"] for _, data in run})))}
     statuses: dict[int, str] = {}
-    suppressions: dict[tuple[str, str], set[int]] = {}
+    suppressions: list[tuple[int, str, str]] = []
     updates: list[EventUpdate] = []
     for event, data in run:
         send = sends.get(data["provider_message_id"])
@@ -156,12 +215,90 @@ def _apply_deliveries(run: Run, now: Any) -> list[EventUpdate]:
             continue
         statuses[send.id] = data["status"]
         if data["status"] in ("bounced", "complained") and send.contact_id is not None:
-            suppressions.setdefault((data["status"], send.channel), set()).add(send.contact_id)
+            suppressions.append((send.contact_id, send.channel, data["status"]))
         updates.append((event.id, InboundStatus.PROCESSED, now, send.contact_id, None))
     bulk_update("send", ("delivery_status",), list(statuses.items()))
-    for (reason, channel), contact_ids in suppressions.items():
-        suppress(contact_ids, reason, channel)
+    suppress_first(suppressions)
+    return _follow(batch, EventType.DELIVERY, updates, now=now)
+
+
+def _apply_upserts(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
+    """Contacts upserted as if one after another (``iter_rounds``: distinct contacts are one
+    round), each round then following its campaigns and enrolling in the campaigns its events
+    name, before the next round: per round one SELECT, one INSERT, one UPDATE, then one statement
+    per campaign concerned."""
+    campaigns: list[str | None] = []
+    inputs: list[ContactInput] = []
+    for _, data in run:
+        fields = dict(data)
+        campaigns.append(fields.pop("campaign", None))
+        inputs.append(ContactInput(**fields))
+    updates: list[EventUpdate] = []
+    for results in iter_rounds(inputs):
+        first = len(updates)
+        ids = [r.contact_id for r in results]
+        notes = batch.rules.follow(EventType.CONTACT_UPSERT, ids, now=now)
+        by_campaign: dict[str, list[int]] = {}
+        for offset, _ in enumerate(results):
+            if campaigns[first + offset]:
+                by_campaign.setdefault(str(campaigns[first + offset]), []).append(offset)
+        failures: dict[int, str] = {}
+        for slug, offsets in by_campaign.items():
+            try:
+                batch.rules.enrol([ids[o] for o in offsets], slug, now)
+            except CampaignError as exc:
+                failures.update((o, str(exc)) for o in offsets)
+        for offset, result in enumerate(results):
+            event_notes = notes + ([failures[offset]] if offset in failures else [])
+            updates.append((run[first + offset][0].id, InboundStatus.PROCESSED, now, result.contact_id,
+                            "; ".join(event_notes)[:2000] or None))
     return updates
+
+
+def _contacts_of(batch: _Batch, run: Run) -> list[int | None]:
+    """Each event's contact (``find_contact``'s rules), all found with one query."""
+    keys = [contact_key(data, batch.settings.default_region) for _, data in run]
+    found = find_contact_ids(keys)
+    return [found.get(key) for key in keys]
+
+
+def _apply_conversions(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
+    """Each conversion attributed to its contact's last touch: one query for the contacts, two for
+    their last click and last message, one insert; then the campaigns that exit on it."""
+    contact_ids = _contacts_of(batch, run)
+    causes = _last_touches(sorted({c for c in contact_ids if c is not None}))
+    attributions: list[dict[str, Any]] = []
+    updates: list[EventUpdate] = []
+    reasons: list[str | None] = []
+    for (event, data), contact_id in zip(run, contact_ids, strict=True):
+        reasons.append(data.get("name") or EventType.CONVERSION)
+        if contact_id is None:
+            updates.append((event.id, InboundStatus.PROCESSED, now, None, "no such contact"))
+            continue
+        cause = causes.get(contact_id, {})
+        attributions.append({"event": event.id, "kind": EventType.CONVERSION, "contact": contact_id,
+                             "send": cause.get("send"), "campaign": cause.get("campaign"), "step": cause.get("step"),
+                             "name": data.get("name"), "value": data.get("value"), "created_at": now})
+        updates.append((event.id, InboundStatus.PROCESSED, now, contact_id, None))
+    if attributions:
+        insert_many(Attribution, attributions).execute()
+    return _follow(batch, EventType.CONVERSION, updates, reasons, now)
+
+
+def _apply_unsubscribes(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
+    """Each contact suppressed on the event's channel (one insert per channel and reason), then
+    the campaigns that exit on an unsubscribe (``unsubscribe``'s rules)."""
+    contact_ids = _contacts_of(batch, run)
+    suppressions: list[tuple[int, str, str]] = []
+    updates: list[EventUpdate] = []
+    for (event, data), contact_id in zip(run, contact_ids, strict=True):
+        if contact_id is None:
+            updates.append((event.id, InboundStatus.PROCESSED, now, None, "no such contact"))
+            continue
+        suppressions.append((contact_id, data.get("channel") or "*", data.get("reason") or "unsubscribed"))
+        updates.append((event.id, InboundStatus.PROCESSED, now, contact_id, None))
+    suppress_first(suppressions)
+    return _follow(batch, EventType.CONTACT_UNSUBSCRIBE, updates, ["unsubscribed"] * len(updates), now)
 
 
 # The database failed, not the event (connection lost or refused, "database is locked"): the
@@ -170,23 +307,37 @@ def _apply_deliveries(run: Run, now: Any) -> list[EventUpdate]:
 _DATABASE_AWAY = (peewee.OperationalError, peewee.InterfaceError)
 
 
-# Event kinds applied set-based: how, and the data field that identifies what they concern.
-_SET_BASED: dict[str, tuple[Callable[[Run, Any], list[EventUpdate]], str]] = {
-    EventType.CLICK: (_apply_clicks, "token"),
-    EventType.DELIVERY: (_apply_deliveries, "provider_message_id"),
+def _is_text(field: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda data: isinstance(data.get(field), str)
+
+
+def _upsert_shape(data: dict[str, Any]) -> bool:
+    return data.get("campaign") is None or isinstance(data["campaign"], str)
+
+
+# Event kinds applied set-based: how, and which data they take (anything else goes one at a time).
+_SET_BASED: dict[str, tuple[Callable[[_Batch, Run, Any], list[EventUpdate]], Callable[[dict[str, Any]], bool]]] = {
+    EventType.CLICK: (_apply_clicks, _is_text("token")),
+    EventType.DELIVERY: (_apply_deliveries, _is_text("provider_message_id")),
+    EventType.CONTACT_UPSERT: (_apply_upserts, _upsert_shape),
+    EventType.CONVERSION: (_apply_conversions, lambda data: True),
+    EventType.CONTACT_UNSUBSCRIBE: (_apply_unsubscribes, lambda data: True),
 }
 
 
-def _process_one(settings: Settings, event: InboundEvent) -> InboundStatus:
+def _process_one(settings: Settings, event: InboundEvent, batch: _Batch | None = None) -> InboundStatus:
+    batch = batch or _Batch(settings)
     notes: list[str] = []
     try:
         with database.atomic():
             contact_id = None
             for canonical in json.loads(event.payload)["events"]:
-                contact_id = _apply(settings, event, canonical, notes) or contact_id
+                contact_id = _apply(batch, event, canonical, notes) or contact_id
             (InboundEvent.update(status=InboundStatus.PROCESSED, processed_at=utcnow(), contact=contact_id,
                                  error="; ".join(notes)[:2000] or None)
              .where(InboundEvent.id == event.id).execute())
+        if contact_id is not None:
+            batch.contact_ids.add(contact_id)
         return InboundStatus.PROCESSED
     except _DATABASE_AWAY:
         raise
@@ -197,65 +348,48 @@ def _process_one(settings: Settings, event: InboundEvent) -> InboundStatus:
         return InboundStatus.FAILED
 
 
-def _contact(settings: Settings, data: dict[str, Any], notes: list[str]) -> Contact | None:
-    contact = find_contact(data, settings.default_region)
-    if contact is None:
-        notes.append("no such contact")
-    return contact
-
-
-def _apply(settings: Settings, event: InboundEvent, canonical: dict[str, Any], notes: list[str]) -> int | None:
+def _apply(batch: _Batch, event: InboundEvent, canonical: dict[str, Any], notes: list[str]) -> int | None:
     kind, data = canonical["type"], dict(canonical["data"])
-    if kind == EventType.CONTACT_UPSERT:
-        campaign = data.pop("campaign", None)
-        (result,) = upsert_contacts([ContactInput(**data)])
-        notes.extend(follow_campaigns(EventType.CONTACT_UPSERT, [result.contact_id]))
-        if campaign:
-            try:
-                enrol([result.contact_id], campaign)
-            except CampaignError as exc:
-                notes.append(str(exc))
-        return result.contact_id
-    if kind in (EventType.CONTACT_UNSUBSCRIBE, EventType.CONTACT_RESUBSCRIBE):
-        contact = _contact(settings, data, notes)
+    if kind == EventType.CONTACT_RESUBSCRIBE:
+        contact = find_contact(data, batch.settings.default_region)
         if contact is None:
+            notes.append("no such contact")
             return None
-        channel = data.get("channel") or "*"
-        if kind == EventType.CONTACT_RESUBSCRIBE:
-            unsuppress([contact.id], channel)
-        else:
-            notes.extend(unsubscribe([contact.id], channel, data.get("reason") or "unsubscribed"))
-        return contact.id
-    if kind == EventType.CONVERSION:
-        contact = _contact(settings, data, notes)
-        if contact is None:
-            return None
-        cause = _last_touch(contact.id)
-        Attribution.create(event=event.id, kind=EventType.CONVERSION, contact=contact.id, name=data.get("name"),
-                           value=data.get("value"), **cause)
-        notes.extend(follow_campaigns(EventType.CONVERSION, [contact.id], reason=data.get("name") or EventType.CONVERSION))
+        unsuppress([contact.id], data.get("channel") or "*")
         return contact.id
     if kind in _SET_BASED:  # the same rules as a run of them, for a run of one
-        ((_, _, _, contact_id, note),) = _SET_BASED[kind][0]([(event, data)], utcnow())
+        ((_, _, _, contact_id, note),) = _SET_BASED[kind][0](batch, [(event, data)], utcnow())
         if note:
             notes.append(note)
-        if contact_id is not None:
-            notes.extend(follow_campaigns(kind, [contact_id]))
         return contact_id
     raise ValueError(f"unknown event type {kind!r}")
 
 
-def _last_touch(contact_id: int) -> dict[str, Any]:
-    """What caused a conversion: the contact's last click, else the last message sent to them."""
-    click = (Attribution.select().where(Attribution.contact == contact_id, Attribution.kind == EventType.CLICK)
-             .order_by(Attribution.id.desc()).first())
-    if click is not None:
-        return {"send": click.send_id, "campaign": click.campaign_id, "step": click.step_id}
-    send = (Send.select(Send.id, Send.campaign, Send.step)
-            .where(Send.contact == contact_id, Send.status == SendStatus.SENT).order_by(Send.finished_at.desc()).first())
-    if send is not None:
-        return {"send": send.id, "campaign": send.campaign_id, "step": send.step_id}
-    return {}
+def _last_touches(contact_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """What caused each contact's conversion: their last click, else the last message sent to them
+    (the latest finished, the latest id among equals). Two queries whatever the number of contacts."""
+    if not contact_ids:
+        return {}
+    last_click = (Attribution.select(peewee.fn.MAX(Attribution.id))
+                  .where(Attribution.contact.in_(contact_ids), Attribution.kind == EventType.CLICK)
+                  .group_by(Attribution.contact))
+    causes = {contact_id: {"send": send_id, "campaign": campaign_id, "step": step_id}
+              for contact_id, send_id, campaign_id, step_id in rows(
+                  Attribution.select(Attribution.contact, Attribution.send, Attribution.campaign, Attribution.step)
+                  .where(Attribution.id.in_(last_click)))}
+    rest = [c for c in contact_ids if c not in causes]
+    if not rest:
+        return causes
+    latest = peewee.fn.ROW_NUMBER().over(partition_by=[Send.contact],
+                                         order_by=[Send.finished_at.desc(), Send.id.desc()])
+    ranked = (Send.select(Send.contact.alias("contact_id"), Send.id.alias("send_id"), Send.campaign.alias("campaign_id"),
+                          Send.step.alias("step_id"), latest.alias("n"))
+              .where(Send.contact.in_(rest), Send.status == SendStatus.SENT).alias("ranked"))
+    last_sends = (peewee.Select([ranked], [ranked.c.contact_id, ranked.c.send_id, ranked.c.campaign_id, ranked.c.step_id])
+                  .where(ranked.c.n == 1).bind(database))
+    for contact_id, send_id, campaign_id, step_id in rows(last_sends):
+        causes[contact_id] = {"send": send_id, "campaign": campaign_id, "step": step_id}
+    return causes
 
 
 def pending_count() -> int:
