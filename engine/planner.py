@@ -32,21 +32,24 @@ from ground.settings import Settings
 BATCH = 500
 
 
-def due_enrolments(now: dt.datetime, size: int) -> peewee.ModelSelect[Enrolment]:
+def due_enrolments(now: dt.datetime, size: int, contact_ids: Sequence[int] | None = None) -> peewee.ModelSelect[Enrolment]:
     """The due query: up to ``size`` active enrolments due by ``now``, oldest first, on the index
-    ``enrolment(status, next_due_at)``. On PostgreSQL the rows are locked, skipping locked ones,
-    so two daemons' ticks take disjoint batches instead of queueing."""
+    ``enrolment(status, next_due_at)`` (of ``contact_ids`` only, when given). On PostgreSQL the
+    rows are locked, skipping locked ones, so two daemons' ticks take disjoint batches instead of
+    queueing."""
     query = (Enrolment.select(Enrolment.id)
              .where(Enrolment.status == EnrolmentStatus.ACTIVE, Enrolment.next_due_at <= now)
              .order_by(Enrolment.next_due_at).limit(size))
+    if contact_ids is not None:
+        query = query.where(Enrolment.contact.in_(sorted(set(contact_ids))))
     return query.for_update(skip_locked=True) if is_postgres() else query
 
 
-def claim_due(now: dt.datetime, size: int) -> peewee.ModelUpdate:
+def claim_due(now: dt.datetime, size: int, contact_ids: Sequence[int] | None = None) -> peewee.ModelUpdate:
     """The statement a planning batch starts with: the due enrolments ``active -> waiting`` (so
     another daemon's tick cannot take them too), returning (id, contact, campaign, position)."""
     return (Enrolment.update(status=EnrolmentStatus.WAITING)
-            .where(Enrolment.id.in_(due_enrolments(now, size)), Enrolment.status == EnrolmentStatus.ACTIVE)
+            .where(Enrolment.id.in_(due_enrolments(now, size, contact_ids)), Enrolment.status == EnrolmentStatus.ACTIVE)
             .returning(Enrolment.id, Enrolment.contact, Enrolment.campaign, Enrolment.next_position))
 
 
@@ -64,22 +67,34 @@ def contact_fields(contact: Contact) -> dict[str, Any]:
 
 def plan_due_steps(settings: Settings, now: dt.datetime, limit: int = 10_000) -> PlanReport:
     """Plan up to ``limit`` due enrolment steps, in batches of BATCH, one transaction each."""
-    report = PlanReport()
     with db_session():
-        while report.planned + report.failed + report.completed < limit:
-            size = min(BATCH, limit - report.planned - report.failed - report.completed)
-            with database.atomic():
-                claimed = _claim(now, size)
-                if not claimed:
-                    break
-                _plan_batch(settings, claimed, now, report)
-            if len(claimed) < size:
+        return _plan(settings, now, limit, None)
+
+
+def plan_contacts(settings: Settings, contact_ids: Sequence[int], now: dt.datetime) -> PlanReport:
+    """Plan the due steps of these contacts' enrolments now, without waiting for the scheduler's
+    tick (call it in a ``db_session``, out of any transaction): the event processor calls it for
+    the contacts of a batch it just committed, so a lead enrolled in a campaign whose first step
+    has no delay has its send planned at once. The tick's claim (a conditional UPDATE) and
+    planning, restricted to these contacts: a step is planned once, whichever of the two, or of two
+    daemons, comes first; what this misses (a crash, an error) stays due for the tick."""
+    if not contact_ids:
+        return PlanReport()
+    return _plan(settings, now, 10_000, contact_ids)
+
+
+def _plan(settings: Settings, now: dt.datetime, limit: int, contact_ids: Sequence[int] | None) -> PlanReport:
+    report = PlanReport()
+    while report.planned + report.failed + report.completed < limit:
+        size = min(BATCH, limit - report.planned - report.failed - report.completed)
+        with database.atomic():
+            claimed = rows(claim_due(now, size, contact_ids))
+            if not claimed:
                 break
+            _plan_batch(settings, claimed, now, report)
+        if len(claimed) < size:
+            break
     return report
-
-
-def _claim(now: dt.datetime, size: int) -> list[tuple[Any, ...]]:
-    return rows(claim_due(now, size))
 
 
 def _plan_batch(settings: Settings, claimed: Sequence[tuple[Any, ...]], now: dt.datetime,

@@ -39,6 +39,7 @@ from engine.contacts import (
     unsuppress,
 )
 from engine.enrolments import CampaignError, CampaignRules
+from engine.planner import plan_contacts
 from ground.metrics import EVENTS_PROCESSED
 from ground.send_states import SendStatus
 from ground.settings import Settings
@@ -61,7 +62,9 @@ def process_pending(settings: Settings, limit: int = 50_000, should_stop: Callab
                     break  # another process is on it
                 events = list(InboundEvent.select().where(InboundEvent.status == InboundStatus.PENDING)
                               .order_by(InboundEvent.id).limit(BATCH))
-                outcomes.update(_process_batch(settings, events))
+                batch = _Batch(settings)
+                outcomes.update(_process_batch(settings, events, batch))
+            _plan_now(settings, batch)
             if len(events) < BATCH:
                 break
     for outcome, count in outcomes.items():
@@ -82,6 +85,18 @@ class _Batch:
         if self._rules is None:
             self._rules = CampaignRules.load()
         return self._rules
+
+
+def _plan_now(settings: Settings, batch: _Batch) -> None:
+    """Committed, and out of the lock: the steps the batch made due now are planned at once (the
+    tick's claim and planning); whatever this misses, by a crash or an error, stays due for the tick."""
+    try:
+        plan_contacts(settings, sorted(batch.contact_ids), utcnow())
+    except _DATABASE_AWAY:
+        raise
+    except Exception:
+        logger.warning("planning the steps of %d contacts failed; the scheduler's tick plans them",
+                       len(batch.contact_ids), exc_info=True)
 
 
 def _process_batch(settings: Settings, events: list[InboundEvent], batch: _Batch | None = None) -> Counter:

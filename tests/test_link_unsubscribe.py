@@ -62,8 +62,10 @@ async def test_an_unsubscribe_exits_the_campaigns_that_exit_on_it_whichever_way_
     # Then she is suppressed on email, out of drip, still in news, and in the campaign her
     # unsubscribe starts
     assert [(s.contact_id, s.channel, s.reason) for s in Suppression.select()] == [(ada.id, "email", "unsubscribed")]
-    assert _state() == {"drip": ("exited", "unsubscribed"), "news": ("active", None),
-                        "goodbye": ("active", None)}
+    # (the event processor plans the first steps due at once: by webhook they wait for their send)
+    still_in = "waiting" if way == "webhook" else "active"
+    assert _state() == {"drip": ("exited", "unsubscribed"), "news": (still_in, None),
+                        "goodbye": (still_in, None)}
     # and drip plans nothing more for her (the others' first steps are planned, then skipped by
     # the suppression when they are checked: not this test's business)
     await asyncio.to_thread(plan_due_steps, settings, utcnow() + dt.timedelta(days=2))
