@@ -84,10 +84,11 @@ def test_sigterm_during_slow_sends_loses_nothing_and_acks_nothing_unfinished(
     assert first.process is not None and first.process.poll() is None
     assert first.stop(timeout_s=40) == 0
     assert time.monotonic() - stopped_at < 20
-    # Then nothing is left half-claimed: each send is sent (once) or back in the queue, unsent
+    # Then nothing is left half-claimed: each send is sent (once), back in the queue, or still in the
+    # outbox (the relay paces the 10/s channel: only a few seconds of its rate are ever queued)
     counts = status_counts()
     assert counts["sending"] == 0 and counts["retrying"] == 0
-    assert counts["sent"] + counts["queued"] == 60 and counts["queued"] > 0
+    assert counts["sent"] + counts["queued"] + counts["planned"] == 60 and counts["queued"] > 0
     sent_keys = {s.idempotency_key for s in Send.select().where(Send.status == "sent")}
     assert console_keys(first) == Counter(dict.fromkeys(sent_keys, 1))
     # and RabbitMQ still holds the messages for every unsent one (nothing unfinished was acked)
