@@ -416,8 +416,9 @@ def suppress(contact_ids: Iterable[int], reason: str, channel: str = "*") -> int
 
 
 def unsubscribe(contact_ids: Iterable[int], channel: str = "*", reason: str = "unsubscribed") -> list[str]:
-    """The contacts unsubscribe from ``channel`` ('*': every channel), whichever way it came (a
-    ``contact.unsubscribe`` event, the link in a message): suppressed there, then out of every
+    """The contacts unsubscribe from ``channel`` ('*': every channel), whichever way it came (the
+    link in a message; a run of ``contact.unsubscribe`` events applies these same steps set-based,
+    ``suppress_first`` then the campaigns): suppressed there, then out of every
     campaign that exits on ``contact.unsubscribe`` and into those it triggers. Idempotent. Returns
     the notes of ``follow_campaigns`` (a triggered campaign that could not take them)."""
     ids = sorted(set(contact_ids))

@@ -4,15 +4,23 @@ whole deployment.
 ``process_pending(settings)`` takes pending events by id (index ``inbound_event(status, id)``) in
 batches, one transaction each, under an exclusive lock (a PostgreSQL advisory transaction lock;
 SQLite's single writer) so that two processes never interleave — which keeps events of one contact
-in order. Each event runs in its own savepoint: a bad one is marked ``failed`` with its error and
-the rest go on. Re-running is harmless: only ``pending`` rows are taken, and they are marked in the
+in order. An event applied alone runs in its own savepoint: a bad one is marked ``failed`` with its
+error and the rest go on. Re-running is harmless: only ``pending`` rows are taken, and they are marked in the
 same transaction as their effects.
 
-Runs of consecutive click events, and of consecutive delivery receipts (the bulk of a burst, and
-of the callbacks after a campaign), are applied set-based: one query for their links or sends, one
-write of their effects, one update of their rows. An event after them in the same batch still sees
-them (same transaction, arrival order kept); if the set-based step fails, the run is retried one
-event at a time so that only the bad event is marked ``failed``.
+Runs of consecutive events of one kind — contact upserts (with their enrolment), conversions,
+unsubscribes, clicks, delivery receipts — are applied set-based: a few statements per run, whatever
+its length; the campaign rules (triggers, ``exit_on``, first steps) are read once per batch. The
+result is the one of applying the events one after another: a contact met again in a run of
+upserts starts a new round (``contacts.iter_rounds``), and a contact's k-th event of a run is
+followed into its campaigns in round k when that can differ (``_follow``). An event after a run
+in the same batch still sees it (same transaction, arrival order kept); if the set-based step
+fails, the run is retried one event at a time so that only the bad event is marked ``failed``.
+Resubscribes, and events carrying several canonical events, go one at a time.
+
+Once a batch is committed, out of the lock, the steps it made due are planned at once
+(``planner.plan_contacts``: the tick's claim and planning for the batch's contacts), so a lead's
+first message does not wait for the scheduler's tick; a crash before that leaves them to the tick.
 """
 
 from __future__ import annotations
