@@ -30,8 +30,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from standardwebhooks.webhooks import Webhook
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ops.bench import dispatch  # noqa: E402
