@@ -145,18 +145,13 @@ class Daemon:
         return code
 
     def _wake_processing(self, new_events: int) -> None:
-        """After a group commit: one message for the event processor, at most every 50 ms (with the
-        broker away it fails; the scheduler's tick wakes it later). To RabbitMQ it is published off
-        the event loop (a network round trip); to the in-process broker it is a put on a queue in
-        memory, cheaper than the hop to a thread, which cost the loop ~2% of its time under load."""
+        """After a group commit: one message for the event processor, at most every 50 ms, published
+        off the event loop (with the broker away it fails; the scheduler's tick wakes it later)."""
         now = time.monotonic()
         if now - self._last_wake < 0.05:
             return
         self._last_wake = now
-        if self.settings.is_memory_broker:
-            self._send_wake()
-        else:
-            asyncio.get_running_loop().run_in_executor(None, self._send_wake)
+        asyncio.get_running_loop().run_in_executor(None, self._send_wake)
 
     def _send_wake(self) -> None:
         try:
