@@ -8,6 +8,7 @@ a ``main()`` to run it alone. A Section carries its figures (for the JSON file),
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -20,10 +21,13 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
@@ -196,7 +200,6 @@ def children_cpu_s() -> float:
 
 
 def machine() -> dict[str, Any]:
-    import aiohttp
     import dramatiq
     import peewee
 
@@ -227,6 +230,39 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
         return float("nan")
     rank = max(1, min(len(sorted_values), int(round(fraction * len(sorted_values)))))
     return sorted_values[rank - 1]
+
+
+Request = tuple[dict[str, str], str]  # headers, body
+
+
+async def _post_all(url: str, requests: list[Request], connections: int) -> dict[str, Any]:
+    statuses: Counter = Counter()
+    latencies: list[float] = []
+    queue = iter(requests)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        for headers, body in queue:  # one shared iterator: each request is posted once
+            started = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                statuses[response.status] += 1
+            latencies.append(time.perf_counter() - started)
+
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(connections)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {"posted": len(requests), "post_s": elapsed, "posts_per_s": len(requests) / elapsed,
+            "p50_ms": percentile(latencies, 0.50) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
+            "statuses": {str(k): v for k, v in statuses.items()}}
+
+
+def post_all(url: str, requests: list[Request], connections: int) -> dict[str, Any]:
+    """Posts every request once, ``connections`` at a time (aiohttp client); returns the posting
+    time and rate, p50/p99 per request and the answers by status."""
+    return asyncio.run(_post_all(url, requests, connections))
 
 
 def report_alone(section: Section, out: str) -> int:

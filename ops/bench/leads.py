@@ -33,8 +33,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ops.bench import dispatch  # noqa: E402
-from ops.bench.burst import Request, post_all  # noqa: E402
 from ops.bench.common import (  # noqa: E402
+    Request,
     RssSampler,
     Section,
     Target,
@@ -44,6 +44,7 @@ from ops.bench.common import (  # noqa: E402
     create_database,
     drop_database,
     log,
+    post_all,
     report_alone,
     scratch_services,
 )
