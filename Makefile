@@ -48,7 +48,8 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) var build *.egg-info
 
-## Every benchmark next to its anchor (dispatch, ingress, rate limit, scale, burst): about 5 minutes.
+## Every benchmark next to its anchor (dispatch, leads, ingress, rate limit, isolation, scale, burst):
+## about 15 minutes.
 ## Prints a markdown report; JSON results under var/bench/. QUICK=1 for small sizes.
 bench: $(STAMP) tools
 	$(BIN)/python ops/bench/suite.py $${QUICK:+--quick} $${ONLY:+--only $$ONLY}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ["dispatch", "ingress", "rate_limit", "scale", "burst"]
+SECTIONS = ["dispatch", "leads", "ingress", "rate_limit", "isolation", "scale", "burst"]
 
 
 @pytest.mark.slow
@@ -34,10 +34,17 @@ def test_the_quick_benchmark_suite_runs_every_section_and_reports_it(tmp_path: P
     assert [r["simulator_received"] for r in dispatch["runs"]] == [2000, 2000]
     assert dispatch["anchor_bare_dramatiq"]["drain_per_s"] > 0
     assert document["sections"]["burst"]["figures"]["retentiond"]["attributed"] == 500
+    assert document["sections"]["burst"]["figures"]["leads"]["simulator_received"] == 500
+    lead_runs = document["sections"]["leads"]["figures"]["runs"]
+    assert [(r["kind"], r["simulator_received"]) for r in lead_runs] == [("embedded", 300)]
+    assert all(r["vs_dispatch"] > 0 for r in lead_runs)  # read from the dispatch section of the same run
+    assert [r["kind"] for r in document["sections"]["ingress"]["figures"]["runs"]] == ["postgres", "embedded"]
+    assert document["sections"]["isolation"]["figures"]["email_received"] == 600
 
     report = (tmp_path / "latest.md").read_text()
     assert report in result.stdout
-    for title in ("### Dispatch", "### Ingress", "### Rate-limit accuracy", "### Scale", "### Webhook burst"):
+    for title in ("### Dispatch", "### Lead pipeline", "### Ingress", "### Rate-limit accuracy", "### Channel isolation",
+                  "### Scale", "### Webhook burst"):
         assert title in report
     assert "bare Dramatiq no-op (anchor)" in report and "bare aiohttp JSON endpoint (anchor" in report
     assert len(list(tmp_path.glob("results-*.json"))) == 1

@@ -136,6 +136,22 @@ def scratch_services(kind: str, workdir: Path) -> Iterator[tuple[str, str]]:
 
 
 @contextlib.contextmanager
+def services(kind: str, workdir: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """(database URL, broker settings) for one run of ``kind``: ``postgres`` or ``sqlite`` on a
+    throwaway RabbitMQ vhost, or ``embedded``, the default (an SQLite file and the in-process broker
+    ``memory://``); removed afterwards whatever happens."""
+    if kind == "embedded":
+        db_url = create_database("sqlite", workdir)
+        try:
+            yield db_url, {"BROKER_URL": "memory://"}
+        finally:
+            drop_database(db_url)
+        return
+    with scratch_services(kind, workdir) as (db_url, amqp_url):
+        yield db_url, {"BROKER_URL": amqp_url}
+
+
+@contextlib.contextmanager
 def connected(db_url: str) -> Iterator[None]:
     """This process connected to ``db_url`` (to seed or to read results), closed afterwards."""
     from db.database import close_database, init_database

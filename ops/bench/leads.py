@@ -19,14 +19,12 @@ delivered, leads/s end to end and its ratio to dispatch; checks that 202s == enr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +39,10 @@ from ops.bench.common import (  # noqa: E402
     Ticker,
     clean_up_on_sigterm,
     connected,
-    create_database,
-    drop_database,
     log,
     post_all,
     report_alone,
-    scratch_services,
+    services,
 )
 from ops.bench.ingress import SECRET  # noqa: E402
 from ops.harness.daemon import DaemonProcess, base_env, cli  # noqa: E402
@@ -131,21 +127,6 @@ class Watcher(threading.Thread):
             raise RuntimeError(f"{self.label}: {self.error}")
         assert self.enrolled_s is not None and self.delivered_s is not None
         return self.enrolled_s, self.delivered_s
-
-
-@contextlib.contextmanager
-def services(kind: str, workdir: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """(database URL, broker settings) for one run: a PostgreSQL database and a RabbitMQ vhost, or an
-    SQLite file and the in-process broker (the embedded default); removed afterwards."""
-    if kind == "postgres":
-        with scratch_services("postgres", workdir) as (db_url, amqp_url):
-            yield db_url, {"BROKER_URL": amqp_url}
-        return
-    db_url = create_database("sqlite", workdir)
-    try:
-        yield db_url, {"BROKER_URL": "memory://"}
-    finally:
-        drop_database(db_url)
 
 
 def pipeline(n: int, kind: str, processes: int, threads: int, latency_ms: float, connections: int,
