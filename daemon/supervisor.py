@@ -36,7 +36,9 @@ from daemon.scheduler import Scheduler
 from daemon.systemd_notify import notify
 from daemon.web.app import build_app, make_runner
 from daemon.worker_process import spawn_entry
-from db.database import close_database
+from db.database import close_database, db_session
+from db.models import utcnow
+from engine.sends import requeue_lost
 from ground import metrics
 from ground.channels import CHANNELS
 from ground.errors import ConfigError
@@ -101,6 +103,8 @@ class Daemon:
             self.broker.close()
             raise _bind_error(self.settings.http_host, self.settings.http_port, exc) from None
         await asyncio.to_thread(self._replay_journals)
+        if self.settings.is_memory_broker:
+            await asyncio.to_thread(self._requeue_lost_in_memory)
         self._start_workers()
         logger.info("retentiond %s started: side server on http://%s:%d, database %s, broker %s, %s",
                     self.instance_id, self.settings.http_host, self.settings.http_port,
@@ -180,6 +184,21 @@ class Daemon:
         except Exception as exc:
             logger.warning("replaying the journals of stopped workers failed (%s); the workers retry",
                            type(exc).__name__)
+
+    def _requeue_lost_in_memory(self) -> None:
+        """On the in-process broker, a send left ``queued`` had its message in the memory of a daemon
+        that is gone (killed, or stopped before its queue drained): offer it again now. Left for the
+        reconciler (``RECONCILE_AFTER_S``), such sends would fill their channel's pacing window and
+        hold a paced channel still. If another daemon on the same file still holds the message, the
+        claim lets only one of the two messages send it."""
+        try:
+            with db_session():
+                requeued = requeue_lost(utcnow())
+        except Exception as exc:  # the database is away: the reconciler still covers these sends
+            logger.warning("re-offering sends queued in a previous run's memory failed (%s)", type(exc).__name__)
+            return
+        if requeued:
+            logger.info("%d send(s) queued in a previous run's memory offered again", requeued)
 
     def _start_workers(self) -> None:
         if self.settings.is_memory_broker:

@@ -175,6 +175,35 @@ def test_embedded_defaults_run_from_an_empty_directory(tmp_path: Path, daemons: 
     assert daemon.stop() == 0
 
 
+@pytest.mark.slow
+def test_after_a_kill_9_on_the_embedded_default_a_paced_channel_goes_on_at_once(tmp_path: Path, daemons: list) -> None:
+    # Given the embedded default (its queue lives in the daemon's memory) sending a paced sms backlog
+    # at 10/s: a window of 30 sends in flight, 3 messages of 10, one worker thread, so one message
+    # is being sent and two wait in the in-memory queue
+    env = base_env(RATE_SMS="10/s", PROVIDER_CONSOLE_DELAY_MS="100")
+    assert cli("migrate", env=env, cwd=tmp_path).returncode == 0
+    first = DaemonProcess(env, tmp_path, "--threads", "1", name="first")
+    daemons.append(first)
+    first.start()
+    init_database("sqlite:///" + str(tmp_path / "var" / "retentiond.db"))
+    try:
+        plan_sends(100)
+        wait_until(lambda: status_counts()["sent"] >= 10 and status_counts()["queued"] >= 10, 30,
+                   "sends going out with messages waiting in memory")
+        # When it is killed, its in-memory queue gone with it, and started again
+        first.kill()
+        sent_before = status_counts()["sent"]
+        second = DaemonProcess(env, tmp_path, "--threads", "1", name="second")
+        daemons.append(second)
+        second.start()
+        # Then the channel goes on at once: the sends whose messages were lost are relayed again
+        # now, not after RECONCILE_AFTER_S (300 s) while they fill the channel's window
+        wait_until(lambda: status_counts()["sent"] >= sent_before + 20, 8, "sends right after the restart")
+        wait_until(lambda: status_counts()["sent"] == 100, 60, "the whole backlog")
+    finally:
+        close_database()
+
+
 def test_sigterm_repeated_until_the_daemon_is_gone_still_ends_in_a_clean_exit(tmp_path: Path, daemons: list) -> None:
     # Given a running daemon on the embedded defaults (an operator pressing Ctrl-C twice, a
     # supervisor that repeats its stop signal)
