@@ -1,16 +1,25 @@
 """The event processor's actor (queue ``retentiond.events``): a message says "there are committed
 inbound events to process"; the actor processes whatever is pending (engine/processing.py). Many
-messages collapse into one pass; a lost message costs nothing, the scheduler wakes it again."""
+messages collapse into one pass; a lost message costs nothing, the scheduler wakes it again.
+
+Processing plans the first steps its leads made due; the actor then relays them onto their channel
+queues at once (actors/outbox.py, the relay the scheduler's tick runs too), so a lead's first
+message does not wait for the next tick. Both relays move a send ``planned -> queued`` with one
+conditional UPDATE, so a send is never enqueued by both."""
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import dramatiq
 
+from actors.outbox import relay_planned_sends
 from engine.processing import process_pending
-from ground.channels import EVENTS_QUEUE
+from ground.channels import CHANNELS, EVENTS_QUEUE
 from ground.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 QUEUE = EVENTS_QUEUE
 ACTOR_NAME = "process_events"
@@ -19,7 +28,14 @@ ACTOR_NAME = "process_events"
 def declare_event_actor(broker: dramatiq.Broker, settings: Settings, stopping: threading.Event) -> dramatiq.Actor:
     def process_events() -> None:
         # between batches, a stopping worker lets the rest wait for the next one
-        process_pending(settings, should_stop=stopping.is_set)
+        if not process_pending(settings, should_stop=stopping.is_set) or stopping.is_set():
+            return
+        channel_actors = {name: broker.get_actor(channel.actor_name) for name, channel in CHANNELS.items()}
+        try:
+            relay_planned_sends(settings, channel_actors)
+        except Exception as exc:  # the broker or database is away: the tick relays them later
+            logger.warning("relaying the sends planned for new leads failed (%s); the scheduler's tick will",
+                           type(exc).__name__)
 
     return dramatiq.Actor(process_events, broker=broker, actor_name=ACTOR_NAME, queue_name=QUEUE, priority=0,
                           options={"max_retries": 3, "min_backoff": 1000, "max_backoff": 10_000})

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import dramatiq
 
+from actors.outbox import relay_planned_sends
 from daemon.jobs import Job, JobRunner
-from daemon.outbox import relay_planned_sends
 from daemon.web import health_details
 from db.database import db_session
 from db.models import utcnow

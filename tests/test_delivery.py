@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from actors.outbox import relay_planned_sends
 from actors.providers import OutboundMessage, ProviderResult
 from actors.providers.console import ConsoleProvider
-from daemon.outbox import relay_planned_sends
 from db.models import RateLimit, Send
 from ground.errors import PermanentChannelError, ProviderRateLimited, TransientChannelError
 from ground.metrics import SENDS

@@ -12,7 +12,7 @@ from typing import cast
 import dramatiq
 import pytest
 
-from daemon.outbox import PACING_WINDOW_S, batch_size, relay_planned_sends, window
+from actors.outbox import PACING_WINDOW_S, batch_size, relay_planned_sends, window
 from db.database import close_database, init_database
 from db.migrate import migrate
 from db.models import Send

@@ -123,6 +123,20 @@ def test_a_lead_enrolled_by_webhook_has_its_send_planned_without_a_tick(migrated
     assert Send.select().count() == 1
 
 
+def test_a_lead_processed_by_the_event_actor_is_sent_without_a_tick(stub_pipeline) -> None:  # type: ignore[no-untyped-def]
+    # Given the channel actors and the event processor's actor on a broker, and no scheduler at all
+    pipeline = stub_pipeline()
+    _campaign("welcome")
+    _event("lead", "contact.upsert", {"phone": "+12015550101", "name": "Bea", "campaign": "welcome"})
+    # When the processor is woken, as the side server does after a group commit
+    pipeline.broker.get_actor("process_events").send()
+    pipeline.broker.join("retentiond.events", fail_fast=True)
+    pipeline.wait_until_idle()
+    # Then the lead's first message went out: planned and relayed by the processor, no tick involved
+    send = Send.get()
+    assert (send.status, send.recipient, send.body) == ("sent", "+12015550101", "Hi Bea")
+
+
 # -- one batch == one at a time ---------------------------------------------------------------------
 
 PEOPLE = 3

@@ -10,8 +10,8 @@ import dramatiq
 from dramatiq.brokers.stub import StubBroker
 
 from actors.broker import build_broker
+from actors.outbox import relay_planned_sends
 from actors.providers import Provider
-from daemon.outbox import relay_planned_sends
 from db.models import Send
 from ground.channels import QUEUE_PREFIX
 from ground.send_states import CLAIMABLE, SendStatus
