@@ -1,2 +1,3 @@
-"""The retentiond process, top floor: the CLI, supervision and signals, the scheduler loop and the
-outbox relay, the worker processes, and the web side (``daemon/web``)."""
+"""The retentiond process, top floor: the CLI, supervision and signals, the scheduler loop (its
+periodic jobs: planning, the relay, the reconciler), the worker processes, and the web side
+(``daemon/web``)."""
