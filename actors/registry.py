@@ -24,6 +24,14 @@ def _event_loop():
     return thread.loop
 
 
+# Dramatiq hands a worker thread the lowest priority number first. A rate-limited channel's queue
+# holds only its pacing window (actors/outbox.py), a few seconds of its rate, so letting it go first
+# costs an unlimited channel at most that rate's worth of threads, while behind an unlimited
+# channel's backlog its messages would wait for threads and fall below their rate.
+PACED_PRIORITY = 0
+UNLIMITED_PRIORITY = 10
+
+
 def declare_channel_actors(broker: dramatiq.Broker, settings: Settings, stopping: threading.Event,
                            providers: Mapping[str, Provider] | None = None) -> dict[str, dramatiq.Actor]:
     """One actor per channel on ``broker``; returns them by channel name.
@@ -50,7 +58,8 @@ def declare_channel_actors(broker: dramatiq.Broker, settings: Settings, stopping
             settings=settings,
         )
         actors[name] = sender.actor = dramatiq.Actor(
-            sender, broker=broker, actor_name=channel.actor_name, queue_name=channel.queue_name, priority=0,
+            sender, broker=broker, actor_name=channel.actor_name, queue_name=channel.queue_name,
+            priority=PACED_PRIORITY if settings.rate(name).count is not None else UNLIMITED_PRIORITY,
             options={
                 "max_retries": settings.max_retries,
                 "min_backoff": settings.retry_min_backoff_ms,

@@ -26,6 +26,7 @@ from tests.support.pipeline import InProcessPipeline, PipelineFactory
 from tests.support.rabbitmq import amqp_url_for
 from tests.support.services import POSTGRES, RABBITMQ, require
 from tests.support.settings import make_settings
+from tests.support.statements import StatementCounter
 
 # -- PostgreSQL -----------------------------------------------------------------------------------
 
@@ -173,17 +174,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # -- statement counting and daemons ---------------------------------------------------------------
-
-
-class StatementCounter(logging.Handler):
-    """Counts the SQL statements Peewee runs (it logs each at DEBUG), as Peewee's own tests do."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.count += 1
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ from db.migrate import migrate
 from db.models import Send
 from engine.sends import IN_FLIGHT
 from ops.harness.daemon import DaemonProcess, base_env
-from tests.conftest import StatementCounter
 from tests.support.rabbitmq import rabbitmq_queue_depths
 from tests.support.sends import plan_sends
 from tests.support.settings import make_settings
+from tests.support.statements import StatementCounter
 from tests.support.waiting import wait_until
 
 RATE = 20  # sends per second on the slow channel
@@ -147,3 +147,44 @@ def test_a_slow_channels_queue_holds_its_window_while_its_backlog_drains(
         assert daemon.stop() == 0
     finally:
         close_database()
+
+
+class _SlowRecorder:
+    """Accepts every message after ``delay_s``, noting the order of the calls across channels."""
+
+    name = "recording"
+
+    def __init__(self, order: list[str], delay_s: float) -> None:
+        self.order, self.delay_s = order, delay_s
+
+    async def send(self, message):  # type: ignore[no-untyped-def]
+        import asyncio
+
+        from actors.providers import ProviderResult
+
+        self.order.append(message.idempotency_key)
+        await asyncio.sleep(self.delay_s)
+        return ProviderResult(provider_message_id=f"slow-{message.send_id}")
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_paced_channel_is_not_kept_waiting_behind_an_unlimited_backlog(stub_pipeline) -> None:  # type: ignore[no-untyped-def]
+    # Given a worker busy with an unlimited email backlog (messages of 100, each call 50 ms), and an
+    # sms window relayed after it (sms rate-limited, so paced)
+    order: list[str] = []
+    provider = _SlowRecorder(order, 0.05)
+    pipeline = stub_pipeline({"sms": provider, "email": provider}, RATE_SMS="50/s", CONCURRENCY_EMAIL="8")
+    plan_sends(400, "email", "e")
+    relay_planned_sends(pipeline.settings, pipeline.actors)
+    plan_sends(10, "sms", "s")
+    relay_planned_sends(pipeline.settings, pipeline.actors)
+    # When the worker drains both
+    pipeline.wait_until_idle()
+    # Then the sms went out before most of the email backlog: a paced channel's few messages go to
+    # the next free worker thread instead of waiting behind every email message (its rate would
+    # fall short otherwise)
+    first_sms = min(order.index(f"s{i}") for i in range(10))
+    assert Counter(key[0] for key in order) == {"e": 400, "s": 10}
+    assert first_sms < 250, f"the first sms was call {first_sms} of {len(order)}"
