@@ -13,6 +13,8 @@ import logging
 import threading
 
 import dramatiq
+import dramatiq.errors
+import peewee
 
 from actors.outbox import relay_planned_sends
 from engine.processing import process_pending
@@ -20,6 +22,10 @@ from ground.channels import CHANNELS, EVENTS_QUEUE
 from ground.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# What an outage looks like to the relay (anything else is a bug and is raised: the message retries
+# and the traceback is logged): the database's errors, and the broker's connection errors.
+_AWAY = (peewee.OperationalError, peewee.InterfaceError, dramatiq.errors.BrokerConnectionError)
 
 QUEUE = EVENTS_QUEUE
 ACTOR_NAME = "process_events"
@@ -30,10 +36,10 @@ def declare_event_actor(broker: dramatiq.Broker, settings: Settings, stopping: t
         # between batches, a stopping worker lets the rest wait for the next one
         if not process_pending(settings, should_stop=stopping.is_set) or stopping.is_set():
             return
-        channel_actors = {name: broker.get_actor(channel.actor_name) for name, channel in CHANNELS.items()}
+        channel_actors = {name: broker.get_actor(CHANNELS[name].actor_name) for name in settings.rates}
         try:
             relay_planned_sends(settings, channel_actors)
-        except Exception as exc:  # the broker or database is away: the tick relays them later
+        except _AWAY as exc:  # the broker or database is away: the tick relays them later
             logger.warning("relaying the sends planned for new leads failed (%s); the scheduler's tick will",
                            type(exc).__name__)
 

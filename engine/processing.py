@@ -352,13 +352,22 @@ def _process_one(settings: Settings, event: InboundEvent, batch: _Batch | None =
     batch = batch or _Batch(settings)
     notes: list[str] = []
     try:
-        with database.atomic():
-            contact_id = None
-            for canonical in json.loads(event.payload)["events"]:
-                contact_id = _apply(batch, event, canonical, notes) or contact_id
-            (InboundEvent.update(status=InboundStatus.PROCESSED, processed_at=utcnow(), contact=contact_id,
-                                 error="; ".join(notes)[:2000] or None)
-             .where(InboundEvent.id == event.id).execute())
+        # A concurrent writer (an import, another source) may insert the same contact between our
+        # read and our insert: the second try finds its row and updates it, as upsert_contacts does.
+        for attempt in (1, 2):
+            notes.clear()
+            try:
+                with database.atomic():
+                    contact_id = None
+                    for canonical in json.loads(event.payload)["events"]:
+                        contact_id = _apply(batch, event, canonical, notes) or contact_id
+                    (InboundEvent.update(status=InboundStatus.PROCESSED, processed_at=utcnow(), contact=contact_id,
+                                         error="; ".join(notes)[:2000] or None)
+                     .where(InboundEvent.id == event.id).execute())
+                break
+            except peewee.IntegrityError:
+                if attempt == 2:
+                    raise
         if contact_id is not None:
             batch.contact_ids.add(contact_id)
         return InboundStatus.PROCESSED

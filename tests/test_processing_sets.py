@@ -137,6 +137,30 @@ def test_a_lead_processed_by_the_event_actor_is_sent_without_a_tick(stub_pipelin
     assert (send.status, send.recipient, send.body) == ("sent", "+12015550101", "Hi Bea")
 
 
+def test_an_upsert_that_meets_a_concurrent_insert_of_its_contact_is_retried_not_failed(
+        migrated_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given an upsert whose first write meets a unique-key conflict (an import inserted the same
+    # contact between our read and our insert), on the set-based path and then on the one-at-a-time one
+    import peewee
+
+    settings = settings_for(migrated_db)
+    _event("lead", "contact.upsert", {"email": "race@example.com", "name": "Ada"})
+    apply_upserts, calls = processing._SET_BASED["contact.upsert"], []
+
+    def conflict_twice(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) <= 2:  # the run's set-based write, then the event's first write alone
+            raise peewee.IntegrityError("UNIQUE constraint failed: contact.email")
+        return apply_upserts[0](*args, **kwargs)
+
+    monkeypatch.setitem(processing._SET_BASED, "contact.upsert", (conflict_twice, *apply_upserts[1:]))
+    # When it is processed
+    outcomes = process_pending(settings)
+    # Then the second try writes it: the event is processed, the contact stored once
+    assert outcomes == {"processed": 1}
+    assert [(c.email, c.name) for c in Contact.select()] == [("race@example.com", "Ada")]
+
+
 # -- one batch == one at a time ---------------------------------------------------------------------
 
 PEOPLE = 3
