@@ -43,7 +43,7 @@ from ops.bench.common import (  # noqa: E402
     scratch_services,
 )
 from ops.bench.ingress import SECRET, signed_click, wait_port  # noqa: E402
-from ops.bench.leads import Watcher, enrolled, seed_campaign, signed_leads  # noqa: E402
+from ops.bench.leads import post_and_watch, seed_campaign, signed_leads  # noqa: E402
 from ops.harness.daemon import DaemonProcess, base_env, cli, free_port  # noqa: E402
 from ops.harness.simulator_process import SimulatorProcess  # noqa: E402
 
@@ -108,21 +108,7 @@ def lead_burst(db_url: str, daemon: DaemonProcess, simulator: SimulatorProcess, 
                connections: int) -> dict[str, Any]:
     """The leads posted at once to a running daemon: posting figures, then the time from the first
     post until all are enrolled and until all first messages are delivered."""
-    n = len(requests)
-    campaign_id = seed_campaign(db_url)
-    started = time.monotonic()
-    watcher = Watcher(db_url, campaign_id, simulator, n, started, "burst/leads", timeout_s=max(300, n / 20))
-    watcher.start()
-    posted = post_all(f"http://127.0.0.1:{daemon.port}/webhooks/bench", requests, connections)
-    log(f"burst: {n} leads posted in {posted['post_s']:.2f}s ({posted['posts_per_s']:.0f}/s); waiting for delivery")
-    if posted["statuses"] != {"202": n}:  # refused leads are never delivered: no point waiting
-        raise RuntimeError(f"burst: lead answers {posted['statuses']}, expected {n} x 202")
-    enrolled_s, delivered_s = watcher.result()
-    stats = simulator.stats()
-    with connected(db_url):
-        enrolments = enrolled(campaign_id)
-    return {**posted, "all_enrolled_s": enrolled_s, "all_delivered_s": delivered_s, "enrolments": enrolments,
-            "simulator_received": stats["received"], "duplicates": stats["duplicates"]}
+    return post_and_watch(db_url, daemon, simulator, seed_campaign(db_url), requests, connections, "burst/leads")
 
 
 def run(clicks: int = 10_000, connections: int = 64, leads: int | None = None, latency_ms: float = 200) -> Section:

@@ -129,6 +129,28 @@ class Watcher(threading.Thread):
         return self.enrolled_s, self.delivered_s
 
 
+def post_and_watch(db_url: str, daemon: DaemonProcess, simulator: SimulatorProcess, campaign_id: int,
+                   requests: list[Request], connections: int, label: str) -> dict[str, Any]:
+    """Post the signed leads to a running daemon while a Watcher notes when all are enrolled and
+    when the simulator has them all; the posting figures, those two times (seconds after the first
+    post), the enrolments and the simulator's counts. Raises when a lead is refused (it would never
+    be delivered) or when the deliveries do not all come."""
+    n = len(requests)
+    started = time.monotonic()
+    watcher = Watcher(db_url, campaign_id, simulator, n, started, label, timeout_s=max(300, n / 20))
+    watcher.start()
+    posted = post_all(f"http://127.0.0.1:{daemon.port}/webhooks/bench", requests, connections)
+    log(f"{label}: {n} leads posted in {posted['post_s']:.2f}s ({posted['posts_per_s']:.0f}/s); waiting for delivery")
+    if posted["statuses"] != {"202": n}:  # refused leads are never delivered: no point waiting
+        raise RuntimeError(f"{label}: lead answers {posted['statuses']}, expected {n} x 202")
+    enrolled_s, delivered_s = watcher.result()
+    stats = simulator.stats()
+    with connected(db_url):
+        enrolments = enrolled(campaign_id)
+    return {**posted, "all_enrolled_s": enrolled_s, "all_delivered_s": delivered_s, "enrolments": enrolments,
+            "simulator_received": stats["received"], "duplicates": stats["duplicates"]}
+
+
 def pipeline(n: int, kind: str, processes: int, threads: int, latency_ms: float, connections: int,
              workdir: Path) -> dict[str, Any]:
     log(f"leads/{kind}: signing {n} contact.upsert events")
@@ -148,27 +170,16 @@ def pipeline(n: int, kind: str, processes: int, threads: int, latency_ms: float,
             sampler = RssSampler(daemon.process.pid)
             sampler.start()
             log(f"leads/{kind}: posting {n} leads, {connections} connections")
-            started = time.monotonic()
-            watcher = Watcher(db_url, campaign_id, simulator, n, started, f"leads/{kind}", timeout_s=max(300, n / 20))
-            watcher.start()
-            posted = post_all(f"http://127.0.0.1:{daemon.port}/webhooks/bench", requests, connections)
-            log(f"leads/{kind}: posted in {posted['post_s']:.2f}s ({posted['posts_per_s']:.0f}/s); waiting")
-            if posted["statuses"] != {"202": n}:  # refused leads are never delivered: no point waiting
-                raise RuntimeError(f"leads/{kind}: answers {posted['statuses']}, expected {n} x 202")
-            enrolled_s, delivered_s = watcher.result()
+            result = post_and_watch(db_url, daemon, simulator, campaign_id, requests, connections, f"leads/{kind}")
             peak_rss_mib = sampler.stop()
-            stats = simulator.stats()
-            with connected(db_url):
-                enrolments = enrolled(campaign_id)
             assert daemon.stop() == 0
         finally:
             if daemon is not None:
                 daemon.kill()
             simulator.stop()
+    delivered_s = result["all_delivered_s"]
     log(f"leads/{kind}: all {n} delivered {delivered_s:.2f}s after the first post ({n / delivered_s:.0f} leads/s)")
-    return {**posted, "kind": kind, "leads": n, "all_enrolled_s": enrolled_s, "all_delivered_s": delivered_s,
-            "leads_per_s": n / delivered_s, "enrolments": enrolments, "simulator_received": stats["received"],
-            "duplicates": stats["duplicates"], "peak_rss_mib": peak_rss_mib}
+    return {**result, "kind": kind, "leads": n, "leads_per_s": n / delivered_s, "peak_rss_mib": peak_rss_mib}
 
 
 def dispatch_anchor(n: int, processes: int, threads: int, latency_ms: float, workdir: Path) -> dict[str, float]:
