@@ -14,7 +14,9 @@ waiting for its rate-limit slots, and its queue's depth is the work due now. An 
 is relayed whole, as before. Each pass reads the counts in flight (one grouped statement) and the
 due sends of every channel (one statement) on ``send(status, channel, due_at)``. Two relays at once
 (two daemons' jobs) may together exceed a window, never enqueue a send twice: the conditional
-UPDATE still decides who publishes.
+UPDATE still decides who publishes. A pass publishes the paced channels before the unlimited ones,
+and the scheduling tick relays before it plans as well as after (actors -> daemon/scheduler.py), so a
+long planning pass or a large unlimited backlog never leaves a paced channel dry.
 """
 
 from __future__ import annotations
@@ -65,7 +67,10 @@ def relay_planned_sends(settings: Settings, actors: Mapping[str, dramatiq.Actor]
             by_channel[channel].append(send_id)
 
         enqueued = 0
-        for channel, ids in by_channel.items():
+        # Paced channels first: publishing a large unlimited backlog takes seconds, longer than a
+        # paced window lasts, and the paced channel would run dry meanwhile.
+        for channel in sorted(by_channel, key=lambda c: windows[c] is None):
+            ids = by_channel[channel]
             size = batch_size(settings, channel)
             for start in range(0, len(ids), size):
                 enqueued += _relay_chunk(actors[channel], ids[start:start + size], now)

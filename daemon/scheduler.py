@@ -68,8 +68,11 @@ class Scheduler:
             self.runner.run_if_due(job)
 
     def schedule(self) -> int:
-        planned = plan_due_steps(self.settings, utcnow()).planned
+        # Relayed before planning too: planning thousands of steps takes seconds, longer than a
+        # paced channel's window (actors/outbox.py) lasts, and that channel would run dry meanwhile.
         relayed = relay_planned_sends(self.settings, self.actors)
+        planned = plan_due_steps(self.settings, utcnow()).planned
+        relayed += relay_planned_sends(self.settings, self.actors)
         self.totals.planned += planned
         self.totals.relayed += relayed
         if self.event_actor is not None:

@@ -188,3 +188,60 @@ def test_a_paced_channel_is_not_kept_waiting_behind_an_unlimited_backlog(stub_pi
     first_sms = min(order.index(f"s{i}") for i in range(10))
     assert Counter(key[0] for key in order) == {"e": 400, "s": 10}
     assert first_sms < 250, f"the first sms was call {first_sms} of {len(order)}"
+
+
+class _OrderedActor(RecordingActor):
+    """A channel actor noting, in a list shared across channels, which channel each publish was for."""
+
+    def __init__(self, channel: str, order: list[str]) -> None:
+        super().__init__()
+        self.channel, self.order = channel, order
+
+    def send(self, send_ids: list[int]) -> None:
+        super().send(send_ids)
+        self.order.append(self.channel)
+
+
+def test_a_pass_tops_up_the_paced_channels_before_it_relays_an_unlimited_backlog(migrated_db: str) -> None:
+    # Given an sms window due (20/s) beside 3,000 due emails (unlimited: 30 messages to publish)
+    plan_sends(3_000, "email", "email-")
+    plan_sends(500, "sms", "sms-")
+    order: list[str] = []
+    actors = {channel: _OrderedActor(channel, order) for channel in make_settings().rates}
+    # When the relay runs once
+    _relay(cast(dict[str, RecordingActor], actors))
+    # Then every sms message went out before the first email one: publishing a large unlimited
+    # backlog takes seconds, and a paced window (three seconds of its rate) must not wait for it
+    assert order.count("sms") == WINDOW // RATE and order.count("email") == 30
+    assert order.index("email") == WINDOW // RATE, order
+
+
+def test_a_scheduling_tick_tops_up_the_paced_channels_before_it_plans(migrated_db: str) -> None:
+    # Given an sms window due, and 300 contacts' email steps due to be planned (planning thousands
+    # takes seconds, longer than a paced channel's window lasts)
+    from daemon.scheduler import Scheduler
+    from db.models import Campaign, CampaignStep, Contact, Enrolment, utcnow
+
+    plan_sends(500, "sms", "sms-")
+    campaign = Campaign.create(slug="news", name="News")
+    CampaignStep.create(campaign=campaign.id, position=0, channel="email", subject="Hi", body="Hello", delay_s=0)
+    for i in range(300):
+        contact = Contact.create(external_id=f"c{i}", email=f"c{i}@example.com")
+        Enrolment.create(contact=contact.id, campaign=campaign.id, status="active", next_position=0,
+                         next_due_at=utcnow())
+    planned_emails_at_sms_publish: list[int] = []
+
+    class SmsActor(RecordingActor):
+        def send(self, send_ids: list[int]) -> None:
+            super().send(send_ids)
+            planned_emails_at_sms_publish.append(Send.select().where(Send.channel == "email").count())
+
+    actors = {**_actors(), "sms": SmsActor()}
+    scheduler = Scheduler(make_settings(RATE_SMS=f"{RATE}/s", RATE_EMAIL="unlimited"),
+                          cast(Mapping[str, dramatiq.Actor], actors))
+    # When the scheduling tick runs
+    scheduler.schedule()
+    # Then the sms window was topped up before any email step was planned, and the emails planned
+    # in the tick were relayed in it
+    assert planned_emails_at_sms_publish[0] == 0 and actors["sms"].sends == WINDOW
+    assert actors["email"].sends == 300
