@@ -2,8 +2,8 @@
 inbound events to process"; the actor processes whatever is pending (engine/processing.py). Many
 messages collapse into one pass; a lost message costs nothing, the scheduler wakes it again.
 
-Processing plans the first steps its leads made due; the actor then relays them onto their channel
-queues at once (actors/outbox.py, the relay the scheduler's tick runs too), so a lead's first
+Processing plans the first steps its leads made due; after each batch the actor relays them onto
+their channel queues at once (actors/outbox.py, the relay the scheduler's tick runs too), so a lead's first
 message does not wait for the next tick. Both relays move a send ``planned -> queued`` with one
 conditional UPDATE, so a send is never enqueued by both."""
 
@@ -34,14 +34,27 @@ ACTOR_NAME = "process_events"
 def declare_event_actor(broker: dramatiq.Broker, settings: Settings, stopping: threading.Event) -> dramatiq.Actor:
     def process_events() -> None:
         # between batches, a stopping worker lets the rest wait for the next one
-        if not process_pending(settings, should_stop=stopping.is_set) or stopping.is_set():
-            return
         channel_actors = {name: broker.get_actor(CHANNELS[name].actor_name) for name in settings.rates}
-        try:
-            relay_planned_sends(settings, channel_actors)
-        except _AWAY as exc:  # the broker or database is away: the tick relays them later
-            logger.warning("relaying the sends planned for new leads failed (%s); the scheduler's tick will",
-                           type(exc).__name__)
+        process_pending(settings, should_stop=stopping.is_set, after_batch=_RelayAfterBatches(settings, channel_actors))
 
     return dramatiq.Actor(process_events, broker=broker, actor_name=ACTOR_NAME, queue_name=QUEUE, priority=0,
                           options={"max_retries": 3, "min_backoff": 1000, "max_backoff": 10_000})
+
+
+class _RelayAfterBatches:
+    """Relays after each processed batch, so its leads' first sends are on their queues while the
+    next batch is processed. Once the broker or database is away, not again in this pass (one
+    warning): the sends stay planned and the scheduler's tick relays them."""
+
+    def __init__(self, settings: Settings, channel_actors: dict[str, dramatiq.Actor]) -> None:
+        self.settings, self.channel_actors, self.away = settings, channel_actors, False
+
+    def __call__(self) -> None:
+        if self.away:
+            return
+        try:
+            relay_planned_sends(self.settings, self.channel_actors)
+        except _AWAY as exc:
+            self.away = True
+            logger.warning("relaying the sends planned for new leads failed (%s); the scheduler's tick will",
+                           type(exc).__name__)

@@ -68,11 +68,13 @@ class Scheduler:
             self.runner.run_if_due(job)
 
     def schedule(self) -> int:
-        # Relayed before planning too: planning thousands of steps takes seconds, longer than a
-        # paced channel's window (actors/outbox.py) lasts, and that channel would run dry meanwhile.
-        relayed = relay_planned_sends(self.settings, self.actors)
-        planned = plan_due_steps(self.settings, utcnow()).planned
-        relayed += relay_planned_sends(self.settings, self.actors)
+        # Relayed before planning and after each planned batch: planning thousands of steps takes
+        # seconds, longer than a paced channel's window (actors/outbox.py) lasts, and that channel
+        # would run dry meanwhile; and the first sends go out while the rest is being planned.
+        relayed = [relay_planned_sends(self.settings, self.actors)]
+        planned = plan_due_steps(self.settings, utcnow(), after_batch=lambda: relayed.append(
+            relay_planned_sends(self.settings, self.actors))).planned
+        relayed = sum(relayed)
         self.totals.planned += planned
         self.totals.relayed += relayed
         if self.event_actor is not None:

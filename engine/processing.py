@@ -59,8 +59,11 @@ BATCH = 500
 _PG_LOCK_KEY = 0x7265_7476  # 'retv': the event processor
 
 
-def process_pending(settings: Settings, limit: int = 50_000, should_stop: Callable[[], bool] = lambda: False) -> Counter:
-    """Process up to ``limit`` pending events, batch by batch until ``should_stop()``; returns counts by outcome."""
+def process_pending(settings: Settings, limit: int = 50_000, should_stop: Callable[[], bool] = lambda: False,
+                    after_batch: Callable[[], object] = lambda: None) -> Counter:
+    """Process up to ``limit`` pending events, batch by batch until ``should_stop()``; returns counts
+    by outcome. ``after_batch()`` runs once each batch is committed and its steps planned (the
+    event actor relays there, so a batch's leads are on their way while the next one is processed)."""
     outcomes: Counter = Counter()
     with db_session():
         while sum(outcomes.values()) < limit and not should_stop():
@@ -73,6 +76,7 @@ def process_pending(settings: Settings, limit: int = 50_000, should_stop: Callab
                 batch = _Batch(settings)
                 outcomes.update(_process_batch(settings, events, batch))
             _plan_now(settings, batch)
+            after_batch()
             if len(events) < BATCH:
                 break
     for outcome, count in outcomes.items():

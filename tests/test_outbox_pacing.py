@@ -245,3 +245,30 @@ def test_a_scheduling_tick_tops_up_the_paced_channels_before_it_plans(migrated_d
     # in the tick were relayed in it
     assert planned_emails_at_sms_publish[0] == 0 and actors["sms"].sends == WINDOW
     assert actors["email"].sends == 300
+
+
+def test_a_scheduling_tick_relays_each_planned_batch_before_it_plans_the_next(migrated_db: str) -> None:
+    # Given 1,200 contacts' email steps due (three planning batches of 500)
+    from daemon.scheduler import Scheduler
+    from db.models import Campaign, CampaignStep, Contact, Enrolment, utcnow
+
+    campaign = Campaign.create(slug="news", name="News")
+    CampaignStep.create(campaign=campaign.id, position=0, channel="email", subject="Hi", body="Hello", delay_s=0)
+    for i in range(1200):
+        contact = Contact.create(external_id=f"c{i}", email=f"c{i}@example.com")
+        Enrolment.create(contact=contact.id, campaign=campaign.id, status="active", next_position=0,
+                         next_due_at=utcnow())
+    planned_at_publish: list[int] = []
+
+    class EmailActor(RecordingActor):
+        def send(self, send_ids: list[int]) -> None:
+            super().send(send_ids)
+            planned_at_publish.append(Send.select().where(Send.channel == "email").count())
+
+    actors = {**_actors(), "email": EmailActor()}
+    scheduler = Scheduler(make_settings(RATE_EMAIL="unlimited"), cast(Mapping[str, dramatiq.Actor], actors))
+    # When the scheduling tick runs
+    assert scheduler.schedule() == 1200 + 1200  # planned + relayed
+    # Then the first emails were published when only the first batch was planned: sending starts
+    # while the rest is planned (and a paced channel is topped up between batches)
+    assert planned_at_publish[0] == 500 and actors["email"].sends == 1200, planned_at_publish

@@ -137,6 +137,36 @@ def test_a_lead_processed_by_the_event_actor_is_sent_without_a_tick(stub_pipelin
     assert (send.status, send.recipient, send.body) == ("sent", "+12015550101", "Hi Bea")
 
 
+def test_the_event_actor_relays_each_batch_of_leads_while_it_processes_the_next(
+        stub_pipeline, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    # Given 1,200 leads for a one-step campaign pending (three batches of 500), and a note of what
+    # is still pending and already queued each time the event actor relays
+    import actors.events
+
+    pipeline = stub_pipeline()
+    _campaign("welcome")
+    for i in range(1200):
+        _event("lead", "contact.upsert", {"phone": f"+1201556{i:04d}", "name": f"P{i}", "campaign": "welcome"})
+    seen: list[tuple[int, int]] = []
+    relay = actors.events.relay_planned_sends
+
+    def noting(*args: Any, **kwargs: Any) -> int:
+        relayed = relay(*args, **kwargs)
+        seen.append((InboundEvent.select().where(InboundEvent.status == "pending").count(),
+                     Send.select().where(Send.status != "planned").count()))
+        return relayed
+
+    monkeypatch.setattr(actors.events, "relay_planned_sends", noting)
+    # When the processor is woken
+    pipeline.broker.get_actor("process_events").send()
+    pipeline.broker.join("retentiond.events", fail_fast=True)
+    pipeline.wait_until_idle()
+    # Then the first batch's leads were on their queue while 700 leads still waited to be
+    # processed (the first messages do not wait for the whole backlog), and every lead was sent
+    assert seen[0] == (700, 500), seen
+    assert Send.select().where(Send.status == "sent").count() == 1200
+
+
 def test_an_upsert_that_meets_a_concurrent_insert_of_its_contact_is_retried_not_failed(
         migrated_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given an upsert whose first write meets a unique-key conflict (an import inserted the same
