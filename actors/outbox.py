@@ -22,7 +22,7 @@ long planning pass or a large unlimited backlog never leaves a paced channel dry
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 
 import dramatiq
@@ -30,6 +30,7 @@ import dramatiq
 from db.database import db_session
 from db.models import utcnow
 from engine import sends
+from ground.send_states import SendStatus
 from ground.settings import Settings
 
 MAX_BATCH = 100  # sends per message on an unlimited (or fast) channel
@@ -54,13 +55,18 @@ def window(settings: Settings, channel: str) -> int | None:
     return max(batch_size(settings, channel), math.ceil(per_second * seconds))
 
 
-def _whole_messages(settings: Settings, channel: str, room: int) -> int:
-    """``room`` rounded down to whole messages: each message of a paced channel holds a worker
-    thread until its last rate-limit slot, so topping the window up with a few sends at a time
-    (as the sends of a message half done leave it) spreads it over many messages and parks as many
-    threads (six of eight in one process, measured), which the unlimited channels then lack."""
+def _room(settings: Settings, channel: str, window_size: int, busy: Counter[SendStatus]) -> int:
+    """How many sends of a paced channel to relay now: what its window has room for, in whole
+    messages. Each message holds a worker thread until its last rate-limit slot, so topping the
+    window up with a few sends at a time (as the sends of a message half done leave it) spread it
+    over many messages and parked as many threads (six of a process's eight, measured), which the
+    unlimited channels then lacked. But when none of its messages waits on the queue (the sends in
+    flight are all being sent, or waiting to be retried), a part of a message goes too: else a
+    window held by retries would leave the channel idle."""
+    room = window_size - sum(busy.values())
     size = batch_size(settings, channel)
-    return room // size * size
+    whole = room // size * size
+    return whole if whole or busy[SendStatus.QUEUED] else max(0, room)
 
 
 def relay_planned_sends(settings: Settings, actors: Mapping[str, dramatiq.Actor], limit: int = 10_000) -> int:
@@ -70,7 +76,7 @@ def relay_planned_sends(settings: Settings, actors: Mapping[str, dramatiq.Actor]
     with db_session():
         windows = {channel: window(settings, channel) for channel in actors}
         busy = sends.in_flight([c for c, w in windows.items() if w is not None])
-        room = {c: limit if w is None else _whole_messages(settings, c, min(limit, w - busy.get(c, 0)))
+        room = {c: limit if w is None else min(limit, _room(settings, c, w, busy.get(c, Counter())))
                 for c, w in windows.items()}
         by_channel: dict[str, list[int]] = defaultdict(list)
         for send_id, channel in sends.due(now, room):

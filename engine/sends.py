@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import operator
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -128,14 +129,17 @@ def due(now: dt.datetime, limits: Mapping[str, int]) -> list[tuple[int, str]]:
     return [(i, c) for i, c in rows(functools.reduce(operator.add, parts))]  # + is UNION ALL
 
 
-def in_flight(channels: Collection[str]) -> dict[str, int]:
-    """Sends on their way per channel (``queued``, ``retrying``, ``sending``), one grouped statement
-    on ``send(status, channel, due_at)``; a channel with none is absent."""
+def in_flight(channels: Collection[str]) -> dict[str, Counter[SendStatus]]:
+    """Sends on their way per channel, by status (``queued``, ``retrying``, ``sending``), one
+    grouped statement on ``send(status, channel, due_at)``; a channel with none is absent."""
     if not channels:
         return {}
-    return {c: int(n) for c, n in rows(Send.select(Send.channel, peewee.fn.COUNT(Send.id))
+    found: dict[str, Counter[SendStatus]] = {}
+    for channel, status, count in rows(Send.select(Send.channel, Send.status, peewee.fn.COUNT(Send.id))
                                        .where(Send.status.in_(IN_FLIGHT), Send.channel.in_(sorted(channels)))
-                                       .group_by(Send.channel))}
+                                       .group_by(Send.channel, Send.status)):
+        found.setdefault(channel, Counter())[SendStatus(status)] = int(count)
+    return found
 
 
 def enqueue(send_ids: Sequence[int], now: dt.datetime) -> list[int]:

@@ -99,6 +99,25 @@ def test_a_slow_channel_is_relayed_a_window_at_a_time_beside_a_whole_unlimited_o
     assert sorted(relayed_ids) == oldest
 
 
+def test_a_window_held_by_retries_still_gets_what_room_is_left(migrated_db: str) -> None:
+    # Given a 20/s channel whose window is mostly held by sends being sent or waiting for a retry
+    # (a database outage put them there), none of its messages waiting on the queue
+    plan_sends(500, "sms", "sms-")
+    actors = _actors()
+    _relay(actors)
+    held = _queued("sms")
+    Send.update(status="retrying").where(Send.id.in_(held[:30])).execute()
+    Send.update(status="sending").where(Send.id.in_(held[30:45])).execute()
+    Send.update(status="sent").where(Send.id.in_(held[45:])).execute()
+    # When the relay runs, Then the 15 sends of room left go, though less than a message: a channel
+    # whose queue is empty must not idle until its retries end (a whole-message rule alone stalled
+    # a dispatch after a database outage)
+    assert _relay(actors) == 15
+    # And once one of its messages waits on the queue, the room left waits for a whole message
+    Send.update(status="sent").where(Send.id.in_(held[:8])).execute()
+    assert _relay(actors) == 0
+
+
 def test_a_pass_costs_the_same_statements_whatever_the_backlog(migrated_db: str,
                                                                statements: StatementCounter) -> None:
     # Given a small backlog on a slow channel, relayed once
