@@ -8,12 +8,15 @@ daemons each run happens once:
 * ``retention-cleanup`` (daily): rows past their retention deleted in bounded batches;
 * ``health-check`` (every 30 s): the health levels, critical findings recorded as ops alerts.
 
-Runs in the daemon's main process, in a thread (the database calls block).
+``SchedulerThread`` runs them: in the daemon's main process with RabbitMQ, in the worker process
+with the in-memory broker (daemon/embedded.py), since only that process can enqueue onto its queues.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -29,6 +32,7 @@ from engine.planner import plan_due_steps
 from engine.processing import pending_count
 from engine.reconciler import reconcile
 from engine.retention import cleanup
+from ground.outage_log import OutageLog
 from ground.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -71,10 +75,10 @@ class Scheduler:
         # Relayed before planning and after each planned batch: planning thousands of steps takes
         # seconds, longer than a paced channel's window (actors/outbox.py) lasts, and that channel
         # would run dry meanwhile; and the first sends go out while the rest is being planned.
-        relayed = [relay_planned_sends(self.settings, self.actors)]
-        planned = plan_due_steps(self.settings, utcnow(), after_batch=lambda: relayed.append(
+        passes = [relay_planned_sends(self.settings, self.actors)]
+        planned = plan_due_steps(self.settings, utcnow(), after_batch=lambda: passes.append(
             relay_planned_sends(self.settings, self.actors))).planned
-        relayed = sum(relayed)
+        relayed = sum(passes)
         self.totals.planned += planned
         self.totals.relayed += relayed
         if self.event_actor is not None:
@@ -103,3 +107,37 @@ class Scheduler:
 
     def expire_event_ids(self) -> int:
         return expire_event_ids(self.settings, utcnow())
+
+
+class SchedulerThread:
+    """Runs the scheduler's jobs that are due, several times per interval (so a job another
+    instance gave up is taken over quickly), in a thread, until stopped. A failing tick (the
+    database or broker away) is logged once per outage; the rows stay, the next tick tries again."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.every_s = min(scheduler.settings.scheduler_interval_s / 4, 0.25)
+        self._stop = threading.Event()
+        # A tick every 250 ms: failures logged once per outage.
+        self._outage = OutageLog(logger, "scheduler tick")
+        self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+
+    def start(self) -> SchedulerThread:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.scheduler.tick()
+            except Exception as exc:
+                self._outage.failed(exc, logging.ERROR)
+            else:
+                self._outage.succeeded()
+            self._stop.wait(max(0.0, self.every_s - (time.monotonic() - started)))
+
+    def stop(self, timeout_s: float) -> None:
+        """No tick starts after this; waits up to ``timeout_s`` for the one under way."""
+        self._stop.set()
+        self._thread.join(timeout_s)

@@ -1,4 +1,4 @@
-"""The daemon's main process: side server, scheduler loop, and the worker processes it supervises.
+"""The daemon's main process: side server, scheduler thread, and the worker processes it supervises.
 
 The main process owns the signals (aiohttp's runner runs with ``handle_signals=False``). On SIGTERM
 or SIGINT it shuts down in order, within ``shutdown_timeout_s``:
@@ -9,8 +9,9 @@ or SIGINT it shuts down in order, within ``shutdown_timeout_s``:
 4. close the broker and the database;
 5. log one summary line and exit (0, or RET_SHUTDOWN_TIMEOUT when a worker had to be killed).
 
-With the in-process broker (``memory://``) there are no worker processes: the Dramatiq worker
-threads run inside the main process, since the queue lives in its memory.
+With the in-memory broker (``memory://``, the embedded default) there is one worker process, which
+owns the queues and so also runs the scheduler's jobs (daemon/embedded.py); this process keeps the
+side server and wakes the event processor through a ``multiprocessing`` Event.
 """
 
 from __future__ import annotations
@@ -32,13 +33,11 @@ from actors.broker import build_broker
 from actors.events import ACTOR_NAME as EVENT_ACTOR
 from actors.rabbitmq import check_queues
 from daemon.exit_codes import RET_OK, RET_SHUTDOWN_TIMEOUT
-from daemon.scheduler import Scheduler
+from daemon.scheduler import Scheduler, SchedulerThread
 from daemon.systemd_notify import notify
 from daemon.web.app import build_app, make_runner
 from daemon.worker_process import spawn_entry
-from db.database import close_database, db_session
-from db.models import utcnow
-from engine.sends import requeue_lost
+from db.database import close_database
 from ground import metrics
 from ground.channels import CHANNELS
 from ground.errors import ConfigError
@@ -49,6 +48,7 @@ from ground.urls import redact_url
 logger = logging.getLogger(__name__)
 
 RESTART_BACKOFF_S = 1.0
+WAKE_EVERY_S = 0.05  # at most one wake message per 50 ms on RabbitMQ
 
 
 def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
@@ -68,11 +68,15 @@ class Daemon:
         self._mp = multiprocessing.get_context("spawn")
         self._children: dict[int, BaseProcess] = {}
         self._stopping = asyncio.Event()
-        self._in_process_worker: dramatiq.Worker | None = None
         self._restarts = 0
         self._last_wake = 0.0
-        # A tick every 250 ms and a wake per webhook batch: failures logged once per outage.
-        self._tick_outage = OutageLog(logger, "scheduler tick")
+        self._wake_scheduled = False
+        # Embedded: the side server's wakes for the worker process that owns the in-memory queues.
+        self._wake = self._mp.Event() if settings.is_memory_broker else None
+        self.scheduler: Scheduler | None = None
+        self._ticks: SchedulerThread | None = None
+        self.broker: dramatiq.Broker | None = None
+        # A wake per webhook batch: failures logged once per outage.
         self._wake_outage = OutageLog(logger, "waking the event processor after a webhook")
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -84,13 +88,13 @@ class Daemon:
             loop.add_signal_handler(sig, self._request_stop, sig)
 
         metrics.initialise_labels(self.settings.sources)
-        self.broker = build_broker(self.settings)
-        # A queue of another type than the one asked for (classic vs quorum) stops the start: exit 2.
-        check_queues(self.broker)
-        self.actors = {name: self.broker.get_actor(CHANNELS[name].actor_name) for name in self.settings.rates}
-        self.scheduler = Scheduler(self.settings, self.actors, self.broker.get_actor(EVENT_ACTOR), self.instance_id)
-
-        self.event_actor = self.broker.get_actor(EVENT_ACTOR)
+        if not self.settings.is_memory_broker:  # embedded: the worker process owns the queues
+            self.broker = build_broker(self.settings)
+            # A queue of another type than the one asked for (classic vs quorum) stops the start: exit 2.
+            check_queues(self.broker)
+            self.actors = {name: self.broker.get_actor(CHANNELS[name].actor_name) for name in self.settings.rates}
+            self.event_actor = self.broker.get_actor(EVENT_ACTOR)
+            self.scheduler = Scheduler(self.settings, self.actors, self.event_actor, self.instance_id)
         runner = make_runner(build_app(self.settings, wake=self._wake_processing), self.settings)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port, reuse_address=True)
@@ -100,24 +104,24 @@ class Daemon:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            self.broker.close()
+            if self.broker is not None:
+                self.broker.close()
             raise _bind_error(self.settings.http_host, self.settings.http_port, exc) from None
         await asyncio.to_thread(self._replay_journals)
-        if self.settings.is_memory_broker:
-            await asyncio.to_thread(self._requeue_lost_in_memory)
         self._start_workers()
         logger.info("retentiond %s started: side server on http://%s:%d, database %s, broker %s, %s",
                     self.instance_id, self.settings.http_host, self.settings.http_port,
                     redact_url(self.settings.database_url), redact_url(self.settings.broker_url),
-                    "in-process workers" if self.settings.is_memory_broker
+                    f"embedded: 1 worker process x {self.settings.threads} threads with the in-memory queues"
+                    if self.settings.is_memory_broker
                     else f"{self.settings.processes} worker process(es) x {self.settings.threads} threads")
 
         # systemd (Type=notify): ready now that the side server listens; the schema was checked before.
         notify(f"READY=1\nSTATUS=serving on {self.settings.http_host}:{self.settings.http_port}")
 
-        tasks = [asyncio.create_task(self._scheduler_loop(), name="scheduler")]
-        if not self.settings.is_memory_broker:
-            tasks.append(asyncio.create_task(self._supervise_children(), name="supervisor"))
+        if self.scheduler is not None:
+            self._ticks = SchedulerThread(self.scheduler).start()
+        supervising = asyncio.create_task(self._supervise_children(), name="supervisor")
 
         await self._stopping.wait()
         notify("STOPPING=1")
@@ -131,30 +135,43 @@ class Daemon:
         # 1. no more HTTP
         await site.stop()
         await runner.cleanup()
-        # 2. no more scheduling
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # 2. no more scheduling (embedded: the worker process stops its own first)
+        supervising.cancel()
+        await asyncio.gather(supervising, return_exceptions=True)
+        if self._ticks is not None:
+            await asyncio.to_thread(self._ticks.stop, max(0.0, deadline - time.monotonic()))
         # 3. workers finish or give back their messages
         killed = await asyncio.to_thread(self._stop_workers, deadline)
         # 4. connections
-        self.broker.close()
+        if self.broker is not None:
+            self.broker.close()
         close_database()
         code = RET_SHUTDOWN_TIMEOUT if killed else RET_OK
-        logger.info("retentiond %s stopped after %.1fs: %d step(s) planned, %d send(s) relayed, "
-                    "%d re-offered, %d worker restart(s), %d worker(s) killed at the deadline, exit %d",
-                    self.instance_id, time.monotonic() - started, self.scheduler.totals.planned,
-                    self.scheduler.totals.relayed, self.scheduler.totals.reoffered,
-                    self._restarts, killed, code)
+        totals = self.scheduler.totals if self.scheduler is not None else None
+        logger.info("retentiond %s stopped after %.1fs: %s%d worker restart(s), %d worker(s) killed at the "
+                    "deadline, exit %d", self.instance_id, time.monotonic() - started,
+                    f"{totals.planned} step(s) planned, {totals.relayed} send(s) relayed, {totals.reoffered} "
+                    "re-offered, " if totals is not None else "", self._restarts, killed, code)
         return code
 
     def _wake_processing(self, new_events: int) -> None:
-        """After a group commit: one message for the event processor, at most every 50 ms, published
-        off the event loop (with the broker away it fails; the scheduler's tick wakes it later)."""
-        now = time.monotonic()
-        if now - self._last_wake < 0.05:
+        """After a group commit: wake the event processor. Embedded: the worker process that owns
+        the in-memory queues is told through an Event (cheap; it coalesces the wakes). RabbitMQ: one
+        message at most every 50 ms, published off the event loop; a commit inside those 50 ms gets
+        the next one (dropping it left its events waiting for the scheduler's tick). With the
+        broker away the publish fails; the tick wakes the processor later."""
+        if self._wake is not None:
+            self._wake.set()
             return
-        self._last_wake = now
+        if self._wake_scheduled:
+            return
+        self._wake_scheduled = True
+        delay = max(0.0, self._last_wake + WAKE_EVERY_S - time.monotonic())
+        asyncio.get_running_loop().call_later(delay, self._publish_wake)
+
+    def _publish_wake(self) -> None:
+        self._wake_scheduled = False
+        self._last_wake = time.monotonic()
         asyncio.get_running_loop().run_in_executor(None, self._send_wake)
 
     def _send_wake(self) -> None:
@@ -185,34 +202,13 @@ class Daemon:
             logger.warning("replaying the journals of stopped workers failed (%s); the workers retry",
                            type(exc).__name__)
 
-    def _requeue_lost_in_memory(self) -> None:
-        """On the in-process broker, a send left ``queued`` had its message in the memory of a daemon
-        that is gone (killed, or stopped before its queue drained): offer it again now. Left for the
-        reconciler (``RECONCILE_AFTER_S``), such sends would fill their channel's pacing window and
-        hold a paced channel still. If another daemon on the same file still holds the message, the
-        claim lets only one of the two messages send it."""
-        try:
-            with db_session():
-                requeued = requeue_lost(utcnow())
-        except Exception as exc:  # the database is away: the reconciler still covers these sends
-            logger.warning("re-offering sends queued in a previous run's memory failed (%s)", type(exc).__name__)
-            return
-        if requeued:
-            logger.info("%d send(s) queued in a previous run's memory offered again", requeued)
-
     def _start_workers(self) -> None:
-        if self.settings.is_memory_broker:
-            from daemon.worker_process import Liveness
-
-            self._liveness = Liveness(self.settings).start()  # the worker threads claim under this process
-            self._in_process_worker = dramatiq.Worker(self.broker, worker_threads=self.settings.threads)
-            self._in_process_worker.start()
-            return
-        for index in range(self.settings.processes):
+        # Embedded: one process, since the in-memory queues cannot be shared between processes.
+        for index in range(1 if self.settings.is_memory_broker else self.settings.processes):
             self._spawn(index)
 
     def _spawn(self, index: int) -> None:
-        process = self._mp.Process(target=spawn_entry, args=(self.settings, index),
+        process = self._mp.Process(target=spawn_entry, args=(self.settings, index, self._wake),
                                    name=f"retentiond-worker-{index}", daemon=False)
         process.start()
         self._children[index] = process
@@ -232,11 +228,6 @@ class Daemon:
 
     def _stop_workers(self, deadline: float) -> int:
         """Stop every worker by the deadline; return how many had to be killed."""
-        if self._in_process_worker is not None:
-            remaining_ms = max(1000, int((deadline - time.monotonic()) * 1000))
-            self._in_process_worker.stop(timeout=remaining_ms)
-            self._liveness.stop()
-            return 0
         for process in self._children.values():
             if process.is_alive() and process.pid:
                 os.kill(process.pid, signal.SIGTERM)
@@ -251,23 +242,6 @@ class Daemon:
             if process.pid:
                 metrics.mark_process_dead(process.pid)
         return killed
-
-    # -- scheduler --------------------------------------------------------------------------------
-
-    async def _scheduler_loop(self) -> None:
-        """Run the periodic jobs that are due (daemon/scheduler.py), several times per interval so a
-        job another instance gave up is taken over quickly."""
-        interval = min(self.settings.scheduler_interval_s / 4, 0.25)
-        while True:
-            started = time.monotonic()
-            try:
-                await asyncio.to_thread(self.scheduler.tick)
-            except Exception as exc:
-                # The database or broker is away: the rows stay planned, the next tick tries again.
-                self._tick_outage.failed(exc, logging.ERROR)
-            else:
-                self._tick_outage.succeeded()
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 
 def _ignore_stop_signals(loop: asyncio.AbstractEventLoop) -> None:

@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
 from daemon.exit_codes import RET_OK
 from daemon.logging_setup import setup_logging, setup_sentry
@@ -23,8 +24,10 @@ from ground.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def worker_main(settings: Settings, index: int) -> int:
-    """Entry point of worker process ``index``; returns its exit code."""
+def worker_main(settings: Settings, index: int, wake: Any = None) -> int:
+    """Entry point of worker process ``index``; returns its exit code. On the embedded default
+    (``memory://``) the one worker process also owns the queues' other side (daemon/embedded.py):
+    ``wake`` is the Event the side server sets after a group commit."""
     # SIGTERM is taken by the main thread when it asks for it (sigtimedwait), never by a Python
     # handler: a handler that sets a threading.Event deadlocks when it lands while the main thread
     # holds that Event's own lock — a window that GIL contention at start-up (a dozen threads
@@ -47,13 +50,25 @@ def worker_main(settings: Settings, index: int) -> int:
     metrics.initialise_labels()
     liveness = Liveness(settings).start()  # before the first claim: claims carry its instance id
     broker = build_broker(settings)
+    embedded = None
+    if settings.is_memory_broker:
+        from daemon.embedded import EmbeddedDuties, requeue_lost_in_memory
+
+        requeue_lost_in_memory()  # before any worker thread claims
     worker = Worker(broker, worker_threads=settings.threads)
     worker.start()
-    logger.info("worker %d (pid %d) started with %d threads", index, os.getpid(), settings.threads)
+    if settings.is_memory_broker:
+        embedded = EmbeddedDuties(settings, broker, wake).start()
+    logger.info("worker %d (pid %d) started with %d threads%s", index, os.getpid(), settings.threads,
+                ", the in-memory queues and the scheduler" if embedded else "")
 
     wait_for_stop(parent)
+    started_stopping = time.monotonic()
+    if embedded is not None:  # no new enqueues while the worker drains
+        embedded.stop(timeout_s=max(1.0, settings.shutdown_timeout_s / 2))
     # Leave a second of the supervisor's budget for closing connections.
-    worker.stop(timeout=max(1000, int((settings.shutdown_timeout_s - 1) * 1000)))
+    left_s = settings.shutdown_timeout_s - 1 - (time.monotonic() - started_stopping)
+    worker.stop(timeout=max(1000, int(left_s * 1000)))
     broker.close()
     liveness.stop()
     close_database()
@@ -147,5 +162,5 @@ def wait_for_stop(parent_pid: int, poll_s: float = 1.0) -> str:
             return "orphaned"
 
 
-def spawn_entry(settings: Settings, index: int) -> None:  # multiprocessing target
-    raise SystemExit(worker_main(settings, index))
+def spawn_entry(settings: Settings, index: int, wake: Any = None) -> None:  # multiprocessing target
+    raise SystemExit(worker_main(settings, index, wake))

@@ -75,3 +75,26 @@ def test_webhooks_are_accepted_while_rabbitmq_is_away(pg_url: str, rabbitmq_vhos
     finally:
         proxy.close()
         close_database()
+
+
+def test_every_webhook_batch_wakes_the_event_processor_not_only_the_first_in_50_ms(
+        pg_url: str, amqp_url: str, tmp_path: Path, daemons: list) -> None:
+    # Given a daemon on RabbitMQ whose scheduler ticks once an hour: only the side server's wakes
+    # (at most one message per 50 ms) start the event processor
+    init_database(pg_url)
+    migrate()
+    try:
+        env = base_env(DATABASE_URL=pg_url, BROKER_URL=amqp_url, SOURCE_APP_SECRET=STANDARD_SECRET,
+                       SCHEDULER_INTERVAL_S="3600")
+        daemon = DaemonProcess(env, tmp_path, "--processes", "1")
+        daemons.append(daemon.start())
+        # When 200 webhooks arrive 8 at a time (many group commits, several within 50 ms of a wake)
+        answered = asyncio.run(fire(daemon.port, 200, 8, "wake"))
+        assert sorted(set(answered.values())) == [202]
+        # Then every one is processed within seconds: a commit inside the 50 ms gets the next wake
+        # (it was dropped, and its events waited for the tick)
+        wait_until(lambda: InboundEvent.select().where(InboundEvent.status == "processed").count() == 200, 15,
+                   "200 processed events")
+        assert daemon.stop() == 0
+    finally:
+        close_database()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 
@@ -14,13 +15,15 @@ def upsert(i: int) -> dict:
     return {"type": "contact.upsert", "data": {"external_id": f"w{i}", "email": f"w{i}@example.com"}}
 
 
-async def fire(port: int, count: int, concurrency: int, prefix: str) -> dict[str, int]:
-    """Post ``count`` signed webhooks, ``concurrency`` at a time; return status -> event id."""
+async def fire(port: int, count: int, concurrency: int, prefix: str,
+               event: Callable[[int], dict] = upsert) -> dict[str, int]:
+    """Post ``count`` signed webhooks (``event(i)``, an upsert by default), ``concurrency`` at a
+    time; return status -> event id."""
     answered: dict[str, int] = {}
     gate = asyncio.Semaphore(concurrency)
     async with aiohttp.ClientSession() as session:
         async def one(i: int) -> None:
-            body, headers = standard(upsert(i), f"{prefix}-{i}")
+            body, headers = standard(event(i), f"{prefix}-{i}")
             async with gate, session.post(f"http://127.0.0.1:{port}/webhooks/app", data=body,
                                           headers=headers) as response:
                 answered[f"{prefix}-{i}"] = response.status

@@ -1,0 +1,100 @@
+"""The embedded default (``memory://``): one worker process owns the in-memory queues.
+
+Dramatiq's in-memory broker lives in one interpreter, and whoever enqueues must be in it. So on the
+embedded default the daemon's main process keeps only the side server and its group commit, and
+one spawned worker process (daemon/worker_process.py) holds the broker, the Dramatiq worker
+threads, the scheduler's jobs (daemon/scheduler.py: planning, relaying, reconciling...) and the
+event processor. The two interpreters run on two cores: the HTTP loop no longer shares its GIL
+with processing and delivery (measured before: the HTTP loop held the GIL 92% of the time under
+load, and processing, planning and sending waited for it).
+
+The main process wakes the event processor after each group commit through a ``multiprocessing``
+Event (``wake``), which a thread here turns into a message for the event actor; a wake lost to a
+crash costs nothing, the scheduler's tick wakes the processor when events wait.
+
+A queue in memory dies with its process: at start, before its worker threads run, the process
+offers again every send left ``queued`` by the previous one (killed, or stopped before its queue
+drained). The supervisor restarts the process if it dies, as it does RabbitMQ's workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+import dramatiq
+
+from actors.events import ACTOR_NAME as EVENT_ACTOR
+from daemon.scheduler import Scheduler, SchedulerThread
+from db.database import db_session
+from db.models import utcnow
+from engine.sends import requeue_lost
+from ground.channels import CHANNELS
+from ground.outage_log import OutageLog
+from ground.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+WAKE_POLL_S = 0.5  # how often the wake thread looks whether it should stop
+
+
+def requeue_lost_in_memory() -> None:
+    """Sends left ``queued`` had their message in the memory of a process that is gone: offer them
+    again now. Left for the reconciler (``RECONCILE_AFTER_S``), such sends would fill their
+    channel's pacing window and hold a paced channel still. If another daemon on the same file
+    still holds the message, the claim lets only one of the two messages send it."""
+    try:
+        with db_session():
+            requeued = requeue_lost(utcnow())
+    except Exception as exc:  # the database is away: the reconciler still covers these sends
+        logger.warning("re-offering sends queued in a previous run's memory failed (%s)", type(exc).__name__)
+        return
+    if requeued:
+        logger.info("%d send(s) queued in a previous run's memory offered again", requeued)
+
+
+class EmbeddedDuties:
+    """What the main process does with RabbitMQ, done where the in-memory queues are: the
+    scheduler's jobs, and turning the side server's wakes into event-processor messages."""
+
+    def __init__(self, settings: Settings, broker: dramatiq.Broker, wake: Any) -> None:
+        actors = {name: broker.get_actor(CHANNELS[name].actor_name) for name in settings.rates}
+        self.event_actor = broker.get_actor(EVENT_ACTOR)
+        # The jobs' leases name the holder as the main process does (host:pid), which is how a
+        # restore on this host tells a stopped daemon's lease from a live one (db/backup.py).
+        instance_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.scheduler = Scheduler(settings, actors, self.event_actor, instance_id)
+        self.ticks = SchedulerThread(self.scheduler)
+        self.wake = wake  # a multiprocessing Event the main process sets after a group commit
+        self._stop = threading.Event()
+        self._wake_outage = OutageLog(logger, "waking the event processor after a webhook")
+        self._wakes = threading.Thread(target=self._relay_wakes, name="wakes", daemon=True)
+
+    def start(self) -> EmbeddedDuties:
+        self.ticks.start()
+        self._wakes.start()
+        return self
+
+    def _relay_wakes(self) -> None:
+        while not self._stop.is_set():
+            if not self.wake.wait(WAKE_POLL_S):
+                continue
+            self.wake.clear()  # wakes set from now on ask for one more pass: none is lost
+            try:
+                self.event_actor.send()
+            except Exception as exc:  # the scheduler's tick wakes the processor later
+                self._wake_outage.failed(exc)
+            else:
+                self._wake_outage.succeeded()
+
+    def stop(self, timeout_s: float) -> None:
+        """No more scheduling or wakes; waits up to ``timeout_s`` for a tick under way."""
+        self._stop.set()
+        self.ticks.stop(timeout_s)
+        self._wakes.join(WAKE_POLL_S + 1)
+        totals = self.scheduler.totals
+        logger.info("embedded scheduler stopped: %d step(s) planned, %d send(s) relayed, %d re-offered",
+                    totals.planned, totals.relayed, totals.reoffered)
