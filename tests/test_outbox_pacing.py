@@ -238,59 +238,60 @@ def test_a_pass_tops_up_the_paced_channels_before_it_relays_an_unlimited_backlog
     assert order.index("email") == WINDOW // RATE, order
 
 
+def _email_steps_due(count: int) -> None:
+    """``count`` contacts enrolled in a one-step email campaign, their step due now."""
+    from db.models import Campaign, CampaignStep, Contact, Enrolment, utcnow
+
+    campaign = Campaign.create(slug="news", name="News")
+    CampaignStep.create(campaign=campaign.id, position=0, channel="email", subject="Hi", body="Hello", delay_s=0)
+    for i in range(count):
+        contact = Contact.create(external_id=f"c{i}", email=f"c{i}@example.com")
+        Enrolment.create(contact=contact.id, campaign=campaign.id, status="active", next_position=0,
+                         next_due_at=utcnow())
+
+
+class _CountingActor(RecordingActor):
+    """Notes, at each publish, how many sends of ``channel`` the outbox holds (planned so far)."""
+
+    def __init__(self, channel: str) -> None:
+        super().__init__()
+        self.channel = channel
+        self.planned_at_publish: list[int] = []
+
+    def send(self, send_ids: list[int]) -> None:
+        super().send(send_ids)
+        self.planned_at_publish.append(Send.select().where(Send.channel == self.channel).count())
+
+
 def test_a_scheduling_tick_tops_up_the_paced_channels_before_it_plans(migrated_db: str) -> None:
     # Given an sms window due, and 300 contacts' email steps due to be planned (planning thousands
     # takes seconds, longer than a paced channel's window lasts)
     from daemon.scheduler import Scheduler
-    from db.models import Campaign, CampaignStep, Contact, Enrolment, utcnow
 
     plan_sends(500, "sms", "sms-")
-    campaign = Campaign.create(slug="news", name="News")
-    CampaignStep.create(campaign=campaign.id, position=0, channel="email", subject="Hi", body="Hello", delay_s=0)
-    for i in range(300):
-        contact = Contact.create(external_id=f"c{i}", email=f"c{i}@example.com")
-        Enrolment.create(contact=contact.id, campaign=campaign.id, status="active", next_position=0,
-                         next_due_at=utcnow())
-    planned_emails_at_sms_publish: list[int] = []
-
-    class SmsActor(RecordingActor):
-        def send(self, send_ids: list[int]) -> None:
-            super().send(send_ids)
-            planned_emails_at_sms_publish.append(Send.select().where(Send.channel == "email").count())
-
-    actors = {**_actors(), "sms": SmsActor()}
+    _email_steps_due(300)
+    sms = _CountingActor("email")  # notes the emails planned when each sms message goes
+    actors = {**_actors(), "sms": sms}
     scheduler = Scheduler(make_settings(RATE_SMS=f"{RATE}/s", RATE_EMAIL="unlimited"),
                           cast(Mapping[str, dramatiq.Actor], actors))
     # When the scheduling tick runs
     scheduler.schedule()
     # Then the sms window was topped up before any email step was planned, and the emails planned
     # in the tick were relayed in it
-    assert planned_emails_at_sms_publish[0] == 0 and actors["sms"].sends == WINDOW
+    assert sms.planned_at_publish[0] == 0 and sms.sends == WINDOW
     assert actors["email"].sends == 300
 
 
 def test_a_scheduling_tick_relays_each_planned_batch_before_it_plans_the_next(migrated_db: str) -> None:
     # Given 1,200 contacts' email steps due (three planning batches of 500)
     from daemon.scheduler import Scheduler
-    from db.models import Campaign, CampaignStep, Contact, Enrolment, utcnow
 
-    campaign = Campaign.create(slug="news", name="News")
-    CampaignStep.create(campaign=campaign.id, position=0, channel="email", subject="Hi", body="Hello", delay_s=0)
-    for i in range(1200):
-        contact = Contact.create(external_id=f"c{i}", email=f"c{i}@example.com")
-        Enrolment.create(contact=contact.id, campaign=campaign.id, status="active", next_position=0,
-                         next_due_at=utcnow())
-    planned_at_publish: list[int] = []
-
-    class EmailActor(RecordingActor):
-        def send(self, send_ids: list[int]) -> None:
-            super().send(send_ids)
-            planned_at_publish.append(Send.select().where(Send.channel == "email").count())
-
-    actors = {**_actors(), "email": EmailActor()}
+    _email_steps_due(1200)
+    email = _CountingActor("email")
+    actors = {**_actors(), "email": email}
     scheduler = Scheduler(make_settings(RATE_EMAIL="unlimited"), cast(Mapping[str, dramatiq.Actor], actors))
     # When the scheduling tick runs
     assert scheduler.schedule() == 1200 + 1200  # planned + relayed
     # Then the first emails were published when only the first batch was planned: sending starts
     # while the rest is planned (and a paced channel is topped up between batches)
-    assert planned_at_publish[0] == 500 and actors["email"].sends == 1200, planned_at_publish
+    assert email.planned_at_publish[0] == 500 and email.sends == 1200, email.planned_at_publish
