@@ -8,9 +8,9 @@ event processor. The two interpreters run on two cores: the HTTP loop no longer 
 with processing and delivery (measured before: the HTTP loop held the GIL 92% of the time under
 load, and processing, planning and sending waited for it).
 
-The main process wakes the event processor after each group commit through a ``multiprocessing``
-Event (``wake``), which a thread here turns into a message for the event actor; a wake lost to a
-crash costs nothing, the scheduler's tick wakes the processor when events wait.
+The main process wakes the event processor after each group commit through a pipe (``WakePipe``),
+which a thread here turns into a message for the event actor, at most one per ``WAKE_EVERY_S``; a
+wake lost to a crash costs nothing, the scheduler's tick wakes the processor when events wait.
 
 A queue in memory dies with its process: at start, before its worker threads run, the process
 offers again every send left ``queued`` by the previous one (killed, or stopped before its queue
@@ -39,6 +39,38 @@ from ground.settings import Settings
 logger = logging.getLogger(__name__)
 
 WAKE_POLL_S = 0.5  # how often the wake thread looks whether it should stop
+WAKE_EVERY_S = 0.05  # at most one event-processor message per 50 ms (a pass takes what is pending)
+
+
+class WakePipe:
+    """The side server's wakes for the embedded worker process: one byte down a pipe whose writing
+    end never blocks (a full pipe already holds wakes). Not a ``multiprocessing`` Event: a worker
+    killed inside ``Event.wait`` stays counted as a waiter, and the side server's next ``set()``
+    then waited for it forever, on the event loop, freezing HTTP and the shutdown."""
+
+    def __init__(self, context: Any) -> None:
+        self._reader, self._writer = context.Pipe(duplex=False)
+        os.set_blocking(self._writer.fileno(), False)
+
+    def wake(self) -> None:
+        """Main process, on the event loop: never blocks."""
+        try:
+            os.write(self._writer.fileno(), b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wakes not yet read: one more adds nothing
+
+    def wait(self, timeout_s: float) -> bool:
+        """Worker process: True once woken (every wake written so far is consumed)."""
+        if not self._reader.poll(timeout_s):
+            return False
+        fd = self._reader.fileno()
+        os.set_blocking(fd, False)
+        try:
+            while os.read(fd, 4096):
+                pass
+        except BlockingIOError:
+            pass  # drained
+        return True
 
 
 def requeue_lost_in_memory() -> None:
@@ -60,7 +92,7 @@ class EmbeddedDuties:
     """What the main process does with RabbitMQ, done where the in-memory queues are: the
     scheduler's jobs, and turning the side server's wakes into event-processor messages."""
 
-    def __init__(self, settings: Settings, broker: dramatiq.Broker, wake: Any) -> None:
+    def __init__(self, settings: Settings, broker: dramatiq.Broker, wake: WakePipe) -> None:
         actors = {name: broker.get_actor(CHANNELS[name].actor_name) for name in settings.rates}
         self.event_actor = broker.get_actor(EVENT_ACTOR)
         # The jobs' leases name the holder as the main process does (host:pid), which is how a
@@ -68,7 +100,7 @@ class EmbeddedDuties:
         instance_id = f"{socket.gethostname()}:{os.getpid()}"
         self.scheduler = Scheduler(settings, actors, self.event_actor, instance_id)
         self.ticks = SchedulerThread(self.scheduler)
-        self.wake = wake  # a multiprocessing Event the main process sets after a group commit
+        self.wake = wake  # the WakePipe the main process writes to after a group commit
         self._stop = threading.Event()
         self._wake_outage = OutageLog(logger, "waking the event processor after a webhook")
         self._wakes = threading.Thread(target=self._relay_wakes, name="wakes", daemon=True)
@@ -82,13 +114,14 @@ class EmbeddedDuties:
         while not self._stop.is_set():
             if not self.wake.wait(WAKE_POLL_S):
                 continue
-            self.wake.clear()  # wakes set from now on ask for one more pass: none is lost
+            # the wakes read are consumed: one written from now on asks for one more pass
             try:
                 self.event_actor.send()
             except Exception as exc:  # the scheduler's tick wakes the processor later
                 self._wake_outage.failed(exc)
             else:
                 self._wake_outage.succeeded()
+            self._stop.wait(WAKE_EVERY_S)  # a burst of commits: one pass per 50 ms takes them all
 
     def stop(self, timeout_s: float) -> None:
         """No more scheduling or wakes; waits up to ``timeout_s`` for a tick under way."""

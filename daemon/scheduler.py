@@ -137,7 +137,14 @@ class SchedulerThread:
                 self._outage.succeeded()
             self._stop.wait(max(0.0, self.every_s - (time.monotonic() - started)))
 
+    def request_stop(self) -> None:
+        """No tick starts after this (the one under way goes on)."""
+        self._stop.set()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
     def stop(self, timeout_s: float) -> None:
         """No tick starts after this; waits up to ``timeout_s`` for the one under way."""
-        self._stop.set()
-        self._thread.join(timeout_s)
+        self.request_stop()
+        self.join(timeout_s)

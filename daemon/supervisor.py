@@ -11,7 +11,7 @@ or SIGINT it shuts down in order, within ``shutdown_timeout_s``:
 
 With the in-memory broker (``memory://``, the embedded default) there is one worker process, which
 owns the queues and so also runs the scheduler's jobs (daemon/embedded.py); this process keeps the
-side server and wakes the event processor through a ``multiprocessing`` Event.
+side server and wakes the event processor through a pipe (daemon/embedded.py ``WakePipe``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from aiohttp import web
 from actors.broker import build_broker
 from actors.events import ACTOR_NAME as EVENT_ACTOR
 from actors.rabbitmq import check_queues
+from daemon.embedded import WAKE_EVERY_S, WakePipe
 from daemon.exit_codes import RET_OK, RET_SHUTDOWN_TIMEOUT
 from daemon.scheduler import Scheduler, SchedulerThread
 from daemon.systemd_notify import notify
@@ -48,7 +49,6 @@ from ground.urls import redact_url
 logger = logging.getLogger(__name__)
 
 RESTART_BACKOFF_S = 1.0
-WAKE_EVERY_S = 0.05  # at most one wake message per 50 ms on RabbitMQ
 
 
 def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
@@ -72,7 +72,7 @@ class Daemon:
         self._last_wake = 0.0
         self._wake_scheduled = False
         # Embedded: the side server's wakes for the worker process that owns the in-memory queues.
-        self._wake = self._mp.Event() if settings.is_memory_broker else None
+        self._wake = WakePipe(self._mp) if settings.is_memory_broker else None
         self.scheduler: Scheduler | None = None
         self._ticks: SchedulerThread | None = None
         self.broker: dramatiq.Broker | None = None
@@ -135,13 +135,17 @@ class Daemon:
         # 1. no more HTTP
         await site.stop()
         await runner.cleanup()
-        # 2. no more scheduling (embedded: the worker process stops its own first)
+        # 2. no more scheduling (embedded: the worker process stops its own first); a tick under
+        # way may finish while the workers stop, not before they are told (a long plan, or a
+        # database outage, would have eaten their share of the deadline)
         supervising.cancel()
         await asyncio.gather(supervising, return_exceptions=True)
         if self._ticks is not None:
-            await asyncio.to_thread(self._ticks.stop, max(0.0, deadline - time.monotonic()))
+            self._ticks.request_stop()
         # 3. workers finish or give back their messages
         killed = await asyncio.to_thread(self._stop_workers, deadline)
+        if self._ticks is not None:
+            await asyncio.to_thread(self._ticks.join, max(0.0, deadline - time.monotonic()))
         # 4. connections
         if self.broker is not None:
             self.broker.close()
@@ -156,12 +160,12 @@ class Daemon:
 
     def _wake_processing(self, new_events: int) -> None:
         """After a group commit: wake the event processor. Embedded: the worker process that owns
-        the in-memory queues is told through an Event (cheap; it coalesces the wakes). RabbitMQ: one
+        the in-memory queues is told through a pipe (one byte, never blocking). RabbitMQ: one
         message at most every 50 ms, published off the event loop; a commit inside those 50 ms gets
         the next one (dropping it left its events waiting for the scheduler's tick). With the
         broker away the publish fails; the tick wakes the processor later."""
         if self._wake is not None:
-            self._wake.set()
+            self._wake.wake()
             return
         if self._wake_scheduled:
             return

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 def worker_main(settings: Settings, index: int, wake: Any = None) -> int:
     """Entry point of worker process ``index``; returns its exit code. On the embedded default
     (``memory://``) the one worker process also owns the queues' other side (daemon/embedded.py):
-    ``wake`` is the Event the side server sets after a group commit."""
+    ``wake`` is the pipe the side server writes to after a group commit."""
     # SIGTERM is taken by the main thread when it asks for it (sigtimedwait), never by a Python
     # handler: a handler that sets a threading.Event deadlocks when it lands while the main thread
     # holds that Event's own lock — a window that GIL contention at start-up (a dozen threads

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from db.database import close_database, init_database
-from db.models import Campaign, CampaignStep
+from db.models import Campaign, CampaignStep, InboundEvent
 from ops.harness.daemon import DaemonProcess, base_env, cli
 from ops.harness.signing import STANDARD_SECRET
 from tests.support.sends import console_keys, plan_sends, status_counts
@@ -65,7 +65,8 @@ def test_a_killed_embedded_worker_process_is_replaced_and_its_queued_sends_go_ou
         tmp_path: Path, daemons: list) -> None:
     # Given the embedded default sending a paced sms backlog at 10/s through one worker thread, so
     # that sends wait in the worker process's in-memory queue
-    env = base_env(RATE_SMS="10/s", PROVIDER_CONSOLE_DELAY_MS="100", HEARTBEAT_INTERVAL_S="1")
+    env = base_env(RATE_SMS="10/s", PROVIDER_CONSOLE_DELAY_MS="100", HEARTBEAT_INTERVAL_S="1",
+                   SOURCE_APP_SECRET=STANDARD_SECRET)
     assert cli("migrate", env=env, cwd=tmp_path).returncode == 0
     daemon = DaemonProcess(env, tmp_path, "--threads", "1")
     daemons.append(daemon.start())
@@ -77,10 +78,16 @@ def test_a_killed_embedded_worker_process_is_replaced_and_its_queued_sends_go_ou
         # When the worker process is killed outright (the side server's process stays)
         (worker,) = re.findall(r"worker 0 \(pid (\d+)\) started", daemon.stderr())
         subprocess.run(["kill", "-9", worker], check=True)
-        # Then the supervisor starts another, which offers the lost queue's sends again at once
+        # Then the side server still answers webhooks at once (a wake signal the dead process was
+        # waiting on once froze it for good), and they are processed once a new worker is there
+        answered = asyncio.run(asyncio.wait_for(fire(daemon.port, 20, 4, "after-kill"), 15))
+        assert Counter(answered.values()) == {202: 20}
+        # And the supervisor starts another worker, which offers the lost queue's sends again at once
         wait_until(lambda: "restarting it" in daemon.stderr(), 15, "the supervisor to notice")
         wait_until(lambda: status_counts()["sent"] == 60, 60, "the whole backlog")
         assert "send(s) queued in a previous run's memory offered again" in daemon.stderr()
+        wait_until(lambda: InboundEvent.select().where(InboundEvent.status == "processed").count() == 20, 15,
+                   "the 20 webhooks processed by the new worker")
         assert daemon.stop() == 0
     finally:
         close_database()
