@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(help_parser=parser)
 
     run = _command(commands, "run", "run the daemon: side server, scheduler and workers")
-    run.add_argument("--processes", type=_positive_int, metavar="N", help="worker processes (RETENTIOND_PROCESSES, default 2)")
+    run.add_argument("--processes", type=_positive_int, metavar="N", help="worker processes (RETENTIOND_PROCESSES, default 2; one on memory://)")
     run.add_argument("--threads", type=_positive_int, metavar="N", help="threads per worker process (RETENTIOND_THREADS, default 8)")
     run.set_defaults(handler=cmd_run)
 
