@@ -17,8 +17,9 @@ import dramatiq.errors
 import peewee
 
 from actors.outbox import relay_planned_sends
+from actors.registry import channel_actors
 from engine.processing import process_pending
-from ground.channels import CHANNELS, EVENTS_QUEUE
+from ground.channels import EVENTS_QUEUE
 from ground.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,8 @@ ACTOR_NAME = "process_events"
 def declare_event_actor(broker: dramatiq.Broker, settings: Settings, stopping: threading.Event) -> dramatiq.Actor:
     def process_events() -> None:
         # between batches, a stopping worker lets the rest wait for the next one
-        channel_actors = {name: broker.get_actor(CHANNELS[name].actor_name) for name in settings.rates}
-        process_pending(settings, should_stop=stopping.is_set, after_batch=_RelayAfterBatches(settings, channel_actors))
+        relay = _RelayAfterBatches(settings, channel_actors(broker, settings))
+        process_pending(settings, should_stop=stopping.is_set, after_batch=relay)
 
     return dramatiq.Actor(process_events, broker=broker, actor_name=ACTOR_NAME, queue_name=QUEUE, priority=0,
                           options={"max_retries": 3, "min_backoff": 1000, "max_backoff": 10_000})
@@ -46,14 +47,14 @@ class _RelayAfterBatches:
     next batch is processed. Once the broker or database is away, not again in this pass (one
     warning): the sends stay planned and the scheduler's tick relays them."""
 
-    def __init__(self, settings: Settings, channel_actors: dict[str, dramatiq.Actor]) -> None:
-        self.settings, self.channel_actors, self.away = settings, channel_actors, False
+    def __init__(self, settings: Settings, actors: dict[str, dramatiq.Actor]) -> None:
+        self.settings, self.actors, self.away = settings, actors, False
 
     def __call__(self) -> None:
         if self.away:
             return
         try:
-            relay_planned_sends(self.settings, self.channel_actors)
+            relay_planned_sends(self.settings, self.actors)
         except _AWAY as exc:
             self.away = True
             logger.warning("relaying the sends planned for new leads failed (%s); the scheduler's tick will",

@@ -68,3 +68,9 @@ def declare_channel_actors(broker: dramatiq.Broker, settings: Settings, stopping
             },
         )
     return actors
+
+
+def channel_actors(broker: dramatiq.Broker, settings: Settings) -> dict[str, dramatiq.Actor]:
+    """The actors already declared on ``broker`` for the configured channels, by channel name: what
+    the relay (actors/outbox.py) publishes to, wherever it runs."""
+    return {name: broker.get_actor(CHANNELS[name].actor_name) for name in settings.rates}

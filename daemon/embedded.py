@@ -28,11 +28,11 @@ from typing import Any
 import dramatiq
 
 from actors.events import ACTOR_NAME as EVENT_ACTOR
+from actors.registry import channel_actors
 from daemon.scheduler import Scheduler, SchedulerThread
 from db.database import db_session
 from db.models import utcnow
 from engine.sends import requeue_lost
-from ground.channels import CHANNELS
 from ground.outage_log import OutageLog
 from ground.settings import Settings
 
@@ -93,12 +93,11 @@ class EmbeddedDuties:
     scheduler's jobs, and turning the side server's wakes into event-processor messages."""
 
     def __init__(self, settings: Settings, broker: dramatiq.Broker, wake: WakePipe) -> None:
-        actors = {name: broker.get_actor(CHANNELS[name].actor_name) for name in settings.rates}
         self.event_actor = broker.get_actor(EVENT_ACTOR)
         # The jobs' leases name the holder as the main process does (host:pid), which is how a
         # restore on this host tells a stopped daemon's lease from a live one (db/backup.py).
         instance_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.scheduler = Scheduler(settings, actors, self.event_actor, instance_id)
+        self.scheduler = Scheduler(settings, channel_actors(broker, settings), self.event_actor, instance_id)
         self.ticks = SchedulerThread(self.scheduler)
         self.wake = wake  # the WakePipe the main process writes to after a group commit
         self._stop = threading.Event()

@@ -32,6 +32,7 @@ from aiohttp import web
 from actors.broker import build_broker
 from actors.events import ACTOR_NAME as EVENT_ACTOR
 from actors.rabbitmq import check_queues
+from actors.registry import channel_actors
 from daemon.embedded import WAKE_EVERY_S, WakePipe
 from daemon.exit_codes import RET_OK, RET_SHUTDOWN_TIMEOUT
 from daemon.scheduler import Scheduler, SchedulerThread
@@ -40,7 +41,6 @@ from daemon.web.app import build_app, make_runner
 from daemon.worker_process import spawn_entry
 from db.database import close_database
 from ground import metrics
-from ground.channels import CHANNELS
 from ground.errors import ConfigError
 from ground.outage_log import OutageLog
 from ground.settings import PREFIX, Settings
@@ -92,9 +92,9 @@ class Daemon:
             self.broker = build_broker(self.settings)
             # A queue of another type than the one asked for (classic vs quorum) stops the start: exit 2.
             check_queues(self.broker)
-            self.actors = {name: self.broker.get_actor(CHANNELS[name].actor_name) for name in self.settings.rates}
             self.event_actor = self.broker.get_actor(EVENT_ACTOR)
-            self.scheduler = Scheduler(self.settings, self.actors, self.event_actor, self.instance_id)
+            self.scheduler = Scheduler(self.settings, channel_actors(self.broker, self.settings), self.event_actor,
+                                       self.instance_id)
         runner = make_runner(build_app(self.settings, wake=self._wake_processing), self.settings)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port, reuse_address=True)
