@@ -36,6 +36,7 @@ from actors.registry import channel_actors
 from daemon.embedded import WAKE_EVERY_S, WakePipe
 from daemon.exit_codes import RET_OK, RET_SHUTDOWN_TIMEOUT
 from daemon.scheduler import Scheduler, SchedulerThread
+from daemon.stop_signals import ignore_stop_signals, on_stop_signal
 from daemon.systemd_notify import notify
 from daemon.web.app import build_app, make_runner
 from daemon.worker_process import spawn_entry
@@ -84,8 +85,7 @@ class Daemon:
     async def run(self) -> int:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._request_stop, sig)
+        on_stop_signal(loop, self._request_stop)
 
         metrics.initialise_labels(self.settings.sources)
         if not self.settings.is_memory_broker:  # embedded: the worker process owns the queues
@@ -125,11 +125,9 @@ class Daemon:
 
         await self._stopping.wait()
         notify("STOPPING=1")
-        # The shutdown is under way and bounded by SHUTDOWN_TIMEOUT_S; a repeated SIGTERM (Ctrl-C
-        # twice, a supervisor repeating itself) must not cut it short. The loop's handlers ignore
-        # them until it closes, which puts SIGTERM back to its default action (death by signal)
-        # for the rest of the teardown: from here on the process ignores both signals instead.
-        _ignore_stop_signals(loop)
+        # The shutdown is under way and bounded by SHUTDOWN_TIMEOUT_S: a repeated SIGTERM must
+        # not cut it short (daemon/stop_signals.py says why this is not remove_signal_handler).
+        ignore_stop_signals()
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
 
         # 1. no more HTTP
@@ -247,16 +245,3 @@ class Daemon:
                 metrics.mark_process_dead(process.pid)
         return killed
 
-
-def _ignore_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
-    """SIGTERM and SIGINT ignored from now on, with no instant at their default action: blocked
-    while the loop's handlers are removed (which restores the defaults), then ignored, then
-    unblocked (one that arrived meanwhile is then discarded)."""
-    stop_signals = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    try:
-        for sig in stop_signals:
-            loop.remove_signal_handler(sig)
-            signal.signal(sig, signal.SIG_IGN)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
