@@ -38,7 +38,7 @@ from daemon.exit_codes import RET_OK, RET_SHUTDOWN_TIMEOUT
 from daemon.scheduler import Scheduler, SchedulerThread
 from daemon.stop_signals import ignore_stop_signals, on_stop_signal
 from daemon.systemd_notify import notify
-from daemon.web.app import build_app, make_runner
+from daemon.web.app import build_admin_app, build_public_app, make_runner
 from daemon.worker_process import spawn_entry
 from db.database import close_database
 from ground import metrics
@@ -52,14 +52,15 @@ logger = logging.getLogger(__name__)
 RESTART_BACKOFF_S = 1.0
 
 
-def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
-    """One line naming the address and why (asyncio's own message repeats the address as a tuple)."""
+def _bind_error(listener: str, host: str, port: int, exc: OSError) -> ConfigError:
+    """One line naming the address and why (asyncio's own message repeats the address as a tuple);
+    ``listener`` is the settings' prefix, HTTP (public) or ADMIN (operators)."""
     if isinstance(exc, socket.gaierror):  # its errno is getaddrinfo's (EAI_*), not an OS error number
-        reason, setting = f"the host name does not resolve ({exc.strerror or exc})".lower(), "HTTP_HOST"
+        reason, setting = f"the host name does not resolve ({exc.strerror or exc})".lower(), "HOST"
     else:
         reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-        setting = "HTTP_HOST" if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) else "HTTP_PORT"
-    return ConfigError(f"{PREFIX}{setting}", f"cannot listen on {host}:{port}: {reason}")
+        setting = "HOST" if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) else "PORT"
+    return ConfigError(f"{PREFIX}{listener}_{setting}", f"cannot listen on {host}:{port}: {reason}")
 
 
 class Daemon:
@@ -95,22 +96,31 @@ class Daemon:
             self.event_actor = self.broker.get_actor(EVENT_ACTOR)
             self.scheduler = Scheduler(self.settings, channel_actors(self.broker, self.settings), self.event_actor,
                                        self.instance_id)
-        runner = make_runner(build_app(self.settings, wake=self._wake_processing), self.settings)
-        await runner.setup()
-        site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port, reuse_address=True)
-        # Bind before any worker starts: a port in use is a bad setting (exit 2, one line), and
-        # nothing may be left running behind it (worker threads or processes kept it alive before).
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            if self.broker is not None:
-                self.broker.close()
-            raise _bind_error(self.settings.http_host, self.settings.http_port, exc) from None
+        # Both listeners bound before any worker starts: a port in use is a bad setting (exit 2,
+        # one line), and nothing may be left running behind it (worker threads or processes kept
+        # it alive before).
+        runners = [make_runner(build_public_app(self.settings, wake=self._wake_processing), self.settings),
+                   make_runner(build_admin_app(self.settings), self.settings)]
+        addresses = [("HTTP", self.settings.http_host, self.settings.http_port),
+                     ("ADMIN", self.settings.admin_host, self.settings.admin_port)]
+        set_up: list[web.AppRunner] = []
+        for runner, (listener, host, port) in zip(runners, addresses, strict=True):
+            await runner.setup()
+            set_up.append(runner)
+            try:
+                await web.TCPSite(runner, host, port, reuse_address=True).start()
+            except OSError as exc:
+                for each in set_up:
+                    await each.cleanup()
+                if self.broker is not None:
+                    self.broker.close()
+                raise _bind_error(listener, host, port, exc) from None
         await asyncio.to_thread(self._replay_journals)
         self._start_workers()
-        logger.info("retentiond %s started: side server on http://%s:%d, database %s, broker %s, %s",
+        logger.info("retentiond %s started: public listener on http://%s:%d, operators' on http://%s:%d, "
+                    "database %s, broker %s, %s",
                     self.instance_id, self.settings.http_host, self.settings.http_port,
+                    self.settings.admin_host, self.settings.admin_port,
                     redact_url(self.settings.database_url), redact_url(self.settings.broker_url),
                     f"embedded: 1 worker process x {self.settings.threads} threads with the in-memory queues"
                     if self.settings.is_memory_broker
@@ -131,8 +141,8 @@ class Daemon:
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
 
         # 1. no more HTTP
-        await site.stop()
-        await runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
         # 2. no more scheduling (embedded: the worker process stops its own first); a tick under
         # way may finish while the workers stop, not before they are told (a long plan, or a
         # database outage, would have eaten their share of the deadline)

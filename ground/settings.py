@@ -268,6 +268,8 @@ class Settings:
     http_host: str = setting("127.0.0.1")
     http_port: int = setting(8080, minimum=1, maximum=65535, message="must be between 1 and 65535")
     public_url: str = setting("http://127.0.0.1:8080", check=_public_url_problem, help="base of tracked links")
+    admin_host: str = setting("127.0.0.1", help="the operators' listener: /api/v1, /metrics, /health/details, console")
+    admin_port: int = setting(8081, minimum=1, maximum=65535, message="must be between 1 and 65535")
     admin_token: Secret | None = setting(None, check=_admin_token_problem)
     db_pool_size: int = setting(3, minimum=1, maximum=1000)
     db_timeout_s: float = setting(10.0, above=0, maximum=3600, too_high=_AN_HOUR)
@@ -307,6 +309,8 @@ class Settings:
                                          help="an idle keep-alive connection (or one sending no request) is closed")
     http_body_timeout_s: float = setting(10.0, above=0, below=3600, message=_UNDER_AN_HOUR,
                                          help="a request body not fully received by then gets 408, connection closed")
+    health_details_cache_s: float = setting(5.0, minimum=0, below=3600, message=_UNDER_AN_HOUR,
+                                            help="/health/details is computed at most once per this many seconds")
     event_id_retention_days: int = setting(30, minimum=1, maximum=_MAX_DAYS,
                                            help="a sender's event id deduplicates for this long")
     # retention cleanup (engine/retention.py)
@@ -351,6 +355,7 @@ class Settings:
             "database_url": redact_url(self.database_url),
             "broker_url": redact_url(self.broker_url),
             "http": f"{self.http_host}:{self.http_port}",
+            "admin": f"{self.admin_host}:{self.admin_port}",
             "processes": self.processes,
             "threads": self.threads,
             "sources": sorted(self.sources),

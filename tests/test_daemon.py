@@ -17,7 +17,7 @@ import pytest
 from db.database import close_database, init_database
 from db.migrate import migrate
 from db.models import Send
-from ops.harness.daemon import DaemonProcess, base_env, cli
+from ops.harness.daemon import DaemonProcess, base_env, cli, free_port
 from ops.harness.tcp_proxy import TcpProxy
 from tests.support.rabbitmq import amqp_url_for, rabbitmq_queue_depths
 from tests.support.sends import console_keys, plan_sends, status_counts
@@ -53,8 +53,14 @@ def test_on_rabbitmq_and_postgres_the_channel_queues_exist_and_sends_go_out(
     for channel in ("sms", "email", "call", "push", "webhook"):
         assert queues.get(f"retentiond.{channel}") == "true"
         assert queues.get(f"retentiond.{channel}.XQ") == "true"
+    # And the operators' paths are on their own listener, never on the public one
+    for path in ("/metrics", "/health/details", "/api/v1/stats", "/api/v1/openapi.json"):
+        assert daemon.get(path)[0] == 404, path
+    assert daemon.admin_get("/api/v1/stats")[0] == 401  # no token configured: the API refuses all
+    assert daemon.admin_get("/health") == (200, {"status": "ok"}) == daemon.get("/health")
+    assert daemon.admin_get("/health/ready")[0] == 200
     # And /metrics adds up what both worker processes counted
-    status, text = daemon.get("/metrics")
+    status, text = daemon.admin_get("/metrics")
     assert status == 200
     assert 'retentiond_sends_total{channel="sms",status="sent"} 40.0' in text
     assert 'retentiond_sends_total{channel="email",status="sent"} 20.0' in text
@@ -244,18 +250,20 @@ def test_a_worker_process_that_dies_is_replaced(database: str, amqp_url: str, tm
     assert daemon.stop() == 0
 
 
-@pytest.mark.parametrize("broker", ["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+@pytest.mark.parametrize(("broker", "listener"), [
+    ("memory", "HTTP"), ("memory", "ADMIN"), pytest.param("rabbitmq", "ADMIN", marks=pytest.mark.rabbitmq)])
 def test_run_on_a_port_already_in_use_exits_2_with_one_line_naming_the_address(
-        broker: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    # Given another program listening on the daemon's port
-    settings = {"DATABASE_URL": f"sqlite:///{tmp_path / 'r.db'}"}
+        broker: str, listener: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    # Given another program listening on the port of one of the daemon's two listeners
+    settings = {"DATABASE_URL": f"sqlite:///{tmp_path / 'r.db'}", "HTTP_PORT": str(free_port()),
+                "ADMIN_PORT": str(free_port())}
     if broker == "rabbitmq":
         settings["BROKER_URL"] = request.getfixturevalue("amqp_url")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = base_env(HTTP_PORT=str(port), **settings)
+        env = base_env(**{**settings, f"{listener}_PORT": str(port)})
         assert cli("migrate", env=env, cwd=tmp_path).returncode == 0
         # When the operator runs the daemon (with worker processes on RabbitMQ)
         # cli() waits for the process and for every process holding its output: a worker left
@@ -266,7 +274,7 @@ def test_run_on_a_port_already_in_use_exits_2_with_one_line_naming_the_address(
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if f"127.0.0.1:{port}" in line]
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("retentiond: error: RETENTIOND_HTTP_PORT") and "in use" in lines[0]
+    assert lines[0].startswith(f"retentiond: error: RETENTIOND_{listener}_PORT") and "in use" in lines[0]
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import datetime as dt
 
 import pytest
 
-from daemon.web.app import build_app
+from daemon.web.app import build_public_app
 from db.models import Campaign, CampaignStep, Contact, Enrolment, Send, Suppression, utcnow
 from engine.enrolments import enrol
 from engine.links import make_unsubscribe_tokens
@@ -42,7 +42,7 @@ async def test_an_unsubscribe_exits_the_campaigns_that_exit_on_it_whichever_way_
     enrol([ada.id], "drip")
     enrol([ada.id], "news")
     (token,) = await asyncio.to_thread(make_unsubscribe_tokens, [(ada.id, "email", None)])
-    client = await aiohttp_client(build_app(settings))
+    client = await aiohttp_client(build_public_app(settings))
 
     # When she unsubscribes from email
     if way == "webhook":

@@ -172,14 +172,14 @@ async def test_a_garbage_request_does_not_put_its_bytes_in_the_log(capfd: pytest
     from aiohttp import web
 
     from daemon.logging_setup import setup_logging
-    from daemon.web.app import build_app
+    from daemon.web.app import build_public_app
     from ops.harness.daemon import free_port
     from tests.support.settings import make_settings
 
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
     setup_logging("INFO", "json")
-    runner = web.AppRunner(build_app(make_settings(SOURCE_TWILIO_SCHEME="twilio",
+    runner = web.AppRunner(build_public_app(make_settings(SOURCE_TWILIO_SCHEME="twilio",
                                                    SOURCE_TWILIO_SECRET="twilio-auth-token-0123456789")),
                            access_log=None)
     await runner.setup()
@@ -231,7 +231,7 @@ async def test_a_500_sends_sentry_no_token(aiohttp_client, sentry_events: list[d
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from daemon.web import admin as routes_admin
     from daemon.web import webhooks as routes_webhooks
-    from daemon.web.app import build_app
+    from daemon.web.app import build_admin_app, build_public_app
     from tests.support.settings import make_settings
 
     def explode(*args: object, **kwargs: object) -> None:
@@ -240,9 +240,10 @@ async def test_a_500_sends_sentry_no_token(aiohttp_client, sentry_events: list[d
     monkeypatch.setattr(routes_admin, "_stats", explode)
     monkeypatch.setattr(routes_webhooks, "interpret", explode)
     settings = make_settings(ADMIN_TOKEN=ADMIN_SECRET, SOURCE_ZAP_SCHEME="token", SOURCE_ZAP_SECRET=WEBHOOK_SECRET)
-    client = await aiohttp_client(build_app(settings))
+    client = await aiohttp_client(build_public_app(settings))
+    admin_client = await aiohttp_client(build_admin_app(settings))
     # Given an admin request with the bearer token and a webhook with its token, both ending in a 500
-    response = await client.get("/api/v1/stats", headers={"Authorization": f"Bearer {ADMIN_SECRET}",
+    response = await admin_client.get("/api/v1/stats", headers={"Authorization": f"Bearer {ADMIN_SECRET}",
                                                          "Cookie": f"session={ADMIN_SECRET}"})
     assert response.status == 500
     response = await client.post(f"/webhooks/zap?token={WEBHOOK_SECRET}", data=f'{{"token": "{WEBHOOK_SECRET}"}}',

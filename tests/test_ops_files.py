@@ -111,3 +111,15 @@ def test_a_restarted_daemon_reports_its_lease_on_the_same_series(sqlite_url: str
               for sample in family.samples if sample.name == "retentiond_lease_holder"
               and sample.labels.get("periodic_job") == "churn-check"]
     assert series == [{"periodic_job": "churn-check"}]
+
+
+def test_the_shipped_scrape_config_targets_the_operators_listener() -> None:
+    # /metrics is served on ADMIN_PORT only: a target on the public port would scrape 404s
+    from ground.settings import load_settings
+
+    defaults = load_settings(environ={})
+    config = yaml.safe_load((OPS / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    targets = [t for group in job["static_configs"] for t in group["targets"]]
+    assert targets == [f"{defaults.admin_host}:{defaults.admin_port}"]
+    assert f":{defaults.http_port}" not in (OPS / "prometheus.yml").read_text()

@@ -20,7 +20,7 @@ import psycopg2
 import pytest
 from prometheus_client import REGISTRY
 
-from daemon.web.app import build_app
+from daemon.web.app import build_public_app
 from daemon.web.webhooks import COMMITTER
 from db.database import database, sqlite_path
 from db.models import Contact, InboundEvent, Suppression, TrackedLink
@@ -98,7 +98,7 @@ async def until_dropped_clicks(expected: float) -> None:
 
 async def test_webhooks_get_503_with_retry_after_and_nothing_stored_while_the_database_is_locked(
         aiohttp_client, migrated_db: str) -> None:  # type: ignore[no-untyped-def]
-    client = await aiohttp_client(build_app(settings_for(migrated_db)))
+    client = await aiohttp_client(build_public_app(settings_for(migrated_db)))
     ids = [f"locked-{i}" for i in range(REQUESTS)]
     # Given the database locked by another connection
     with database_locked(migrated_db):
@@ -133,7 +133,7 @@ async def test_a_click_still_redirects_while_the_database_is_locked(
         aiohttp_client, migrated_db: str, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
     ada = Contact.create(email="ada@example.com")
     TrackedLink.create(token=LINK, url="https://example.com/offer", contact=ada.id)
-    client = await aiohttp_client(build_app(settings_for(migrated_db)))
+    client = await aiohttp_client(build_public_app(settings_for(migrated_db)))
     before = dropped_clicks()
     # Given the database locked by another connection
     with database_locked(migrated_db):
@@ -173,7 +173,7 @@ async def test_a_click_redirects_within_its_own_deadline_while_its_batch_waits_f
     ada = Contact.create(email="ada@example.com")
     TrackedLink.create(token=LINK, url="https://example.com/offer", contact=ada.id)
     # Given webhooks allowed to wait long for the database, readers only CLICK_MAX_WAIT_S (0.3 s)
-    client = await aiohttp_client(build_app(settings_for(migrated_db, INGEST_MAX_WAIT_S=LONG_INGEST_WAIT_S)))
+    client = await aiohttp_client(build_public_app(settings_for(migrated_db, INGEST_MAX_WAIT_S=LONG_INGEST_WAIT_S)))
     before = dropped_clicks()
     # and the database locked by another connection
     with database_locked(migrated_db):
@@ -198,7 +198,7 @@ async def test_one_click_unsubscribes_are_shed_while_suppressions_are_locked_and
     TrackedLink.create(token=LINK, url="https://example.com/offer", contact=ada.id)
     (token,) = make_unsubscribe_tokens([(ada.id, "email", None)])
     database.close()  # the test's own connection back to the pool: the daemon has all of it
-    client = await aiohttp_client(build_app(settings_for(migrated_db)))
+    client = await aiohttp_client(build_public_app(settings_for(migrated_db)))
     # Given the suppression table locked by another connection (SQLite: the whole database)
     with database_locked(migrated_db, "suppression"):
         # When many readers press "unsubscribe" at once

@@ -110,7 +110,7 @@ def test_alert_rules_evaluate_on_real_series_and_the_tick_alert_fires_when_ticks
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config["rule_files"] = [str(OPS / "alerts.yml"), str(scaled)]
     (scrape,) = config["scrape_configs"]
-    scrape["static_configs"] = [{"targets": [f"127.0.0.1:{daemon.port}"]}]
+    scrape["static_configs"] = [{"targets": [f"127.0.0.1:{daemon.admin_port}"]}]
     prometheus = PrometheusProcess(binary, config, tmp_path).start()
     try:
         # When Prometheus has scraped the daemon and evaluated every rule

@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.web import operators, public
-from daemon.web.app import build_app, make_runner
+from daemon.web.app import build_admin_app, build_public_app, make_runner
 from db.database import close_database, init_database
 from db.migrate import migrate
 from db.models import InboundEvent
@@ -28,14 +28,14 @@ from tests.support.settings import make_settings
 
 
 async def test_health_is_ok_while_the_process_is_up(aiohttp_client) -> None:  # type: ignore[no-untyped-def]
-    client = await aiohttp_client(build_app(make_settings()))
+    client = await aiohttp_client(build_public_app(make_settings()))
     response = await client.get("/health")
     assert response.status == 200
     assert await response.json() == {"status": "ok"}
 
 
 async def test_ready_when_database_and_broker_answer(aiohttp_client, migrated_db: str) -> None:  # type: ignore[no-untyped-def]
-    client = await aiohttp_client(build_app(make_settings(DATABASE_URL=migrated_db)))
+    client = await aiohttp_client(build_public_app(make_settings(DATABASE_URL=migrated_db)))
     response = await client.get("/health/ready")
     body = await response.json()
     assert response.status == 200, body
@@ -44,7 +44,7 @@ async def test_ready_when_database_and_broker_answer(aiohttp_client, migrated_db
 
 async def test_not_ready_names_the_unreachable_broker(aiohttp_client, migrated_db: str) -> None:  # type: ignore[no-untyped-def]
     dead = f"amqp://guest:secret-pw@127.0.0.1:{free_port()}/"
-    client = await aiohttp_client(build_app(make_settings(DATABASE_URL=migrated_db, BROKER_URL=dead)))
+    client = await aiohttp_client(build_public_app(make_settings(DATABASE_URL=migrated_db, BROKER_URL=dead)))
     response = await client.get("/health/ready")
     body = await response.json()
     assert response.status == 503
@@ -55,7 +55,7 @@ async def test_not_ready_names_the_unreachable_broker(aiohttp_client, migrated_d
 
 async def test_metrics_are_prometheus_text_with_the_send_counter(aiohttp_client) -> None:  # type: ignore[no-untyped-def]
     initialise_labels()
-    client = await aiohttp_client(build_app(make_settings()))
+    client = await aiohttp_client(build_admin_app(make_settings()))
     response = await client.get("/metrics")
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/plain")
@@ -66,12 +66,45 @@ async def test_metrics_are_prometheus_text_with_the_send_counter(aiohttp_client)
 
 
 async def test_health_details_names_each_component(aiohttp_client, migrated_db: str) -> None:  # type: ignore[no-untyped-def]
-    client = await aiohttp_client(build_app(make_settings(DATABASE_URL=migrated_db)))
+    client = await aiohttp_client(build_admin_app(make_settings(DATABASE_URL=migrated_db)))
     body = await (await client.get("/health/details")).json()
     assert body["status"] in ("healthy", "warning", "critical")
     assert set(body["components"]) == {"database", "broker", "queues", "dead_letters", "provider_errors",
                                        "scheduling_tick", "leases"}
     assert body["components"]["scheduling_tick"]["status"] == "warning"  # no tick has run in this test
+
+
+async def test_health_details_is_computed_once_per_cache_period_however_many_ask(  # type: ignore[no-untyped-def]
+        aiohttp_client, migrated_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.web import health_details
+
+    # Given a count of the computations (each opens a broker connection and runs queries)
+    computed: list[str] = []
+    real = health_details.details
+
+    def counted(settings):  # type: ignore[no-untyped-def]
+        computed.append("once")
+        return real(settings)
+
+    monkeypatch.setattr(health_details, "details", counted)
+    client = await aiohttp_client(build_admin_app(make_settings(DATABASE_URL=migrated_db,
+                                                                HEALTH_DETAILS_CACHE_S="0.5")))
+
+    async def fetch() -> dict:
+        async with client.get("/health/details") as response:
+            assert response.status == 200
+            return await response.json()
+
+    # When twenty dashboards ask at once, Then one computation answers all of them
+    bodies = await asyncio.gather(*(fetch() for _ in range(20)))
+    assert len(computed) == 1 and len({b["checked_at"] for b in bodies}) == 1
+    assert bodies[0]["checked_at"].endswith("Z")
+    # and once the period is over the next caller gets a fresh one
+    first = bodies[0]["checked_at"]
+    async with asyncio.timeout(GUARD_S):
+        while (await fetch())["checked_at"] == first:
+            await asyncio.sleep(0.05)
+    assert len(computed) == 2
 
 
 # -- slow and idle clients, against a real server with short timeouts ------------------------------
@@ -86,7 +119,7 @@ async def live_server(sqlite_url: str) -> AsyncIterator[int]:
     """The side server as the daemon serves it, on a real port, with 1-second timeouts."""
     settings = make_settings(DATABASE_URL=sqlite_url, HTTP_IDLE_TIMEOUT_S="1", HTTP_BODY_TIMEOUT_S="1",
                              SOURCE_ZAP_SCHEME="token", SOURCE_ZAP_SECRET=SLOW_TOKEN)
-    runner = make_runner(build_app(settings), settings)
+    runner = make_runner(build_public_app(settings), settings)
     await runner.setup()
     port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)
@@ -210,8 +243,10 @@ def test_the_public_routes_are_what_the_proxy_passes_and_the_operators_routes_ar
         return {route.path for route in routes if isinstance(route, web.RouteDef)}
 
     assert all(passed(path) for path in paths(public.ROUTES)), paths(public.ROUTES)
-    assert not any(passed(path) for path in paths(operators.ROUTES)), paths(operators.ROUTES)
-    assert {"/metrics", "/health/details", "/api/v1/stats"} <= paths(operators.ROUTES)
+    assert not any(passed(path) for path in paths(operators.OPERATORS_ONLY)), paths(operators.OPERATORS_ONLY)
+    assert {"/metrics", "/health/details", "/api/v1/stats"} <= paths(operators.OPERATORS_ONLY)
+    # and the two listeners share nothing but liveness and readiness
+    assert paths(public.ROUTES) & paths(operators.ROUTES) == {"/health", "/health/ready"}
 
 
 async def test_the_shipped_nginx_config_is_valid_and_forwards_only_the_public_paths(
@@ -221,7 +256,7 @@ async def test_the_shipped_nginx_config_is_valid_and_forwards_only_the_public_pa
     migrate()
     settings = make_settings(DATABASE_URL=sqlite_url, SOURCE_ZAP_SCHEME="token", SOURCE_ZAP_SECRET=SLOW_TOKEN,
                              ADMIN_TOKEN="admin-token-0123456789abcdef")
-    runner = make_runner(build_app(settings), settings)
+    runner = make_runner(build_public_app(settings), settings)
     await runner.setup()
     upstream = free_port()
     await web.TCPSite(runner, "127.0.0.1", upstream).start()

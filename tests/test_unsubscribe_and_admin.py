@@ -9,7 +9,7 @@ import secrets
 
 import pytest
 
-from daemon.web.app import build_app
+from daemon.web.app import build_admin_app, build_public_app
 from db.models import Contact, Decision, InboundEvent, Send, Suppression, TrackedLink
 from engine.links import make_unsubscribe_tokens
 from engine.templates import TOKEN_BYTES
@@ -20,7 +20,13 @@ ADMIN_TOKEN = "s3cret-admin-token"
 
 
 def app_for(db_url: str, **env: str):  # type: ignore[no-untyped-def]
-    return build_app(make_settings(DATABASE_URL=db_url, **env))
+    """The public listener's application."""
+    return build_public_app(make_settings(DATABASE_URL=db_url, **env))
+
+
+def admin_app_for(db_url: str, **env: str):  # type: ignore[no-untyped-def]
+    """The operators' listener's application."""
+    return build_admin_app(make_settings(DATABASE_URL=db_url, **env))
 
 
 async def test_get_shows_a_page_and_post_unsubscribes(aiohttp_client, migrated_db: str) -> None:  # type: ignore[no-untyped-def]
@@ -54,9 +60,9 @@ async def test_a_tracked_link_redirects_to_its_recorded_url(aiohttp_client, migr
 
 
 async def test_admin_api_needs_the_token(aiohttp_client, migrated_db: str) -> None:  # type: ignore[no-untyped-def]
-    open_client = await aiohttp_client(app_for(migrated_db))  # no token configured: refuse all
+    open_client = await aiohttp_client(admin_app_for(migrated_db))  # no token configured: refuse all
     assert (await open_client.get("/api/v1/stats", headers={"Authorization": "Bearer x"})).status == 401
-    client = await aiohttp_client(app_for(migrated_db, ADMIN_TOKEN="s3cret-admin-token"))
+    client = await aiohttp_client(admin_app_for(migrated_db, ADMIN_TOKEN="s3cret-admin-token"))
     assert (await client.get("/api/v1/stats")).status == 401
     assert (await client.get("/api/v1/stats", headers={"Authorization": "Bearer wrong"})).status == 401
     ok = await client.get("/api/v1/stats", headers={"Authorization": "Bearer s3cret-admin-token"})
@@ -70,7 +76,7 @@ async def test_a_contacts_history_says_why(aiohttp_client, migrated_db: str) -> 
     send = Send.create(idempotency_key="k", channel="sms", contact=ada.id, status="skipped", reason="daily cap")
     Decision.create(send=send.id, contact=ada.id, channel="sms", outcome="skipped",
                     reason="daily cap: 3 sends in the last 24 h (cap 3)")
-    client = await aiohttp_client(app_for(migrated_db, ADMIN_TOKEN="s3cret-admin-token"))
+    client = await aiohttp_client(admin_app_for(migrated_db, ADMIN_TOKEN="s3cret-admin-token"))
     auth = {"Authorization": "Bearer s3cret-admin-token"}
     body = await (await client.get("/api/v1/contacts/history?email=ADA@example.com", headers=auth)).json()
     assert body["decisions"][0]["outcome"] == "skipped"
@@ -82,7 +88,7 @@ async def test_a_contacts_history_says_why(aiohttp_client, migrated_db: str) -> 
 @pytest.mark.parametrize("authorization", [b"Bearer \xff\xfe", b"Bearer \xc3\xa9", b"\xff"])
 async def test_an_authorization_header_that_is_not_ascii_is_a_401(aiohttp_client, migrated_db: str,  # type: ignore[no-untyped-def]
                                                                   authorization: bytes) -> None:
-    client = await aiohttp_client(app_for(migrated_db, ADMIN_TOKEN=ADMIN_TOKEN))
+    client = await aiohttp_client(admin_app_for(migrated_db, ADMIN_TOKEN=ADMIN_TOKEN))
     status = await raw_request(client, b"GET /api/v1/stats HTTP/1.1\r\nHost: x\r\nAuthorization: " + authorization
                                + b"\r\n")
     assert status == 401
@@ -102,7 +108,8 @@ async def test_a_nul_or_a_malformed_token_is_refused_before_the_database(  # typ
         aiohttp_client, migrated_db: str, caplog: pytest.LogCaptureFixture, method: str, path: str,
         status: int) -> None:
     # Given a reader link or an admin query that no token or contact can have (PostgreSQL refuses NUL)
-    client = await aiohttp_client(app_for(migrated_db, ADMIN_TOKEN=ADMIN_TOKEN))
+    build = admin_app_for if path.startswith("/api/") else app_for
+    client = await aiohttp_client(build(migrated_db, ADMIN_TOKEN=ADMIN_TOKEN))
     # When it is requested, Then it is an unknown link (or a bad query), not a 500 with a traceback
     response = await client.request(method, path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
                                     allow_redirects=False)

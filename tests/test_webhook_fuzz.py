@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from daemon.web.app import build_app
+from daemon.web.app import build_public_app
 from db.models import InboundEvent
 from engine.events import START_WORDS, STOP_WORDS
 from engine.processing import process_pending
@@ -210,7 +210,7 @@ SCHEMES: dict[str, st.SearchStrategy[Send]] = {
 @pytest.fixture
 async def roomy_client(aiohttp_client, migrated_db: str):  # type: ignore[no-untyped-def]
     settings = settings_for(migrated_db, WEBHOOK_MAX_BYTES=str(64 * 1024))
-    client = await aiohttp_client(build_app(settings))
+    client = await aiohttp_client(build_public_app(settings))
     client.settings = settings
     return client
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from daemon.web.app import build_app
+from daemon.web.app import build_public_app
 from db.models import Attribution, Campaign, CampaignStep, Contact, Enrolment, InboundEvent, Send, Suppression
 from engine.processing import process_pending
 from ops.harness.signing import (
@@ -30,7 +30,7 @@ from tests.support.raw_http import raw_request
 @pytest.fixture
 async def client(aiohttp_client, migrated_db: str):  # type: ignore[no-untyped-def]
     settings = settings_for(migrated_db)
-    client = await aiohttp_client(build_app(settings))
+    client = await aiohttp_client(build_public_app(settings))
     client.settings = settings
     return client
 
@@ -346,7 +346,7 @@ def _malformed_cases() -> list[tuple[str, str, tuple[bytes, dict[str, str]]]]:
 async def roomy_client(aiohttp_client, migrated_db: str):  # type: ignore[no-untyped-def]
     """The default body limit (256 KiB), so deep or big documents reach the interpreters."""
     settings = settings_for(migrated_db, WEBHOOK_MAX_BYTES=str(256 * 1024))
-    client = await aiohttp_client(build_app(settings))
+    client = await aiohttp_client(build_public_app(settings))
     client.settings = settings
     return client
 
@@ -371,7 +371,7 @@ SECRET_TOKEN = "s3cr3t-postback-token-value"
 async def test_a_token_source_stores_nothing_of_its_secret(aiohttp_client, migrated_db: str) -> None:  # type: ignore[no-untyped-def]
     from db.database import database
 
-    client = await aiohttp_client(build_app(settings_for(migrated_db, SOURCE_ZAP_SECRET=SECRET_TOKEN)))
+    client = await aiohttp_client(build_public_app(settings_for(migrated_db, SOURCE_ZAP_SECRET=SECRET_TOKEN)))
     # Given postbacks that carry the secret in the query string (GET, form POST, empty POST) or a header
     assert (await client.get("/webhooks/zap", params={"token": SECRET_TOKEN, "click_id": "c-1",
                                                       "external_id": "u1", "value": "3"})).status == 202

@@ -1,5 +1,7 @@
-"""The aiohttp side server: the app factory (keys, the group commit's lifetime, the routes of both
-audiences: ``public.py`` and ``operators.py``), the runner, the body deadline."""
+"""The aiohttp side server: two applications on two listeners, one per audience. The public one
+(``HTTP_HOST``/``HTTP_PORT``: the routes of ``public.py``, the group commit) is what the reverse
+proxy exposes; the operators' one (``ADMIN_HOST``/``ADMIN_PORT``: the routes of ``operators.py``)
+never is. Also the runner both are served with, and the body deadline."""
 
 from __future__ import annotations
 
@@ -11,18 +13,19 @@ from aiohttp.typedefs import Middleware
 
 from daemon.web import admin, operators, public
 from daemon.web.group_commit import GroupCommitter
-from daemon.web.keys import COMMITTER, READER_WRITES, SETTINGS
+from daemon.web.health_details import CachedDetails
+from daemon.web.keys import COMMITTER, HEALTH_DETAILS, READER_WRITES, SETTINGS
 from daemon.web.reader_writes import ReaderWrites
 from ground.settings import Settings
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def build_app(settings: Settings, wake: Callable[[int], None] | None = None) -> web.Application:
-    """The side server. ``wake`` is called after each group commit with the number of new events
-    (the daemon passes one that enqueues the event processor's message)."""
+def build_public_app(settings: Settings, wake: Callable[[int], None] | None = None) -> web.Application:
+    """The public listener's application. ``wake`` is called after each group commit with the
+    number of new events (the daemon passes one that enqueues the event processor's message)."""
     app = web.Application(client_max_size=settings.webhook_max_bytes,
-                          middlewares=[body_deadline(settings.http_body_timeout_s), admin.require_token])
+                          middlewares=[body_deadline(settings.http_body_timeout_s)])
     app[SETTINGS] = settings
 
     async def committer(app: web.Application) -> AsyncIterator[None]:
@@ -37,6 +40,19 @@ def build_app(settings: Settings, wake: Callable[[int], None] | None = None) -> 
 
     app.cleanup_ctx.append(committer)
     public.add_routes(app)
+    return app
+
+
+# A campaign file or a contact upsert, not a bulk import (the CLI's `contacts import` does those)
+ADMIN_MAX_BODY_BYTES = 1024 * 1024
+
+
+def build_admin_app(settings: Settings) -> web.Application:
+    """The operators' listener's application: the admin API, metrics, detailed health."""
+    app = web.Application(client_max_size=ADMIN_MAX_BODY_BYTES,
+                          middlewares=[body_deadline(settings.http_body_timeout_s), admin.require_token])
+    app[SETTINGS] = settings
+    app[HEALTH_DETAILS] = CachedDetails(settings)
     operators.add_routes(app)
     return app
 

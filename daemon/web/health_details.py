@@ -10,14 +10,16 @@
 | scheduling_tick | last successful tick older than 30 s (or none yet) | older than 120 s |
 | leases | a job's lease expired more than 10 minutes ago (nobody runs it) | - |
 
-A critical finding is recorded as an ops alert (table ``ops_alert``, metric, log line) once while it
+Computed at most once per ``HEALTH_DETAILS_CACHE_S`` (5 s; ``CachedDetails``). A critical finding is recorded as an ops alert (table ``ops_alert``, metric, log line) once while it
 lasts; the alert is resolved when the component is healthy again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -142,7 +144,28 @@ def details(settings: Settings, now: dt.datetime | None = None) -> dict[str, Any
     overall = max((f.status for f in findings.values()), key=LEVELS.index)
     for name, finding in findings.items():
         HEALTH_STATUS.labels(name).set(LEVELS.index(finding.status))
-    return {"status": overall, "components": {k: f.as_dict() for k, f in findings.items()}}
+    return {"status": overall, "checked_at": now.isoformat(timespec="milliseconds") + "Z",
+            "components": {k: f.as_dict() for k, f in findings.items()}}
+
+
+class CachedDetails:
+    """``details`` at most once per ``HEALTH_DETAILS_CACHE_S``: each computation opens a broker
+    connection and runs queries, and a dashboard refreshing every second (or ten operators, or a
+    loop of requests) must not multiply them. Callers that arrive while one is computed wait for it
+    and share it; the answer says when it was computed (``checked_at``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = asyncio.Lock()
+        self._value: dict[str, Any] | None = None
+        self._computed_at = 0.0
+
+    async def get(self) -> dict[str, Any]:
+        async with self._lock:
+            if self._value is None or time.monotonic() - self._computed_at >= self._settings.health_details_cache_s:
+                self._value = await asyncio.to_thread(details, self._settings)
+                self._computed_at = time.monotonic()
+            return self._value
 
 
 def record_alerts(findings: dict[str, Finding], now: dt.datetime) -> None:

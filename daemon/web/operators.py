@@ -1,16 +1,13 @@
-"""The operators' routes, never public (the reverse proxy does not pass them): the admin API
-(bearer token, ``admin.require_token``), ``/metrics`` for Prometheus and ``/health/details``.
-Served on the one listener beside the public routes for now; kept apart so that they can get a
-listener of their own."""
+"""The operators' routes, on their own listener (``ADMIN_HOST``/``ADMIN_PORT``), never public:
+the admin API (bearer token, ``admin.require_token``), ``/metrics`` for Prometheus,
+``/health/details``, and liveness and readiness as on the public listener."""
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
-from daemon.web import admin, health_details
-from daemon.web.keys import SETTINGS
+from daemon.web import admin, public
+from daemon.web.keys import HEALTH_DETAILS
 from db.database import pool_in_use
 from ground import metrics
 
@@ -19,7 +16,7 @@ routes = web.RouteTableDef()
 
 @routes.get("/health/details")
 async def ready_details(request: web.Request) -> web.Response:
-    return web.json_response(await asyncio.to_thread(health_details.details, request.app[SETTINGS]))
+    return web.json_response(await request.app[HEALTH_DETAILS].get())
 
 
 @routes.get("/metrics")
@@ -30,7 +27,8 @@ async def prometheus(request: web.Request) -> web.Response:
     return response
 
 
-ROUTES: tuple[web.AbstractRouteDef, ...] = (*routes, *admin.routes)
+OPERATORS_ONLY: tuple[web.AbstractRouteDef, ...] = (*routes, *admin.routes)
+ROUTES: tuple[web.AbstractRouteDef, ...] = (*public.HEALTH_ROUTES, *OPERATORS_ONLY)
 
 
 def add_routes(app: web.Application) -> None:

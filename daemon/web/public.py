@@ -9,7 +9,7 @@ from aiohttp import web
 from daemon.web import health, links, webhooks
 from daemon.web.keys import SETTINGS
 
-routes = web.RouteTableDef()
+routes = web.RouteTableDef()  # liveness and readiness: on both listeners
 
 
 @routes.get("/health")
@@ -25,7 +25,8 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ok else 503)
 
 
-ROUTES: tuple[web.AbstractRouteDef, ...] = (*routes, *links.routes, *webhooks.routes)
+HEALTH_ROUTES: tuple[web.AbstractRouteDef, ...] = tuple(routes)
+ROUTES: tuple[web.AbstractRouteDef, ...] = (*HEALTH_ROUTES, *links.routes, *webhooks.routes)
 
 
 def add_routes(app: web.Application) -> None:

@@ -43,8 +43,9 @@ class DaemonProcess:
     """``retentiond run`` in the background, with its output in files under ``workdir``."""
 
     def __init__(self, env: dict[str, str], workdir: Path, *args: str, name: str = "daemon") -> None:
-        self.port = free_port()
-        self.env = {**env, "RETENTIOND_HTTP_PORT": str(self.port)}
+        self.port = free_port()  # the public listener
+        self.admin_port = free_port()  # the operators' listener
+        self.env = {**env, "RETENTIOND_HTTP_PORT": str(self.port), "RETENTIOND_ADMIN_PORT": str(self.admin_port)}
         self.workdir = workdir
         self.args = args
         self.stdout_path = workdir / f"{name}.stdout"
@@ -78,14 +79,13 @@ class DaemonProcess:
         return text.count("started with") >= expected
 
     def get(self, path: str) -> tuple[int, Any]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
-                body = response.read()
-                return response.status, _decode(body, response.headers.get("Content-Type", ""))
-        except urllib.error.HTTPError as exc:
-            return exc.code, _decode(exc.read(), exc.headers.get("Content-Type", ""))
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return 0, None
+        """GET on the public listener: status and decoded body (0, None when it does not answer)."""
+        return _get(f"http://127.0.0.1:{self.port}{path}")
+
+    def admin_get(self, path: str, token: str | None = None) -> tuple[int, Any]:
+        """GET on the operators' listener, with the admin bearer token when given."""
+        return _get(f"http://127.0.0.1:{self.admin_port}{path}",
+                    {"Authorization": f"Bearer {token}"} if token is not None else {})
 
     def wait_for(self, path: str, status: int, timeout_s: float) -> Any:
         deadline = time.monotonic() + timeout_s
@@ -127,6 +127,17 @@ class DaemonProcess:
 
     def stderr(self) -> str:
         return self.stderr_path.read_text() if self.stderr_path.exists() else ""
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as response:
+            body = response.read()
+            return response.status, _decode(body, response.headers.get("Content-Type", ""))
+    except urllib.error.HTTPError as exc:
+        return exc.code, _decode(exc.read(), exc.headers.get("Content-Type", ""))
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, None
 
 
 def _decode(body: bytes, content_type: str) -> Any:
