@@ -229,15 +229,15 @@ def sentry_events() -> Iterator[list[dict]]:
 
 async def test_a_500_sends_sentry_no_token(aiohttp_client, sentry_events: list[dict],  # type: ignore[no-untyped-def]
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from daemon.web import admin as routes_admin
     from daemon.web import webhooks as routes_webhooks
+    from daemon.web.api import stats as routes_stats
     from daemon.web.app import build_admin_app, build_public_app
     from tests.support.settings import make_settings
 
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the handler broke")
 
-    monkeypatch.setattr(routes_admin, "_stats", explode)
+    monkeypatch.setattr(routes_stats, "overview", explode)
     monkeypatch.setattr(routes_webhooks, "interpret", explode)
     settings = make_settings(ADMIN_TOKEN=ADMIN_SECRET, SOURCE_ZAP_SCHEME="token", SOURCE_ZAP_SECRET=WEBHOOK_SECRET)
     client = await aiohttp_client(build_public_app(settings))

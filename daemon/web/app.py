@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from daemon.web import admin, operators, public
+from daemon.web import api, operators, public
 from daemon.web.group_commit import GroupCommitter
 from daemon.web.health_details import CachedDetails
 from daemon.web.keys import COMMITTER, HEALTH_DETAILS, READER_WRITES, SETTINGS
@@ -49,8 +49,9 @@ ADMIN_MAX_BODY_BYTES = 1024 * 1024
 
 def build_admin_app(settings: Settings) -> web.Application:
     """The operators' listener's application: the admin API, metrics, detailed health."""
+    problems, require_token = api.MIDDLEWARES
     app = web.Application(client_max_size=ADMIN_MAX_BODY_BYTES,
-                          middlewares=[body_deadline(settings.http_body_timeout_s), admin.require_token])
+                          middlewares=[problems, body_deadline(settings.http_body_timeout_s), require_token])
     app[SETTINGS] = settings
     app[HEALTH_DETAILS] = CachedDetails(settings)
     operators.add_routes(app)

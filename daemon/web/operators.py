@@ -1,12 +1,12 @@
 """The operators' routes, on their own listener (``ADMIN_HOST``/``ADMIN_PORT``), never public:
-the admin API (bearer token, ``admin.require_token``), ``/metrics`` for Prometheus,
+the admin API (``api/``: bearer token, problem+json), ``/metrics`` for Prometheus,
 ``/health/details``, and liveness and readiness as on the public listener."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from daemon.web import admin, public
+from daemon.web import api, public
 from daemon.web.keys import HEALTH_DETAILS
 from db.database import pool_in_use
 from ground import metrics
@@ -27,10 +27,10 @@ async def prometheus(request: web.Request) -> web.Response:
     return response
 
 
-OPERATORS_ONLY: tuple[web.AbstractRouteDef, ...] = (*routes, *admin.routes)
+OPERATORS_ONLY: tuple[web.AbstractRouteDef, ...] = (*routes, *api.ROUTES)
 ROUTES: tuple[web.AbstractRouteDef, ...] = (*public.HEALTH_ROUTES, *OPERATORS_ONLY)
 
 
 def add_routes(app: web.Application) -> None:
-    """The operators' routes on ``app``, whose middlewares must include ``admin.require_token``."""
+    """The operators' routes on ``app``, whose middlewares must include ``api.MIDDLEWARES``."""
     app.router.add_routes(ROUTES)

@@ -1,0 +1,59 @@
+"""What an operator does by hand through the admin API: the same rules as the events.
+
+An upsert is a ``contact.upsert`` applied at once (validation and normalisation of
+``parse_contact``, the merge of ``upsert_contacts``, the campaigns it triggers or exits, the
+enrolment it names); a failed inbound event can be replayed (set back to pending, for the event
+processor to apply in order with the rest, once the cause is mended). An unmappable event is not
+replayed: its payload has no meaning for us, and replaying it would find none again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from db.database import database
+from db.models import InboundEvent, utcnow
+from engine.contacts import parse_contact, upsert_contacts
+from engine.enrolments import enrol, follow_campaigns
+from engine.planner import plan_contacts
+from ground.settings import Settings
+from ground.vocabulary import EventType, InboundStatus
+
+
+@dataclass(frozen=True)
+class ManualUpsert:
+    contact_id: int
+    created: bool
+    conflicts: tuple[str, ...]  # keys left out: they belong to another contact
+    notes: tuple[str, ...]  # what the campaigns said (a triggered campaign with no steps...)
+
+
+def upsert_contact(settings: Settings, data: Mapping[str, Any], campaign: str | None) -> ManualUpsert:
+    """One ``contact.upsert``: raises ``InvalidContact`` for bad fields and ``CampaignError`` for a
+    campaign that cannot take the contact (then nothing is written)."""
+    contact = parse_contact(data, settings.default_region)
+    now = utcnow()
+    with database.atomic():
+        (result,) = upsert_contacts([contact])
+        notes = follow_campaigns(EventType.CONTACT_UPSERT, [result.contact_id])
+        if campaign:
+            enrol([result.contact_id], campaign, now=now)
+    # committed: its first step is planned now, as the event processor does for a lead
+    plan_contacts(settings, [result.contact_id], now)
+    return ManualUpsert(result.contact_id, result.created, result.conflicts, tuple(notes))
+
+
+def replay_event(event_id: int) -> InboundEvent | None:
+    """A failed event goes back to ``pending``; returns it, or None when there is no such event.
+    Raises ``ValueError`` for one in another status (a processed event is not re-applied: that would
+    count a conversion twice)."""
+    event = InboundEvent.get_or_none(InboundEvent.id == event_id)
+    if event is None:
+        return None
+    if event.status != InboundStatus.FAILED:
+        raise ValueError(f"event {event_id} is {event.status}; only a failed event is replayed")
+    (InboundEvent.update(status=InboundStatus.PENDING, processed_at=None, error=None)
+     .where((InboundEvent.id == event_id) & (InboundEvent.status == InboundStatus.FAILED)).execute())
+    return InboundEvent.get_by_id(event_id)
