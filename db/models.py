@@ -39,6 +39,7 @@ class Contact(BaseModel):
     consent = JSONTextField(default=dict)  # channel -> bool
     created_at = peewee.DateTimeField(default=utcnow)
     updated_at = peewee.DateTimeField(default=utcnow)
+    erased_at = peewee.DateTimeField(null=True)  # GDPR erasure: every personal field is gone (engine/erasure.py)
 
 
 class Campaign(BaseModel):
@@ -51,8 +52,12 @@ class Campaign(BaseModel):
     exit_on = JSONTextField(default=list)
     # weekly_cap (sends per contact per 7 days), cooldown_s, quiet_hours {"start": "21:00", "end": "08:00"}
     limits = JSONTextField(default=dict)
-    active = peewee.BooleanField(default=True)
+    active = peewee.BooleanField(default=True)  # the file's own switch: false takes no new enrolments
     version = peewee.IntegerField(default=1)
+    # The operator's switches (admin API), apart from the file so that re-applying it keeps them:
+    # paused takes no enrolment and plans no step until resumed; archived is ended for good.
+    paused_at = peewee.DateTimeField(null=True)
+    archived_at = peewee.DateTimeField(null=True)
     created_at = peewee.DateTimeField(default=utcnow)
     updated_at = peewee.DateTimeField(default=utcnow)
 
@@ -278,6 +283,14 @@ class Decision(BaseModel):
         indexes = ((("contact", "created_at"), False), (("created_at",), False))
 
 
+class ErasedKey(BaseModel):
+    """A tombstone: the SHA-256 of an erased contact's key (``external_id:...``, ``email:...``,
+    ``phone:...``), so that a later webhook naming it is refused instead of re-creating the person."""
+
+    key_hash = peewee.CharField(max_length=64, primary_key=True)
+    erased_at = peewee.DateTimeField(default=utcnow)
+
+
 class Attribution(BaseModel):
     """A click or a conversion, tied to the send, step and campaign that caused it (when known)."""
 
@@ -302,4 +315,5 @@ class Attribution(BaseModel):
 ALL_MODELS: list[type[BaseModel]] = [
     Contact, Campaign, CampaignStep, Enrolment, Send, InboundEvent, Suppression,
     Lease, WorkerHeartbeat, JobRun, OpsAlert, RateLimit, TrackedLink, UnsubscribeToken, Decision, Attribution,
+    ErasedKey,
 ]

@@ -21,11 +21,23 @@ from ground.send_states import EnrolmentStatus
 # Ids per statement. Large enough that a typical batch is one statement, small enough for
 # SQLite's bound-parameter limit (32,766 since 3.32) and PostgreSQL's (65,535).
 CHUNK = 10_000
-OPEN_STATUSES = (EnrolmentStatus.ACTIVE, EnrolmentStatus.WAITING)  # may still send
+OPEN_STATUSES = (EnrolmentStatus.ACTIVE, EnrolmentStatus.WAITING, EnrolmentStatus.PAUSED)  # may still send
 
 
 class CampaignError(RetentiondError):
-    """A campaign that cannot take enrolments: unknown slug, inactive, or no steps."""
+    """A campaign that cannot take enrolments: unknown slug, inactive, paused, archived, or no steps."""
+
+
+def refusal(campaign: Campaign) -> str | None:
+    """Why a campaign takes no new enrolment (its file's ``active: false``, or an operator paused or
+    archived it), or None when it takes them."""
+    if campaign.archived_at is not None:
+        return f"campaign {campaign.slug!r} is archived"
+    if campaign.paused_at is not None:
+        return f"campaign {campaign.slug!r} is paused"
+    if not campaign.active:
+        return f"campaign {campaign.slug!r} is inactive"
+    return None
 
 
 def _resolve(campaign: Campaign | str) -> Campaign:
@@ -50,8 +62,8 @@ def enrol(contact_ids: Sequence[int], campaign: Campaign | str, *, now: dt.datet
     ``now`` + its delay.
     """
     campaign = _resolve(campaign)
-    if not campaign.active:
-        raise CampaignError(f"campaign {campaign.slug!r} is inactive")
+    if (refused := refusal(campaign)) is not None:
+        raise CampaignError(refused)
     first = (CampaignStep.select(CampaignStep.delay_s)
              .where((CampaignStep.campaign == campaign.id) & (CampaignStep.position == 0))
              .first())
@@ -82,7 +94,8 @@ def _insert_enrolments(contact_ids: Sequence[int], campaign_id: int, delay_s: in
 def campaigns_triggered_by(event_type: str) -> list[Campaign]:
     """The active campaigns that an event of this type enrols its contact in."""
     return list(Campaign.select()
-                .where((Campaign.trigger_event == event_type) & (Campaign.active == True))  # noqa: E712
+                .where((Campaign.trigger_event == event_type) & (Campaign.active == True)  # noqa: E712
+                       & Campaign.paused_at.is_null() & Campaign.archived_at.is_null())
                 .order_by(Campaign.id))
 
 
@@ -96,6 +109,11 @@ def exit_enrolments(contact_ids: Sequence[int], event_type: str, *, reason: str 
     """
     campaign_ids = [c.id for c in Campaign.select(Campaign.id, Campaign.exit_on) if event_type in (c.exit_on or ())]
     return _exit(contact_ids, campaign_ids, reason or event_type, now or utcnow())
+
+
+def exit_campaign(contact_ids: Sequence[int], campaign_id: int, reason: str, now: dt.datetime) -> int:
+    """End these contacts' open enrolments in one campaign; returns how many."""
+    return _exit(contact_ids, [campaign_id], reason, now)
 
 
 def _exit(contact_ids: Sequence[int], campaign_ids: Sequence[int], reason: str, now: dt.datetime) -> int:
@@ -134,8 +152,9 @@ class CampaignRules:
 
     @classmethod
     def load(cls) -> CampaignRules:
-        campaigns = tuple(Campaign.select(Campaign.id, Campaign.slug, Campaign.active, Campaign.trigger_event,
-                                          Campaign.exit_on).order_by(Campaign.id))
+        campaigns = tuple(Campaign.select(Campaign.id, Campaign.slug, Campaign.active, Campaign.paused_at,
+                                          Campaign.archived_at, Campaign.trigger_event, Campaign.exit_on)
+                          .order_by(Campaign.id))
         firsts = {step.campaign_id: step.delay_s for step in CampaignStep.select(CampaignStep.campaign,
                                                                                    CampaignStep.delay_s)
                   .where(CampaignStep.position == 0)}
@@ -144,7 +163,7 @@ class CampaignRules:
     def exits_and_triggers(self, kind: str) -> bool:
         """True when one campaign both starts and ends on ``kind``: a contact's second such event
         then exits what its first one enrolled, so events of one contact must be followed in turn."""
-        return any(c.trigger_event == kind and c.active and kind in (c.exit_on or ()) for c in self.campaigns)
+        return any(c.trigger_event == kind and refusal(c) is None and kind in (c.exit_on or ()) for c in self.campaigns)
 
     def follow(self, kind: str, contact_ids: Sequence[int], reason: str | None = None,
                now: dt.datetime | None = None) -> list[str]:
@@ -155,11 +174,15 @@ class CampaignRules:
         now = now or utcnow()
         _exit(contact_ids, [c.id for c in self.campaigns if kind in (c.exit_on or ())], reason or kind, now)
         for campaign in self.campaigns:
-            if campaign.trigger_event == kind and campaign.active:
-                try:
-                    self.enrol(contact_ids, campaign.slug, now)
-                except CampaignError as exc:
-                    notes.append(str(exc))
+            if campaign.trigger_event != kind or campaign.archived_at is not None or not campaign.active:
+                continue
+            if campaign.paused_at is not None:  # said on the event: "why was this lead not enrolled?"
+                notes.append(f"campaign {campaign.slug!r} is paused")
+                continue
+            try:
+                self.enrol(contact_ids, campaign.slug, now)
+            except CampaignError as exc:
+                notes.append(str(exc))
         return notes
 
     def enrol(self, contact_ids: Sequence[int], slug: str, now: dt.datetime | None = None) -> int:
@@ -167,8 +190,8 @@ class CampaignRules:
         campaign = next((c for c in self.campaigns if c.slug == slug), None)
         if campaign is None:
             raise CampaignError(f"unknown campaign {slug!r}")
-        if not campaign.active:
-            raise CampaignError(f"campaign {campaign.slug!r} is inactive")
+        if (refused := refusal(campaign)) is not None:
+            raise CampaignError(refused)
         if campaign.id not in self.first_delay_s:
             raise CampaignError(f"campaign {campaign.slug!r} has no steps")
         return _insert_enrolments(contact_ids, campaign.id, self.first_delay_s[campaign.id], now or utcnow())

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from db.database import database
-from db.models import InboundEvent, utcnow
+from db.models import Campaign, Contact, Enrolment, InboundEvent, utcnow
 from engine.contacts import parse_contact, upsert_contacts
-from engine.enrolments import enrol, follow_campaigns
+from engine.enrolments import CampaignRules, enrol, exit_campaign
 from engine.planner import plan_contacts
 from ground.settings import Settings
 from ground.vocabulary import EventType, InboundStatus
@@ -37,7 +37,7 @@ def upsert_contact(settings: Settings, data: Mapping[str, Any], campaign: str | 
     now = utcnow()
     with database.atomic():
         (result,) = upsert_contacts([contact])
-        notes = follow_campaigns(EventType.CONTACT_UPSERT, [result.contact_id])
+        notes = CampaignRules.load().follow(EventType.CONTACT_UPSERT, [result.contact_id], now=now)
         if campaign:
             enrol([result.contact_id], campaign, now=now)
     # committed: its first step is planned now, as the event processor does for a lead
@@ -57,3 +57,25 @@ def replay_event(event_id: int) -> InboundEvent | None:
     (InboundEvent.update(status=InboundStatus.PENDING, processed_at=None, error=None)
      .where((InboundEvent.id == event_id) & (InboundEvent.status == InboundStatus.FAILED)).execute())
     return InboundEvent.get_by_id(event_id)
+
+
+UNENROLLED_REASON = "unenrolled by an operator"
+
+
+def enrol_contact(settings: Settings, contact_id: int, campaign: str) -> Enrolment | None:
+    """Enrol one contact (``CampaignError`` when the campaign cannot take it); a contact already
+    enrolled, even finished, is left as it is. Returns its enrolment, None for no such contact."""
+    if Contact.get_or_none(Contact.id == contact_id) is None:
+        return None
+    now = utcnow()
+    enrol([contact_id], campaign, now=now)
+    plan_contacts(settings, [contact_id], now)  # a first step without delay goes now, as for a lead
+    return (Enrolment.select().join(Campaign)
+            .where((Enrolment.contact == contact_id) & (Campaign.slug == campaign)).get())
+
+
+def unenrol_contact(contact_id: int, campaign_id: int) -> Enrolment | None:
+    """End the contact's open enrolment in the campaign (a finished one stays as it is); None when
+    the contact was never enrolled there."""
+    exit_campaign([contact_id], campaign_id, UNENROLLED_REASON, utcnow())
+    return Enrolment.get_or_none((Enrolment.contact == contact_id) & (Enrolment.campaign == campaign_id))

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from db.database import rows
-from db.models import CampaignStep, Contact, Enrolment, utcnow
+from db.models import Campaign, CampaignStep, Contact, Enrolment, utcnow
 from engine.checks import Verdict
 from ground.channels import CHANNELS
 from ground.send_states import EnrolmentStatus, Outcome
@@ -182,9 +182,13 @@ def advance_enrolments(enrolment_ids: Iterable[int | None], now: dt.datetime) ->
                    .where(Enrolment.id.in_(ids), Enrolment.status == EnrolmentStatus.WAITING))
     if not waiting:
         return 0
-    delays = {(c, p): d for c, p, d in rows(CampaignStep.select(CampaignStep.campaign, CampaignStep.position,
-                                                               CampaignStep.delay_s)
-                                           .where(CampaignStep.campaign.in_(sorted({w[1] for w in waiting}))))}
+    # with each step, whether its campaign is paused (since this step started: the next one then
+    # waits for the resume), in the same query
+    steps = rows(CampaignStep.select(CampaignStep.campaign, CampaignStep.position, CampaignStep.delay_s,
+                                     Campaign.paused_at)
+                 .join(Campaign).where(CampaignStep.campaign.in_(sorted({w[1] for w in waiting}))))
+    delays = {(c, p): d for c, p, d, _ in steps}
+    paused = {c for c, _, _, paused_at in steps if paused_at is not None}
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for enrolment_id, campaign_id, position in waiting:
         groups[(campaign_id, position + 1)].append(enrolment_id)
@@ -194,8 +198,8 @@ def advance_enrolments(enrolment_ids: Iterable[int | None], now: dt.datetime) ->
         if delay is None:
             update = {"status": EnrolmentStatus.COMPLETED, "next_position": position, "next_due_at": None, "finished_at": now}
         else:
-            update = {"status": EnrolmentStatus.ACTIVE, "next_position": position,
-                      "next_due_at": now + dt.timedelta(seconds=delay)}
+            update = {"status": EnrolmentStatus.PAUSED if campaign_id in paused else EnrolmentStatus.ACTIVE,
+                      "next_position": position, "next_due_at": now + dt.timedelta(seconds=delay)}
         changed += (Enrolment.update(update)
                     .where(Enrolment.id.in_(members), Enrolment.status == EnrolmentStatus.WAITING).execute())
     return changed

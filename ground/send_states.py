@@ -101,6 +101,7 @@ class EnrolmentStatus(StrEnum):
 
     ACTIVE = "active"  # its next step is due at ``next_due_at``
     WAITING = "waiting"  # its step's send is planned and not yet done
+    PAUSED = "paused"  # its campaign is paused: no step is planned until it is resumed (then: active)
     COMPLETED = "completed"
     EXITED = "exited"
 
