@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from db.database import database
 from engine.contacts import ContactInput, InvalidContact, parse_contact, upsert_contacts
+from engine.erasure import erased_among
 from ground.channels import CHANNELS
 from ground.errors import RetentiondError
 
@@ -62,13 +63,15 @@ class ImportReport:
     rows: int = 0
     created: int = 0
     updated: int = 0
+    erased: int = 0  # rows naming an erased contact: not re-created (engine/erasure.py)
     invalid: list[tuple[int, str, str]] = field(default_factory=list)  # (line, field, message)
     elapsed_s: float = 0.0
 
     def summary(self) -> str:
         rate = self.rows / self.elapsed_s if self.elapsed_s else 0.0
-        return (f"{self.rows} row(s): {self.created} created, {self.updated} updated, {len(self.invalid)} invalid "
-                f"in {self.elapsed_s:.1f}s ({rate:.0f} rows/s)")
+        erased = f", {self.erased} naming an erased contact (not re-created)" if self.erased else ""
+        return (f"{self.rows} row(s): {self.created} created, {self.updated} updated, {len(self.invalid)} invalid"
+                f"{erased} in {self.elapsed_s:.1f}s ({rate:.0f} rows/s)")
 
 
 def _check_header(header: list[str], delimiter: str = ",") -> None:
@@ -281,6 +284,9 @@ def _csv_problem(exc: csv.Error) -> str:
 
 def _commit(batch: list[ContactInput], report: ImportReport, on_batch: Callable[[list[int]], object] | None) -> None:
     with database.atomic():
+        if refused := erased_among(batch):
+            report.erased += len(refused)
+            batch = [contact for i, contact in enumerate(batch) if i not in refused]
         results = upsert_contacts(batch)
         if on_batch is not None:
             on_batch(sorted({r.contact_id for r in results}))

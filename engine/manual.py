@@ -17,6 +17,7 @@ from db.database import database
 from db.models import Campaign, Contact, Enrolment, InboundEvent, utcnow
 from engine.contacts import parse_contact, upsert_contacts
 from engine.enrolments import CampaignRules, enrol, exit_campaign
+from engine.erasure import erased_among, lift_tombstones
 from engine.planner import plan_contacts
 from ground.settings import Settings
 from ground.vocabulary import EventType, InboundStatus
@@ -30,12 +31,24 @@ class ManualUpsert:
     notes: tuple[str, ...]  # what the campaigns said (a triggered campaign with no steps...)
 
 
-def upsert_contact(settings: Settings, data: Mapping[str, Any], campaign: str | None) -> ManualUpsert:
-    """One ``contact.upsert``: raises ``InvalidContact`` for bad fields and ``CampaignError`` for a
-    campaign that cannot take the contact (then nothing is written)."""
+class ErasedContact(ValueError):
+    """The upsert names an erased contact's key (engine/erasure.py)."""
+
+
+def upsert_contact(settings: Settings, data: Mapping[str, Any], campaign: str | None,
+                   after_erasure: bool = False) -> ManualUpsert:
+    """One ``contact.upsert``: raises ``InvalidContact`` for bad fields, ``CampaignError`` for a
+    campaign that cannot take the contact, ``ErasedContact`` for an erased contact's key unless
+    ``after_erasure`` (the operator has the person's fresh consent: the tombstone is lifted); then
+    nothing is written."""
     contact = parse_contact(data, settings.default_region)
     now = utcnow()
     with database.atomic():
+        if erased_among([contact]):
+            if not after_erasure:
+                raise ErasedContact("a contact with one of these keys was erased; it is not re-created unless "
+                                    "after_erasure is true (the person's fresh consent)")
+            lift_tombstones(contact)
         (result,) = upsert_contacts([contact])
         notes = CampaignRules.load().follow(EventType.CONTACT_UPSERT, [result.contact_id], now=now)
         if campaign:

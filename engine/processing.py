@@ -47,6 +47,7 @@ from engine.contacts import (
     unsuppress,
 )
 from engine.enrolments import CampaignError, CampaignRules
+from engine.erasure import ERASED_NOTE, erased_among
 from engine.planner import plan_contacts
 from ground.metrics import EVENTS_PROCESSED
 from ground.send_states import SendStatus
@@ -261,8 +262,15 @@ def _apply_upserts(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
         campaigns.append(fields.pop("campaign", None))
         inputs.append(ContactInput(**fields))
     updates: list[EventUpdate] = []
+    # An erased contact is not brought back by a webhook (engine/erasure.py): said on the event
+    if refused := erased_among(inputs):
+        logger.warning("%d contact.upsert event(s) name an erased contact: not re-created", len(refused))
+        updates += [(run[i][0].id, InboundStatus.PROCESSED, now, None, ERASED_NOTE) for i in sorted(refused)]
+        kept = [i for i in range(len(run)) if i not in refused]
+        run, campaigns, inputs = [run[i] for i in kept], [campaigns[i] for i in kept], [inputs[i] for i in kept]
+    first_kept = len(updates)
     for results in iter_rounds(inputs):
-        first = len(updates)
+        first = len(updates) - first_kept
         ids = [r.contact_id for r in results]
         notes = batch.rules.follow(EventType.CONTACT_UPSERT, ids, now=now)
         by_campaign: dict[str, list[int]] = {}

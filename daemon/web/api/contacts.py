@@ -1,4 +1,5 @@
-"""``/api/v1/contacts``: find, search, upsert, suppress and unsuppress, and the decision log."""
+"""``/api/v1/contacts``: find, search, upsert, suppress and unsuppress, erase (GDPR), and the
+decision log."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from daemon.web.api.types import BodyIn, Out, Page, PageQuery, PathIn, QueryIn, 
 from db.models import Contact, Decision, Suppression
 from engine.contacts import InvalidContact, contact_key, normalise_email, suppress, unsuppress
 from engine.enrolments import CampaignError
+from engine.erasure import erase_contact
 from engine.history import contact_history
-from engine.manual import upsert_contact
+from engine.manual import ErasedContact, upsert_contact
 from ground.channels import ChannelName
 from ground.settings import Settings
 
@@ -38,6 +40,7 @@ class ContactOut(Out):
     suppressions: list[SuppressionOut]
     created_at: UtcTime
     updated_at: UtcTime
+    erased_at: UtcTime | None = Field(description="set once the contact is erased: every personal field is gone")
 
 
 class ContactPath(PathIn):
@@ -63,6 +66,8 @@ class ContactUpsertIn(BodyIn):
     attributes: dict[str, Any] | None = None
     consent: dict[str, bool] | None = None
     campaign: str | None = Field(None, description="the slug of a campaign to enrol the contact in")
+    after_erasure: bool = Field(False, description="the person was erased and has given fresh consent: "
+                                                   "lift the tombstone of these keys (else 409)")
 
 
 class UpsertOut(Out):
@@ -79,6 +84,15 @@ class SuppressIn(BodyIn):
 class SuppressionPath(PathIn):
     contact_id: int = Field(ge=1, le=2**63 - 1)
     channel: str = Field(description="a channel, or * for every channel", pattern=r"^(\*|[a-z]+)$", max_length=16)
+
+
+class ErasureOut(Out):
+    contact_id: int
+    erased_at: UtcTime
+    sends: int = Field(description="messages emptied (recipient, subject, body, error)")
+    events: int = Field(description="inbound events emptied (payload, error)")
+    links: int = Field(description="tracked links and unsubscribe tokens deleted")
+    enrolments: int = Field(description="open enrolments exited")
 
 
 class DecisionOut(Out):
@@ -170,15 +184,28 @@ def get_contact(path: ContactPath) -> ContactOut:
 def upsert(body: ContactUpsertIn, settings: Settings) -> UpsertOut:
     """Create or update a contact by its keys, exactly as a ``contact.upsert`` event does, and
     enrol it in ``campaign`` when given."""
-    data = body.model_dump(exclude={"campaign"}, exclude_none=True)
+    data = body.model_dump(exclude={"campaign", "after_erasure"}, exclude_none=True)
     try:
-        done = upsert_contact(settings, data, body.campaign)
+        done = upsert_contact(settings, data, body.campaign, after_erasure=body.after_erasure)
     except InvalidContact as exc:
         raise _bad_contact(exc) from None
+    except ErasedContact as exc:
+        raise Problem(409, str(exc)) from None
     except CampaignError as exc:
         raise Problem(404 if "unknown" in str(exc) else 409, str(exc)) from None
     return UpsertOut(contact=contact_out(_contact(done.contact_id)), created=done.created,
                      conflicts=list(done.conflicts), notes=list(done.notes))
+
+
+@API.delete("/contacts/{contact_id}", tag="contacts")
+def erase(path: ContactPath) -> ErasureOut:
+    """Erase the contact (GDPR): every personal field, its messages' text, its links, the payloads
+    of the events naming it; the row and its counts stay for analytics, and a tombstone of its keys'
+    hashes refuses a later upsert naming them. Idempotent."""
+    done = erase_contact(path.contact_id)
+    if done is None:
+        raise Problem(404, f"no contact {path.contact_id}")
+    return ErasureOut.model_validate(done)
 
 
 @API.post("/contacts/{contact_id}/suppressions", tag="contacts")
