@@ -372,6 +372,22 @@ def fail_exhausted(send_ids: Sequence[int], now: dt.datetime) -> list[int]:
     return [r[0] for r in failed]
 
 
+def requeue_failed(send_id: int, now: dt.datetime) -> Send | None:
+    """``failed -> planned`` for one send an operator re-queues (a dead letter whose cause is
+    mended): due now, its attempts and error cleared, with a decision. It is detached from its
+    enrolment, which moved on when it failed: its outcome must not move the enrolment again.
+    Returns the send; None when it is not a failed send (any more)."""
+    with database.atomic():
+        requeued = rows(Send.update(status=SendStatus.PLANNED, due_at=now, attempts=0, deferrals=0, error=None,
+                                    reason=None, finished_at=None, queued_at=None, claimed_at=None,
+                                    claimed_by=None, enrolment=None)
+                        .where((Send.id == send_id) & (Send.status == SendStatus.FAILED))
+                        .returning(Send.id, Send.contact, Send.campaign, Send.step, Send.channel))
+        _decide([_decision_row(i, contact, campaign, step, channel, Decided.REQUEUED, "re-queued by an operator", now)
+                 for i, contact, campaign, step, channel in requeued])
+    return Send.get_by_id(send_id) if requeued else None
+
+
 # -- the decision log ----------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ Every transition of a send (engine/sends.py makes each one)::
     queued | retrying -> planned            reconciled: its message was lost
     sending           -> planned            re-offered: its worker died mid-send
     queued | retrying -> failed             dead-lettered: retries exhausted
+    failed            -> planned            re-queued by an operator (admin API), once its cause is mended
 
 StrEnum members compare equal to (and are stored as) their text, so the database keeps the same
 values as before these enums existed.
@@ -63,6 +64,7 @@ class Decided(StrEnum):
     SKIPPED = "skipped"
     FELL_BACK = "fell_back"
     REOFFERED = "reoffered"  # its worker died mid-send; offered again (at least once)
+    REQUEUED = "requeued"  # failed, then put back in the outbox by an operator
 
 
 class SendMetric(StrEnum):

@@ -254,3 +254,36 @@ async def test_the_openapi_document_is_3_1_and_gives_every_operation_its_schemas
                 assert media == ("application/json" if status_code.startswith("2") else PROBLEM), where
                 assert content["schema"]["$ref"].rsplit("/", 1)[1] in schemas, where
             assert {"400", "401", "500"} <= set(operation["responses"]) or operation.get("security") == [], where
+
+
+async def test_a_failed_send_is_requeued_detached_from_its_enrolment_and_others_are_not(api) -> None:  # type: ignore[no-untyped-def]
+    from db.models import Campaign, Enrolment
+    from engine.sends import due
+
+    ada = Contact.create(email="ada@example.com")
+    campaign = Campaign.create(slug="c", name="C")
+    enrolment = Enrolment.create(contact=ada.id, campaign=campaign.id, status="waiting", next_position=1)
+    failed = Send.create(idempotency_key="f", channel="email", status="failed", contact=ada.id, enrolment=enrolment.id,
+                         attempts=5, reason="retries exhausted", error="401 bad credentials")
+    sent = Send.create(idempotency_key="s", channel="email", status="sent", contact=ada.id)
+    # When the operator re-queues the dead letter
+    status, _, body = await call(api, "POST", f"/api/v1/sends/{failed.id}/requeue")
+    # Then it is in the outbox, due now, with a fresh start and the same idempotency key
+    assert (status, body["status"], body["attempts"], body["error"]) == (200, "planned", 0, None)
+    row = Send.get_by_id(failed.id)
+    assert (row.idempotency_key, row.enrolment_id) == ("f", None)  # its outcome will not move the enrolment
+    assert (failed.id, "email") in due(utcnow_plus_a_second(), {"email": 10})
+    assert Decision.get(Decision.send == failed.id).outcome == "requeued"
+    # and a send in any other status is refused
+    status, _, problem = await call(api, "POST", f"/api/v1/sends/{sent.id}/requeue")
+    assert status == 409 and "only a failed send" in problem["detail"]
+    assert (await call(api, "POST", f"/api/v1/sends/{failed.id}/requeue"))[0] == 409  # planned now
+    assert (await call(api, "POST", "/api/v1/sends/999999/requeue"))[0] == 404
+
+
+def utcnow_plus_a_second():  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    from db.models import utcnow
+
+    return utcnow() + dt.timedelta(seconds=1)

@@ -1,12 +1,15 @@
-"""``/api/v1/sends``: the outbox and send log, by contact, campaign, step, channel and status."""
+"""``/api/v1/sends``: the outbox and send log, by contact, campaign, step, channel and status; a
+failed (dead-lettered) send re-queued."""
 
 from __future__ import annotations
 
 from pydantic import Field
 
+from daemon.web.api.problems import Problem
 from daemon.web.api.registry import API
-from daemon.web.api.types import Out, Page, PageQuery, UtcTime, page_of
-from db.models import Send
+from daemon.web.api.types import Out, Page, PageQuery, PathIn, UtcTime, page_of
+from db.models import Send, utcnow
+from engine.sends import requeue_failed
 from ground.channels import ChannelName
 from ground.send_states import SendStatus
 
@@ -50,3 +53,22 @@ def list_sends(query: SendQuery) -> Page[SendOut]:
             select = select.where(field == value)
     found, cursor = page_of(select, Send.id, query, newest_first=True)
     return Page[SendOut](items=[SendOut.model_validate(s) for s in found], next_cursor=cursor)
+
+
+class SendPath(PathIn):
+    id: int = Field(ge=1, le=2**63 - 1)
+
+
+@API.post("/sends/{id}/requeue", tag="sends", errors=(404, 409))
+def requeue(path: SendPath) -> SendOut:
+    """A failed send (retries exhausted, dead-lettered, or failed for good) back to the outbox,
+    due now, with the same idempotency key: once its cause is mended (a provider's credentials).
+    409 for a send in any other status. Its message in the channel's ``.XQ`` queue is stale (the
+    database is the truth): purge it in the management UI."""
+    send = Send.get_or_none(Send.id == path.id)
+    if send is None:
+        raise Problem(404, f"no send {path.id}")
+    requeued = requeue_failed(send.id, utcnow())
+    if requeued is None:
+        raise Problem(409, f"send {path.id} is {send.status}; only a failed send is re-queued")
+    return SendOut.model_validate(requeued)
