@@ -94,6 +94,7 @@ class Enrolment(BaseModel):
         indexes = (
             (("contact", "campaign"), True),
             (("status", "next_due_at"), False),  # the scheduler's due-step query
+            (("campaign", "status"), False),  # analytics: a campaign's enrolments
         )
 
 
@@ -138,6 +139,7 @@ class Send(BaseModel):
             (("status", "channel", "due_at"), False),  # the relay's pacing: due and in flight per channel
             (("contact", "created_at"), False),  # caps and cooldowns, one query per batch
             (("finished_at",), False),  # retention cleanup
+            (("campaign", "step"), False),  # analytics: a campaign's sends (engine/analytics.py)
         )
 
 
