@@ -5,7 +5,6 @@ indexes that lead with the campaign, shown on a million sends (both engines)."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from collections import Counter
 from typing import Any
@@ -158,15 +157,16 @@ def test_the_grouped_figures_equal_a_row_by_row_count(migrated_db: str, sends: l
                 "revenue": round(f.revenue, 6)}
 
     assert got(report.overall) == expected(lambda s: True, lambda s, d: True)
+    step_channel = {s.id: s.channel for s in steps}
     for step in report.steps:
-        assert got(step.funnel) == expected(lambda s: s.step_id == step.step_id, lambda s, d: s.step_id == step.step_id)
+        step_id = step.step_id
+        assert got(step.funnel) == expected(lambda s, i=step_id: s.step_id == i, lambda s, d, i=step_id: s.step_id == i)
     for day, funnel in report.by_day.items():
         offset = (day - DAY1.date()).days
-        assert got(funnel) == expected(lambda s: s.created_at.date() == day, lambda s, d: d == offset)
+        assert got(funnel) == expected(lambda s, on=day: s.created_at.date() == on, lambda s, d, o=offset: d == o)
     for channel, funnel in report.by_channel.items():
-        step_channel = {s.id: s.channel for s in steps}
-        assert got(funnel) == expected(lambda s: s.channel == channel,
-                                       lambda s, d: step_channel[s.step_id] == channel)
+        assert got(funnel) == expected(lambda s, ch=channel: s.channel == ch,
+                                       lambda s, d, ch=channel: step_channel[s.step_id] == ch)
 
 
 @pytest.mark.slow
