@@ -238,14 +238,15 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="retentiond-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
+        import asyncio
+
         from daemon.logging_setup import setup_logging, setup_sentry
-        from daemon.stop_signals import run_until_stopped
         from daemon.supervisor import Daemon
 
         setup_logging(settings.log_level, settings.log_format)
         setup_sentry(settings.sentry_dsn)
         need_database(settings)
-        return run_until_stopped(Daemon(settings).run())
+        return asyncio.run(Daemon(settings).run())
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 

@@ -59,9 +59,11 @@ def test_schemathesis_finds_no_5xx_no_schema_mismatch_and_only_problem_documents
                           "-H", f"Authorization: Bearer {TOKEN}", "--max-examples", "40", "--no-color"],
                          capture_output=True, text=True, timeout=600, check=False)
     # Then it finds nothing, and the daemon logged no error while it tried
-    assert run.returncode == 0, run.stdout[-6000:]
+    assert run.returncode == 0, run.stdout[max(0, run.stdout.find("FAILURES")):][:8000]
     with urllib.request.urlopen(f"http://127.0.0.1:{daemon.admin_port}/api/v1/openapi.json", timeout=10) as response:
-        operations = sum(len(methods) for methods in json.load(response)["paths"].values())
-    assert f"Tested: {operations}" in run.stdout, run.stdout[-3000:]  # every operation of the document
+        paths = json.load(response)["paths"]
+    # every operation of the document but the document itself (schemathesis leaves out its own source)
+    operations = sum(len(methods) for path, methods in paths.items() if path != "/api/v1/openapi.json")
+    assert f"Tested: {operations}" in run.stdout, run.stdout[-3000:]
     errors = [line for line in daemon.stderr().splitlines() if " ERROR " in line or "Traceback" in line]
     assert errors == [], "\n".join(errors[:20])

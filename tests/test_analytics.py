@@ -181,8 +181,8 @@ def test_the_report_reads_a_campaigns_rows_on_its_indexes_among_a_million_sends(
         if is_postgres():
             database.execute_sql(
                 "INSERT INTO send (idempotency_key, channel, status, contact_id, campaign_id, step_id, attempts, "
-                "deferrals, due_at, created_at) SELECT 'k' || g, 'sms', CASE WHEN (g / 20) % 10 = 0 THEN 'failed' ELSE 'sent' "
-                "END, (SELECT MIN(id) FROM contact), %s + g % 20, %s + g % 20, 0, 0, now(), now() - (g % 30) * interval "
+                "deferrals, due_at, created_at) SELECT 'k' || g, 'sms', CASE WHEN (g / 20) %% 10 = 0 THEN 'failed' ELSE 'sent' "
+                "END, (SELECT MIN(id) FROM contact), %s + g %% 20, %s + g %% 20, 0, 0, now(), now() - (g %% 30) * interval "
                 "'1 day' FROM generate_series(1, 1000000) AS g", (first, steps[first]))
         else:
             database.execute_sql(

@@ -75,7 +75,7 @@ async def test_erasure_leaves_no_personal_data_in_any_table_and_keeps_the_counts
     ada = Contact.get(Contact.external_id == "cust-4711")
     assert Send.get().body and personal_data_left()  # the scan sees her before
     # When the operator erases her
-    status, erasure = await call(admin, "DELETE", f"/api/v1/contacts/{ada.id}")
+    status, erasure = await call(admin, "POST", f"/api/v1/contacts/{ada.id}/erase")
     assert status == 200 and erasure["contact_id"] == ada.id and erasure["sends"] == 1 and erasure["events"] == 3
     # Then no column of any table holds any of her data
     assert personal_data_left() == []
@@ -85,9 +85,9 @@ async def test_erasure_leaves_no_personal_data_in_any_table_and_keeps_the_counts
     assert Send.select().where(Send.contact == ada.id).count() == 1
     assert [(e.status, e.exit_reason) for e in Enrolment.select()] == [("exited", "contact erased")]
     # and erasing again changes nothing
-    status, again = await call(admin, "DELETE", f"/api/v1/contacts/{ada.id}")
+    status, again = await call(admin, "POST", f"/api/v1/contacts/{ada.id}/erase")
     assert (status, again["erased_at"], again["sends"]) == (200, erasure["erased_at"], 0)
-    assert (await call(admin, "DELETE", "/api/v1/contacts/999999"))[0] == 404
+    assert (await call(admin, "POST", "/api/v1/contacts/999999/erase"))[0] == 404
 
 
 async def test_an_erased_contact_is_not_brought_back_silently(clients, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -95,7 +95,7 @@ async def test_an_erased_contact_is_not_brought_back_silently(clients, tmp_path:
     await webhook(public, "lead-1", "contact.upsert", ADA)
     process_pending(settings)
     ada = Contact.get()
-    await call(admin, "DELETE", f"/api/v1/contacts/{ada.id}")
+    await call(admin, "POST", f"/api/v1/contacts/{ada.id}/erase")
     # When a webhook names her again (by her email, written another way)
     await webhook(public, "lead-2", "contact.upsert", {"email": "ADA.LOVELACE@example.com", "name": "Ada"})
     assert process_pending(settings) == {"processed": 1}

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon.stop_signals import STOP_SIGNALS, ignore_stop_signals, on_stop_signal, run_until_stopped
+from daemon.stop_signals import STOP_SIGNALS, ignore_stop_signals, on_stop_signal
 
 DEFAULT_ACTIONS = (signal.SIG_DFL, signal.default_int_handler)
 
@@ -33,6 +33,11 @@ def test_no_stop_signal_is_ever_deadly_from_the_stop_request_to_the_loop_closed(
     # Every change of disposition is recorded with what could receive the signal at that moment
     unsafe: list[str] = []
     stopping = threading.Event()
+    # with threads of its own alive, as the daemon has (an executor's, Sentry's transport...)
+    parked = threading.Event()
+    others = [threading.Thread(target=parked.wait, daemon=True) for _ in range(3)]
+    for thread in others:
+        thread.start()
     real_signal = signal.signal
 
     def recording_signal(sig: int, handler: object) -> object:
@@ -62,7 +67,8 @@ def test_no_stop_signal_is_ever_deadly_from_the_stop_request_to_the_loop_closed(
 
     # Then the process is still here to return, the signals stay ignored after the loop closed,
     # and at no moment could a thread have taken one at its default action (death by signal)
-    assert run_until_stopped(daemon_like()) == 0
+    assert asyncio.run(daemon_like()) == 0
     assert [signal.getsignal(sig) for sig in STOP_SIGNALS] == [signal.SIG_IGN, signal.SIG_IGN]
     assert unsafe == []
     os.kill(os.getpid(), signal.SIGTERM)  # and one more after the end is ignored too
+    parked.set()

@@ -11,7 +11,7 @@ from daemon.web.api.problems import Problem
 from daemon.web.api.registry import API
 from daemon.web.api.types import BodyIn, Out, Page, PageQuery, PathIn, QueryIn, UtcTime, page_of
 from db.models import Contact, Decision, Suppression
-from engine.contacts import InvalidContact, contact_key, normalise_email, suppress, unsuppress
+from engine.contacts import InvalidContact, contact_key, suppress, unsuppress
 from engine.enrolments import CampaignError
 from engine.erasure import erase_contact
 from engine.history import contact_history
@@ -151,8 +151,8 @@ def search_contacts(query: ContactSearch, settings: Settings) -> Page[ContactOut
         raise _bad_contact(exc) from None
     if query.q is not None:
         q = query.q.strip()
-        email_start = normalise_email(q) if "@" in q else q.lower()
-        select = select.where(Contact.email.startswith(email_start) | Contact.name.startswith(q)
+        # the start of an address is no address to normalise: stored addresses are lower case
+        select = select.where(Contact.email.startswith(q.lower()) | Contact.name.startswith(q)
                               | Contact.external_id.startswith(q))
     found, cursor = page_of(select, Contact.id, query)
     return Page[ContactOut](items=[contact_out(c) for c in found], next_cursor=cursor)
@@ -197,11 +197,12 @@ def upsert(body: ContactUpsertIn, settings: Settings) -> UpsertOut:
                      conflicts=list(done.conflicts), notes=list(done.notes))
 
 
-@API.delete("/contacts/{contact_id}", tag="contacts")
+@API.post("/contacts/{contact_id}/erase", tag="contacts")
 def erase(path: ContactPath) -> ErasureOut:
     """Erase the contact (GDPR): every personal field, its messages' text, its links, the payloads
-    of the events naming it; the row and its counts stay for analytics, and a tombstone of its keys'
-    hashes refuses a later upsert naming them. Idempotent."""
+    of the events naming it; the row and its counts stay for analytics (an action, not a DELETE:
+    the contact's id still answers, with ``erased_at``), and a tombstone of its keys' hashes
+    refuses a later upsert naming them. Idempotent."""
     done = erase_contact(path.contact_id)
     if done is None:
         raise Problem(404, f"no contact {path.contact_id}")

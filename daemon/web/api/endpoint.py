@@ -104,7 +104,7 @@ class Api:
         return frozenset(API_PREFIX + e.path for e in self.endpoints if e.public)
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.route(e.method, API_PREFIX + e.path, _handler(e)) for e in self.endpoints]
+        return [web.route(e.method, API_PREFIX + _matching(e), _handler(e)) for e in self.endpoints]
 
     def openapi(self) -> dict[str, Any]:
         return _openapi(self)
@@ -133,6 +133,18 @@ def _handler(endpoint: Endpoint) -> Callable[[web.Request], Any]:
         return web.Response(status=endpoint.status, text=result.model_dump_json(), content_type="application/json")
     handle.__name__ = endpoint.operation_id
     return handle
+
+
+def _matching(endpoint: Endpoint) -> str:
+    """The route's path for aiohttp: an integer placeholder matches digits only, so that
+    ``/contacts/history`` is not also ``/contacts/{contact_id}`` (a 405 would then advertise the
+    other route's methods) and ``/contacts/abc`` is an unknown resource (404)."""
+    path = endpoint.path
+    if endpoint.path_model is not None:
+        for name, info in endpoint.path_model.model_fields.items():
+            if info.annotation is int:
+                path = path.replace("{" + name + "}", "{" + name + r":\d+}")
+    return path
 
 
 def _call(func: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
