@@ -32,6 +32,19 @@ PACED_PRIORITY = 0
 UNLIMITED_PRIORITY = 10
 
 
+def channel_provider(settings: Settings, channel: str, primary: Provider | None = None) -> Provider:
+    """The channel's configured provider (``primary`` instead, when given), behind a failover to
+    its backup provider when one is configured."""
+    provider_name = settings.channel_providers[channel]
+    provider = primary or build_provider(provider_name, settings.providers.get(provider_name, {}), channel)
+    backup_name = settings.backup_providers.get(channel)
+    if backup_name:
+        provider = FailoverProvider(channel, provider,
+                                    build_provider(backup_name, settings.providers.get(backup_name, {}), channel),
+                                    settings.failover_after_errors, settings.failover_cooloff_s)
+    return provider
+
+
 def declare_channel_actors(broker: dramatiq.Broker, settings: Settings, stopping: threading.Event,
                            providers: Mapping[str, Provider] | None = None) -> dict[str, dramatiq.Actor]:
     """One actor per channel on ``broker``; returns them by channel name.
@@ -41,13 +54,7 @@ def declare_channel_actors(broker: dramatiq.Broker, settings: Settings, stopping
     """
     actors = {}
     for name, channel in CHANNELS.items():
-        provider_name = settings.channel_providers[name]
-        provider = (providers or {}).get(name) or build_provider(provider_name,
-                                                                 settings.providers.get(provider_name, {}), name)
-        backup_name = settings.backup_providers.get(name)
-        if backup_name:
-            provider = FailoverProvider(name, provider, build_provider(backup_name, settings.providers.get(backup_name, {}), name),
-                                        settings.failover_after_errors, settings.failover_cooloff_s)
+        provider = channel_provider(settings, name, (providers or {}).get(name))
         sender = ChannelSender(
             channel=name,
             provider=provider,

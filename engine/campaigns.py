@@ -157,6 +157,13 @@ def attributes_in_use(limit: int = SAMPLE_CONTACTS) -> dict[str, Any]:
     return seen
 
 
+def sample_contact() -> dict[str, Any]:
+    """A contact with every field, and the attributes in use in the database with values found
+    there: what a template is checked and previewed against when no real contact is named."""
+    return {"id": 0, "external_id": "sample", "email": "sample@example.com", "phone": "+15005550006",
+            "name": "Sample", "timezone": "UTC", "attributes": attributes_in_use()}
+
+
 def template_warnings(specs: Iterable[CampaignSpec]) -> list[str]:
     """Render every step for a sample contact; one line per template that would fail.
 
@@ -165,8 +172,7 @@ def template_warnings(specs: Iterable[CampaignSpec]) -> list[str]:
     no contact has yet. A warning, not an error: attributes may arrive after the campaign. The
     lines name file, step and field, and (as TemplateError promises) never contact data.
     """
-    sample = {"id": 1, "external_id": "sample", "email": "sample@example.com", "phone": "+15005550006",
-              "name": "Sample", "timezone": "UTC", "attributes": attributes_in_use()}
+    sample = sample_contact()
     warnings = []
     for spec in specs:
         for index, step in enumerate(spec.steps):

@@ -372,6 +372,21 @@ def fail_exhausted(send_ids: Sequence[int], now: dt.datetime) -> list[int]:
     return [r[0] for r in failed]
 
 
+TEST_KEY_PREFIX = "test-"  # the idempotency key of a test send: it has no contact, campaign or step
+
+
+def record_test_send(idempotency_key: str, channel: str, provider: str | None, recipient: str | None,
+                     subject: str | None, body: str, provider_message_id: str | None, error: str | None,
+                     note: str, now: dt.datetime) -> int:
+    """The row of a test send, written once its provider answered: ``sent`` or ``failed``, with no
+    contact, campaign or step (so no cap counts it and analytics never see it); ``note`` says which
+    step it tried (its ``reason``)."""
+    return int(Send.insert(idempotency_key=idempotency_key, channel=channel, provider=provider, recipient=recipient,
+                           subject=subject, body=body, status=SendStatus.FAILED if error else SendStatus.SENT,
+                           provider_message_id=provider_message_id, error=error, reason=note[:255], attempts=1,
+                           due_at=now, created_at=now, finished_at=now).execute())
+
+
 def requeue_failed(send_id: int, now: dt.datetime) -> Send | None:
     """``failed -> planned`` for one send an operator re-queues (a dead letter whose cause is
     mended): due now, its attempts and error cleared, with a decision. It is detached from its

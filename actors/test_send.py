@@ -1,0 +1,62 @@
+"""A test send: one campaign step rendered for an address an operator gives and sent through the
+channel's real provider (its failover included), at once, outside the outbox: no cap, no quiet
+hours, no rate limit (one message), never counted in analytics. The result is a ``send`` row of
+its own (``test-`` key, no contact, campaign or step), written once the provider has answered."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+
+from actors.providers import Provider
+from actors.providers.base import OutboundMessage, ProviderResult
+from actors.providers.http import close_session
+from actors.registry import channel_provider
+from db.models import Campaign, CampaignStep, Contact, utcnow
+from engine.contacts import normalise_email, normalise_phone
+from engine.preview import Preview, preview
+from engine.sends import TEST_KEY_PREFIX, record_test_send
+from ground.channels import CHANNELS
+from ground.errors import RetentiondError
+from ground.settings import Settings
+
+
+@dataclass(frozen=True)
+class SentTest:
+    send_id: int
+    preview: Preview
+    provider: str
+    provider_message_id: str | None
+    error: str | None  # the provider's refusal, when it failed
+
+
+def send_test(settings: Settings, campaign: Campaign, step: CampaignStep, to: str,
+              contact: Contact | None = None) -> SentTest:
+    """Render ``step`` for ``contact`` (None: the sample contact) with ``to`` as its address on the
+    step's channel, and send it. Raises ``TemplateError`` (nothing sent) and ``InvalidContact``
+    for an address that is none."""
+    field = CHANNELS[step.channel].address_field
+    address = (normalise_email(to) if field == "email" else
+               normalise_phone(to, settings.default_region) if field == "phone" else to.strip())
+    message = preview(step, contact, settings.public_url, overrides={field: address})
+    key = f"{TEST_KEY_PREFIX}{uuid.uuid4().hex}"
+    provider = channel_provider(settings, step.channel)
+    outbound = OutboundMessage(send_id=0, channel=step.channel, idempotency_key=key, recipient=message.recipient,
+                               subject=message.subject, body=message.body,
+                               headers={"X-Retentiond-Test": "true"})
+    result, error = asyncio.run(_send(provider, outbound))
+    send_id = record_test_send(key, step.channel, result.provider or provider.name, message.recipient, message.subject,
+                               message.body, result.provider_message_id, error,
+                               f"test send of {campaign.slug!r} step {step.position}", utcnow())
+    return SentTest(send_id, message, result.provider or provider.name, result.provider_message_id, error)
+
+
+async def _send(provider: Provider, message: OutboundMessage) -> tuple[ProviderResult, str | None]:
+    try:
+        return await provider.send(message), None
+    except RetentiondError as exc:  # transient or permanent: a test send is not retried
+        return ProviderResult(), str(exc)[:2000]
+    finally:
+        await provider.close()
+        await close_session()
