@@ -129,6 +129,28 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(handler=cmd_stats)
 
+    report = _command(commands, "report", "how campaigns perform")
+    report.set_defaults(help_parser=report)
+    report_commands = report.add_subparsers(dest="report_command", metavar="WHAT")
+    report_campaign = _command(report_commands, "campaign",
+                               "a campaign's funnel per step: planned, sent, delivered, clicked, converted, revenue")
+    report_campaign.add_argument("slug", metavar="SLUG", help="the campaign's slug")
+    report_campaign.add_argument("--json", action="store_true",
+                                 help="print the JSON of GET /api/v1/campaigns/SLUG/analytics (by channel and day too)")
+    report_campaign.set_defaults(handler=cmd_report_campaign)
+
+    preview = _command(commands, "preview", "render a campaign step for a contact (or the sample contact), send nothing")
+    _step_arguments(preview)
+    preview.add_argument("--json", action="store_true", help="print JSON")
+    preview.set_defaults(handler=cmd_preview)
+
+    test_send = _command(commands, "test-send",
+                         "send a campaign step to an address through the channel's real provider, marked as a test")
+    _step_arguments(test_send)
+    test_send.add_argument("--to", required=True, metavar="ADDRESS",
+                           help="the address on the step's channel (an email, a phone number...)")
+    test_send.set_defaults(handler=cmd_test_send)
+
     cleanup = _command(commands, "cleanup", "delete rows past their retention, table by table")
     cleanup.add_argument("--dry-run", action="store_true", help="print what would go, delete nothing")
     cleanup.set_defaults(handler=cmd_cleanup)
@@ -151,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--rate-429", type=_fraction, default=0.0, metavar="R", help="share of calls answered 429")
     simulate.set_defaults(handler=cmd_simulate_providers)
     return parser
+
+
+def _step_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("slug", metavar="SLUG", help="the campaign's slug")
+    parser.add_argument("step", type=int, metavar="STEP", help="the step's position, from 0")
+    parser.add_argument("--external-id", metavar="ID", help="render for the contact with this external id")
+    parser.add_argument("--email", metavar="EMAIL", help="render for the contact with this email address")
+    parser.add_argument("--phone", metavar="PHONE", help="render for the contact with this phone number")
 
 
 def _version() -> str:
@@ -376,6 +406,84 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     for job, last in sorted(data["jobs"].items()):
         print(f"  {job:18} last {last['last_started']} on {last['instance']}: {last['outcome']}, {last['items']} item(s)"
               + (f" ({last['error']})" if last["error"] else ""))
+    return RET_OK
+
+
+def cmd_report_campaign(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.reports import print_funnel
+    from daemon.web.api.analytics import analytics_out
+    from engine.analytics import campaign_report
+
+    need_database(settings)
+    report = campaign_report(_campaign(args.slug))
+    if args.json:
+        print(analytics_out(report).model_dump_json(indent=2))
+    else:
+        print_funnel(report)
+    return RET_OK
+
+
+def _step_for(settings: Settings, args: argparse.Namespace) -> tuple[Campaign, Any, Any]:
+    """The campaign, its step and the contact the command names (None: the sample contact)."""
+    from engine.contacts import InvalidContact, find_contact
+    from engine.preview import NoSuchStep, step_of
+
+    need_database(settings)
+    campaign = _campaign(args.slug)
+    try:
+        step = step_of(campaign, args.step)
+    except NoSuchStep as exc:
+        raise CliError(str(exc), RET_NOT_FOUND) from exc
+    key = {k: v for k, v in (("external_id", args.external_id), ("email", args.email), ("phone", args.phone)) if v}
+    contact = None
+    if key:
+        try:
+            contact = find_contact(key, settings.default_region)
+        except InvalidContact as exc:
+            raise CliError(str(exc), RET_CONFIG) from exc
+        if contact is None:
+            raise CliError("no such contact", RET_NOT_FOUND)
+    return campaign, step, contact
+
+
+def cmd_preview(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from daemon.reports import print_message
+    from engine.preview import preview
+    from engine.templates import TemplateError
+
+    _, step, contact = _step_for(settings, args)
+    try:
+        shown = preview(step, contact, settings.public_url)
+    except TemplateError as exc:
+        raise CliError(f"step {args.step} does not render: {exc}", RET_REJECTED) from exc
+    if args.json:
+        print(json.dumps({"channel": shown.channel, "recipient": shown.recipient, "subject": shown.subject,
+                          "body": shown.body, "links": [{"url": u, "tracked": t} for u, t in shown.links]}, indent=2))
+    else:
+        print_message(shown)
+    return RET_OK
+
+
+def cmd_test_send(settings: Settings, args: argparse.Namespace) -> int:
+    from actors.test_send import send_test
+    from daemon.reports import print_message
+    from engine.contacts import InvalidContact
+    from engine.templates import TemplateError
+
+    campaign, step, contact = _step_for(settings, args)
+    try:
+        sent = send_test(settings, campaign, step, args.to, contact)
+    except TemplateError as exc:
+        raise CliError(f"step {args.step} does not render: {exc}; nothing was sent", RET_REJECTED) from exc
+    except InvalidContact as exc:
+        raise CliError(f"--to: {exc}", RET_CONFIG) from exc
+    print_message(sent.preview)
+    if sent.error:
+        print(f"test send {sent.send_id} failed at {sent.provider}: {sent.error}", file=sys.stderr)
+        return RET_ERROR
+    print(f"test send {sent.send_id} sent by {sent.provider} ({sent.provider_message_id or 'no message id'})")
     return RET_OK
 
 

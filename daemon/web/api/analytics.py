@@ -10,7 +10,7 @@ from pydantic import Field
 from daemon.web.api.campaigns import CampaignPath, find_campaign
 from daemon.web.api.registry import API
 from daemon.web.api.types import Out
-from engine.analytics import Funnel, campaign_report
+from engine.analytics import CampaignReport, Funnel, campaign_report
 
 
 class FunnelOut(Out):
@@ -57,7 +57,11 @@ def funnel_out(f: Funnel) -> FunnelOut:
 def campaign_analytics(path: CampaignPath) -> CampaignAnalyticsOut:
     """The campaign's funnel: enrolled, planned, sent, delivered, failed, skipped by reason, clicked,
     converted, revenue and the rates; overall, per step, by channel and by day. Test sends never count."""
-    report = campaign_report(find_campaign(path.slug))
+    return analytics_out(campaign_report(find_campaign(path.slug)))
+
+
+def analytics_out(report: CampaignReport) -> CampaignAnalyticsOut:
+    """The report as the API (and ``retentiond report campaign --json``) gives it."""
     return CampaignAnalyticsOut(
         slug=report.campaign.slug, enrolled=report.enrolled, overall=funnel_out(report.overall),
         steps=[StepFunnelOut(step_id=s.step_id, position=s.position, channel=s.channel, funnel=funnel_out(s.funnel))
