@@ -19,11 +19,12 @@ install: $(STAMP) tools
 
 ## Programs the tests and benchmarks drive from outside: wrk (load generator), promtool (alert rules),
 ## prometheus (a real server scraping a running daemon), nginx + openssl (the shipped reverse-proxy
-## config, checked with a self-signed certificate).
-TOOLS := wrk prometheus nginx-light openssl
+## config, checked with a self-signed certificate), chromium (the console in a real browser).
+TOOLS := wrk prometheus nginx-light openssl chromium
 tools:
 	@command -v wrk >/dev/null && command -v promtool >/dev/null && command -v prometheus >/dev/null \
-	  && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && command -v openssl >/dev/null || \
+	  && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && command -v openssl >/dev/null \
+	  && command -v chromium >/dev/null || \
 	  (apt-get install -y $(TOOLS) || (apt-get update && apt-get install -y $(TOOLS)))
 
 ## Start the daemon on its embedded defaults (SQLite under ./var, in-process broker, console provider).

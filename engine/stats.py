@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import peewee
 
 from db.database import rows
 from db.models import Enrolment, InboundEvent, JobRun, Send
+from ground.send_states import SendStatus
 
 
 def overview() -> dict[str, Any]:
@@ -26,3 +28,23 @@ def overview() -> dict[str, Any]:
             jobs[job[0]] = {"last_started": last.started_at.isoformat(), "instance": last.instance,
                             "outcome": last.outcome, "items": last.items, "error": last.error}
     return {"sends": sends, "enrolments": enrolments, "inbound_events": events, "jobs": jobs}
+
+
+RATE_WINDOW_S = 300  # what "sends per second" means on the console: the last five minutes
+
+
+def channel_activity(now: dt.datetime) -> dict[str, dict[str, float]]:
+    """Per channel: its unfinished sends by status (planned, queued, sending, retrying: the
+    database's view of the queues, on both brokers) and its sent-per-second over the last five
+    minutes. Two grouped queries, on ``send(status, channel, due_at)`` and ``send(finished_at)``."""
+    activity: dict[str, dict[str, float]] = {}
+    unfinished = (SendStatus.PLANNED, SendStatus.QUEUED, SendStatus.SENDING, SendStatus.RETRYING)
+    for channel, status, count in rows(Send.select(Send.channel, Send.status, peewee.fn.COUNT(Send.id))
+                                       .where(Send.status.in_(unfinished)).group_by(Send.channel, Send.status)):
+        activity.setdefault(channel, {})[status] = count
+    since = now - dt.timedelta(seconds=RATE_WINDOW_S)
+    for channel, count in rows(Send.select(Send.channel, peewee.fn.COUNT(Send.id))
+                               .where((Send.finished_at >= since) & (Send.status == SendStatus.SENT))
+                               .group_by(Send.channel)):
+        activity.setdefault(channel, {})["sent_per_s"] = count / RATE_WINDOW_S
+    return activity

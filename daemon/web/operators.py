@@ -1,12 +1,13 @@
 """The operators' routes, on their own listener (``ADMIN_HOST``/``ADMIN_PORT``), never public:
 the admin API (``api/``: bearer token, problem+json), ``/metrics`` for Prometheus,
-``/health/details``, and liveness and readiness as on the public listener."""
+``/health/details``, the console (``console/``: ``/``, ``/campaigns/...``, ``/contacts``, ``/login``),
+and liveness and readiness as on the public listener."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from daemon.web import api, public
+from daemon.web import api, console, public
 from daemon.web.keys import HEALTH_DETAILS
 from db.database import pool_in_use
 from ground import metrics
@@ -27,7 +28,7 @@ async def prometheus(request: web.Request) -> web.Response:
     return response
 
 
-OPERATORS_ONLY: tuple[web.AbstractRouteDef, ...] = (*routes, *api.ROUTES)
+OPERATORS_ONLY: tuple[web.AbstractRouteDef, ...] = (*routes, *api.ROUTES, *console.routes)
 ROUTES: tuple[web.AbstractRouteDef, ...] = (*public.HEALTH_ROUTES, *OPERATORS_ONLY)
 
 
