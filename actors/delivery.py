@@ -58,6 +58,7 @@ from actors.rate_limit import GlobalRateLimiter
 from db.database import db_session
 from db.models import utcnow
 from engine import sends
+from engine.campaign_metrics import count_sends
 from engine.checks import SendChecks
 from engine.outcomes import CallOutcome, ClaimedSend, Result, from_call
 from engine.sends import settle
@@ -70,7 +71,7 @@ from ground.errors import (
     TransientChannelError,
     UnbuildableMessage,
 )
-from ground.metrics import PROVIDER_LATENCY, RATE_LIMIT_WAIT, SENDS
+from ground.metrics import CAMPAIGN_SEND_STATUSES, PROVIDER_LATENCY, RATE_LIMIT_WAIT, SENDS
 from ground.outage_log import OutageLog
 from ground.send_states import EFFECTS, Outcome
 from ground.settings import Settings
@@ -389,10 +390,15 @@ class ChannelSender:
         return from_call(batch.sends[call.send_id], call, self.provider.name)
 
     def _count(self, results: Iterable[Result]) -> None:
+        by_status: dict[str, list[int | None]] = {}
         for r in results:
             metric = EFFECTS[r.outcome].metric
             if metric is not None:
                 SENDS.labels(self.channel, metric).inc()
+                if metric in CAMPAIGN_SEND_STATUSES:
+                    by_status.setdefault(metric, []).append(r.send.step_id)
+        for status, step_ids in by_status.items():
+            count_sends(status, step_ids)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import peewee
 from db.database import database, db_session, is_postgres, rows
 from db.models import CampaignStep, Contact, Enrolment
 from engine import sends
+from engine.campaign_metrics import count_sends
 from engine.links import save_links
 from engine.templates import Rendered, RenderJob, TemplateError, render_batch
 from ground.channels import CHANNELS
@@ -100,7 +101,10 @@ def _plan(settings: Settings, now: dt.datetime, limit: int, contact_ids: Sequenc
             claimed = rows(claim_due(now, size, contact_ids))
             if not claimed:
                 break
-            _plan_batch(settings, claimed, now, report)
+            new = _plan_batch(settings, claimed, now, report)
+        # committed: the campaigns' funnels count them
+        count_sends("planned", [n.step_id for n in new])
+        count_sends("failed", [n.step_id for n in new if n.failure])
         after_batch()
         if len(claimed) < size:
             break
@@ -108,7 +112,8 @@ def _plan(settings: Settings, now: dt.datetime, limit: int, contact_ids: Sequenc
 
 
 def _plan_batch(settings: Settings, claimed: Sequence[tuple[Any, ...]], now: dt.datetime,
-                report: PlanReport) -> None:
+                report: PlanReport) -> list[sends.NewSend]:
+    """Plan the claimed steps; returns the sends made (a template error's failed at once)."""
     campaign_ids = sorted({c[2] for c in claimed})
     steps = {(s.campaign_id, s.position): s for s in CampaignStep.select()
              .where(CampaignStep.campaign.in_(campaign_ids))}
@@ -128,7 +133,7 @@ def _plan_batch(settings: Settings, claimed: Sequence[tuple[Any, ...]], now: dt.
          .where(Enrolment.id.in_(finished)).execute())
         report.completed += len(finished)
     if not work:
-        return
+        return []
 
     rendered = render_batch([RenderJob(contact=contact_fields(contact), subject=step.subject, body=step.body,
                                        channel=step.channel) for _, contact, step in work], settings.public_url)
@@ -146,6 +151,7 @@ def _plan_batch(settings: Settings, claimed: Sequence[tuple[Any, ...]], now: dt.
     failed = sum(1 for n in new if n.failure)
     report.failed += failed
     report.planned += len(new) - failed
+    return new
 
 
 def _new_send(enrolment_id: int, contact: Contact, step: CampaignStep, output: Rendered | TemplateError) -> sends.NewSend:

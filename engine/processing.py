@@ -37,6 +37,7 @@ from db.bulk import insert_many
 from db.database import database, db_session, is_postgres, rows
 from db.models import Attribution, InboundEvent, Send, TrackedLink, utcnow
 from db.queries import bulk_update
+from engine.campaign_metrics import count_attributions
 from engine.contacts import (
     ContactInput,
     contact_key,
@@ -76,6 +77,7 @@ def process_pending(settings: Settings, limit: int = 50_000, should_stop: Callab
                               .order_by(InboundEvent.id).limit(BATCH))
                 batch = _Batch(settings)
                 outcomes.update(_process_batch(settings, events, batch))
+            _count_attributions(batch)
             _plan_now(settings, batch)
             after_batch()
             if len(events) < BATCH:
@@ -92,12 +94,24 @@ class _Batch:
         self.settings = settings
         self._rules: CampaignRules | None = None
         self.contact_ids: set[int] = set()  # whose enrolments to plan once the batch is committed
+        self.attributed: set[int] = set()  # events that wrote clicks or conversions: counted once committed
 
     @property
     def rules(self) -> CampaignRules:
         if self._rules is None:
             self._rules = CampaignRules.load()
         return self._rules
+
+
+def _count_attributions(batch: _Batch) -> None:
+    """Committed: the campaigns' funnels count the clicks and conversions the batch wrote (read
+    back, so that a run retried one event at a time is not counted twice)."""
+    if not batch.attributed:
+        return
+    written = rows(Attribution.select(Attribution.kind, Attribution.step, Attribution.value)
+                   .where(Attribution.event.in_(sorted(batch.attributed))))
+    for kind in (EventType.CLICK, EventType.CONVERSION):
+        count_attributions(kind, [(step, value) for k, step, value in written if k == kind])
 
 
 def _plan_now(settings: Settings, batch: _Batch) -> None:
@@ -224,6 +238,7 @@ def _apply_clicks(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
         updates.append((event.id, InboundStatus.PROCESSED, now, link.contact_id, None))
     if attributions:
         insert_many(Attribution, attributions).execute()
+        batch.attributed.update(a["event"] for a in attributions)
     return _follow(batch, EventType.CLICK, updates, now=now)
 
 
@@ -317,6 +332,7 @@ def _apply_conversions(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
         updates.append((event.id, InboundStatus.PROCESSED, now, contact_id, None))
     if attributions:
         insert_many(Attribution, attributions).execute()
+        batch.attributed.update(a["event"] for a in attributions)
     return _follow(batch, EventType.CONVERSION, updates, reasons, now)
 
 

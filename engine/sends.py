@@ -34,6 +34,7 @@ from db.bulk import insert_many
 from db.database import database, is_postgres, rows
 from db.models import Decision, Send
 from db.queries import settle_sends
+from engine.campaign_metrics import count_sends
 from engine.checks import Candidate, SendChecks
 from engine.links import make_unsubscribe_tokens, unsubscribe_url
 from engine.outcomes import (
@@ -367,6 +368,7 @@ def fail_exhausted(send_ids: Sequence[int], now: dt.datetime) -> list[int]:
         _decide([_decision_row(r[0], r[1], r[2], r[3], r[4], Decided.FAILED, f"retries exhausted: {r[6] or ''}", now)
                  for r in failed])
         advance_enrolments([r[5] for r in failed], now)
+    count_sends("failed", [r[3] for r in failed])
     for r in failed:
         log_failed_send(r[0], r[4], r[2], f"retries exhausted: {r[6] or 'no error recorded'}")
     return [r[0] for r in failed]

@@ -36,6 +36,17 @@ SEND_STATUSES: tuple[str, ...] = tuple(SendMetric)  # the status label of SENDS,
 WEBHOOK_OUTCOMES = ("accepted", "duplicate", "unauthorized", "invalid", "overloaded", "unavailable")
 
 SENDS = Counter("retentiond_sends", "Sends by channel and outcome.", ["channel", "status"])
+# A campaign's funnel (Grafana's funnel panel): labelled by campaign slug and step position, both
+# bounded (campaigns are few, steps fewer); counted by engine/campaign_metrics.py.
+CAMPAIGN_SENDS = Counter("retentiond_campaign_sends", "A campaign's sends by step and status (planned, sent, "
+                         "failed, skipped).", ["campaign", "step", "status"])
+CAMPAIGN_CLICKS = Counter("retentiond_campaign_clicks", "Clicks on a campaign's tracked links, by step.",
+                          ["campaign", "step"])
+CAMPAIGN_CONVERSIONS = Counter("retentiond_campaign_conversions", "Conversions attributed to a campaign's step.",
+                               ["campaign", "step"])
+CAMPAIGN_REVENUE = Counter("retentiond_campaign_revenue", "Revenue of the conversions attributed to a campaign's step.",
+                           ["campaign", "step"])
+CAMPAIGN_SEND_STATUSES = ("planned", "sent", "failed", "skipped")
 WEBHOOK_EVENTS = Counter("retentiond_webhook_events", "Webhook requests by source and outcome.",
                          ["source", "outcome"])
 WEBHOOK_LATENCY = Histogram("retentiond_webhook_latency_seconds",

@@ -27,6 +27,9 @@ def exported_series() -> set[str]:
     metrics.LEASE_HOLDER.labels("scheduling-tick").set(1)
     metrics.initialise_job_labels("scheduling-tick")
     metrics.WEBHOOK_EVENTS.labels("shop", "accepted")
+    metrics.CAMPAIGN_SENDS.labels("welcome", "0", "sent")
+    for counter in (metrics.CAMPAIGN_CLICKS, metrics.CAMPAIGN_CONVERSIONS, metrics.CAMPAIGN_REVENUE):
+        counter.labels("welcome", "0")
     names: set[str] = set()
     for family in text_string_to_metric_families(render()[0].decode()):
         names.add(family.name)

@@ -70,12 +70,15 @@ def test_a_run_of_upserts_with_enrolment_takes_the_same_statements_for_10_or_100
         assert process_pending(settings) == {"processed": count}
         return statements.count
 
+    # The process's first planned send of a step reads that step's metric labels, once for the
+    # process's life (engine/campaign_metrics.py): a first lead pays it before the measure
+    process(1)
     # When 10 leads, then 1,000 leads arrive, Then both cost the same statements
     assert process(10) == process(1000)
     # and every lead is in both campaigns, its welcome message planned already
-    assert Enrolment.select().where(Enrolment.status == "waiting").count() == 1010
-    assert Enrolment.select().where(Enrolment.status == "active").count() == 1010
-    assert Send.select().where(Send.status == "planned").count() == 1010
+    assert Enrolment.select().where(Enrolment.status == "waiting").count() == 1011
+    assert Enrolment.select().where(Enrolment.status == "active").count() == 1011
+    assert Send.select().where(Send.status == "planned").count() == 1011
 
 
 def test_a_run_of_conversions_takes_the_same_statements_for_10_or_1000(
