@@ -370,19 +370,12 @@ def cmd_contacts_import(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
-    from engine.contacts import InvalidContact, find_contact
     from engine.history import contact_history
     from engine.stats import overview
 
     need_database(settings)
-    key = {k: v for k, v in (("external_id", args.external_id), ("email", args.email), ("phone", args.phone)) if v}
-    if key:
-        try:
-            contact = find_contact(key, settings.default_region)
-        except InvalidContact as exc:
-            raise CliError(str(exc), RET_CONFIG) from exc
-        if contact is None:
-            raise CliError("no such contact", RET_NOT_FOUND)
+    contact = _named_contact(settings, args)
+    if contact is not None:
         data = contact_history(contact)
         if args.json:
             print(json.dumps(data, indent=2))
@@ -425,7 +418,6 @@ def cmd_report_campaign(settings: Settings, args: argparse.Namespace) -> int:
 
 def _step_for(settings: Settings, args: argparse.Namespace) -> tuple[Campaign, Any, Any]:
     """The campaign, its step and the contact the command names (None: the sample contact)."""
-    from engine.contacts import InvalidContact, find_contact
     from engine.preview import NoSuchStep, step_of
 
     need_database(settings)
@@ -434,16 +426,24 @@ def _step_for(settings: Settings, args: argparse.Namespace) -> tuple[Campaign, A
         step = step_of(campaign, args.step)
     except NoSuchStep as exc:
         raise CliError(str(exc), RET_NOT_FOUND) from exc
+    return campaign, step, _named_contact(settings, args)
+
+
+def _named_contact(settings: Settings, args: argparse.Namespace) -> Any:
+    """The contact named by --external-id, --email or --phone (None when none is given); exit 5
+    when there is no such contact, 2 for a key that is none."""
+    from engine.contacts import InvalidContact, find_contact
+
     key = {k: v for k, v in (("external_id", args.external_id), ("email", args.email), ("phone", args.phone)) if v}
-    contact = None
-    if key:
-        try:
-            contact = find_contact(key, settings.default_region)
-        except InvalidContact as exc:
-            raise CliError(str(exc), RET_CONFIG) from exc
-        if contact is None:
-            raise CliError("no such contact", RET_NOT_FOUND)
-    return campaign, step, contact
+    if not key:
+        return None
+    try:
+        contact = find_contact(key, settings.default_region)
+    except InvalidContact as exc:
+        raise CliError(str(exc), RET_CONFIG) from exc
+    if contact is None:
+        raise CliError("no such contact", RET_NOT_FOUND)
+    return contact
 
 
 def cmd_preview(settings: Settings, args: argparse.Namespace) -> int:
