@@ -1,7 +1,8 @@
 """A test send: one campaign step rendered for an address an operator gives and sent through the
 channel's real provider (its failover included), at once, outside the outbox: no cap, no quiet
 hours, no rate limit (one message), never counted in analytics. The result is a ``send`` row of
-its own (``test-`` key, no contact, campaign or step), written once the provider has answered."""
+its own (``test-`` key, no contact, campaign or step, no text), written once the provider has
+answered. No database connection is held during the provider's call."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from actors.providers import Provider
 from actors.providers.base import OutboundMessage, ProviderResult
 from actors.providers.http import close_session
 from actors.registry import channel_provider
+from db.database import db_session
 from db.models import Campaign, CampaignStep, Contact, utcnow
 from engine.contacts import normalise_email, normalise_phone
 from engine.preview import Preview, preview
@@ -39,16 +41,19 @@ def send_test(settings: Settings, campaign: Campaign, step: CampaignStep, to: st
     field = CHANNELS[step.channel].address_field
     address = (normalise_email(to) if field == "email" else
                normalise_phone(to, settings.default_region) if field == "phone" else to.strip())
-    message = preview(step, contact, settings.public_url, overrides={field: address})
+    with db_session():  # the sample contact's attributes come from the database
+        message = preview(step, contact, settings.public_url, overrides={field: address})
     key = f"{TEST_KEY_PREFIX}{uuid.uuid4().hex}"
     provider = channel_provider(settings, step.channel)
     outbound = OutboundMessage(send_id=0, channel=step.channel, idempotency_key=key, recipient=message.recipient,
                                subject=message.subject, body=message.body,
                                headers={"X-Retentiond-Test": "true"})
+    # no database connection held while the provider answers (up to its timeout, and a failover's)
     result, error = asyncio.run(_send(provider, outbound))
-    send_id = record_test_send(key, step.channel, result.provider or provider.name, message.recipient, message.subject,
-                               message.body, result.provider_message_id, error,
-                               f"test send of {campaign.slug!r} step {step.position}", utcnow())
+    with db_session():
+        send_id = record_test_send(key, step.channel, result.provider or provider.name, message.recipient,
+                                   result.provider_message_id, error,
+                                   f"test send of {campaign.slug!r} step {step.position}", utcnow())
     return SentTest(send_id, message, result.provider or provider.name, result.provider_message_id, error)
 
 

@@ -15,7 +15,8 @@ once); *in flight* are those not finished yet; *delivered* is what the provider'
 a *fallback* is counted as skipped on its own step ("fell back") and its replacement as a send of
 the same step on the other channel; click-through = unique clickers / sent; conversion rate =
 converting contacts / sent. Clicks and conversions are attributed to the step of the send that
-caused them (the last touch): by channel, that step's channel.
+caused them (the last touch); by channel, to the channel that send went by (a fallback's), or its
+step's when the send is gone.
 """
 
 from __future__ import annotations
@@ -131,12 +132,14 @@ def campaign_report(campaign: Campaign) -> CampaignReport:
             funnel.add_sends(status, delivery, why, count)
 
     day = peewee.fn.DATE(Attribution.created_at)
-    for step_id, kind, on, contact_id, count, value in rows(
-            Attribution.select(Attribution.step, Attribution.kind, day, Attribution.contact,
+    for step_id, kind, on, contact_id, sent_on, count, value in rows(
+            Attribution.select(Attribution.step, Attribution.kind, day, Attribution.contact, Send.channel,
                                peewee.fn.COUNT(Attribution.id), peewee.fn.SUM(Attribution.value))
+            .join(Send, peewee.JOIN.LEFT_OUTER, on=(Attribution.send == Send.id))
             .where(Attribution.campaign == campaign.id)
-            .group_by(Attribution.step, Attribution.kind, day, Attribution.contact)):
-        channel = steps[step_id].channel if step_id in steps else None
+            .group_by(Attribution.step, Attribution.kind, day, Attribution.contact, Send.channel)):
+        # the channel of the send that was clicked (a fallback's), else of its step
+        channel = sent_on or (steps[step_id].channel if step_id in steps else None)
         funnels: list[Funnel] = [overall, per_step[step_id], per_day[_date(on)]]
         if channel is not None:
             funnels.append(per_channel[channel])

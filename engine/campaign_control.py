@@ -7,8 +7,9 @@ re-applying the file keeps them:
   planned still go out: a pause stops the sequence, not the messages already on their way.
 - **resume**: its paused enrolments become ``active`` again, with their due times (one due during
   the pause is planned at the next tick).
-- **archive**: ended for good: paused, and every open enrolment exited (``campaign archived``);
-  a resume is refused. Its rows stay, for analytics.
+- **archive**: ended for good: paused, every open enrolment exited (``campaign archived``), its
+  sends still in the outbox skipped (those already on a channel queue go out); a resume is
+  refused. Its rows stay, for analytics.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import peewee
 from db.database import database
 from db.models import Campaign, Enrolment, utcnow
 from engine.enrolments import OPEN_STATUSES
+from engine.sends import skip_planned
 from ground.send_states import EnrolmentStatus
 
 ARCHIVED_REASON = "campaign archived"
@@ -58,4 +60,5 @@ def archive(campaign: Campaign, now: dt.datetime | None = None) -> Campaign:
          .where((Campaign.id == campaign.id) & Campaign.archived_at.is_null()).execute())
         (Enrolment.update(status=EnrolmentStatus.EXITED, finished_at=now, exit_reason=ARCHIVED_REASON)
          .where((Enrolment.campaign == campaign.id) & Enrolment.status.in_(OPEN_STATUSES)).execute())
+        skip_planned(campaign.id, ARCHIVED_REASON, now)
     return Campaign.get_by_id(campaign.id)

@@ -127,6 +127,8 @@ def parse_campaign_text(text: str, source: str) -> CampaignSpec:
     """Validate the YAML text of a campaign; ``source`` names it in messages."""
     try:
         document = yaml.load(text, Loader=_CampaignLoader)  # noqa: S506 (a SafeLoader, minus aliases)
+    except RecursionError:  # thousands of nested lists: no campaign file is that deep
+        raise CampaignFileError([f"{source}: nested too deeply: not a campaign file"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

@@ -152,8 +152,12 @@ def _object(value: Any, where: str) -> Mapping[str, Any]:
     return value
 
 
+MAX_VALUE = 1e12  # a conversion's value, in either direction: beyond it no sum stays exact (nor finite)
+
+
 def _number(value: Any, where: str) -> float | None:
-    """A finite number (or its text, as postbacks send it), None when absent."""
+    """A finite number (or its text, as postbacks send it) of at most MAX_VALUE either way, None
+    when absent."""
     if value is None or value == "":
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -164,6 +168,8 @@ def _number(value: Any, where: str) -> float | None:
         raise InvalidEvent(f"{where}: expected a number") from None
     if not math.isfinite(number):
         raise InvalidEvent(f"{where}: expected a finite number")
+    if abs(number) > MAX_VALUE:
+        raise InvalidEvent(f"{where}: more than {MAX_VALUE:g} either way")
     return number
 
 

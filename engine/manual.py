@@ -76,10 +76,14 @@ UNENROLLED_REASON = "unenrolled by an operator"
 
 
 def enrol_contact(settings: Settings, contact_id: int, campaign: str) -> Enrolment | None:
-    """Enrol one contact (``CampaignError`` when the campaign cannot take it); a contact already
-    enrolled, even finished, is left as it is. Returns its enrolment, None for no such contact."""
-    if Contact.get_or_none(Contact.id == contact_id) is None:
+    """Enrol one contact (``CampaignError`` when the campaign cannot take it, ``ErasedContact`` for
+    an erased one); a contact already enrolled, even finished, is left as it is. Returns its
+    enrolment, None for no such contact."""
+    contact = Contact.get_or_none(Contact.id == contact_id)
+    if contact is None:
         return None
+    if contact.erased_at is not None:
+        raise ErasedContact(f"contact {contact_id} is erased: it takes no enrolment")
     now = utcnow()
     enrol([contact_id], campaign, now=now)
     plan_contacts(settings, [contact_id], now)  # a first step without delay goes now, as for a lead

@@ -32,7 +32,7 @@ import peewee
 
 from db.bulk import insert_many
 from db.database import database, is_postgres, rows
-from db.models import Decision, Send
+from db.models import Campaign, Decision, Send
 from db.queries import settle_sends
 from engine.campaign_metrics import count_sends
 from engine.checks import Candidate, SendChecks
@@ -378,22 +378,35 @@ TEST_KEY_PREFIX = "test-"  # the idempotency key of a test send: it has no conta
 
 
 def record_test_send(idempotency_key: str, channel: str, provider: str | None, recipient: str | None,
-                     subject: str | None, body: str, provider_message_id: str | None, error: str | None,
-                     note: str, now: dt.datetime) -> int:
+                     provider_message_id: str | None, error: str | None, note: str, now: dt.datetime) -> int:
     """The row of a test send, written once its provider answered: ``sent`` or ``failed``, with no
-    contact, campaign or step (so no cap counts it and analytics never see it); ``note`` says which
-    step it tried (its ``reason``)."""
+    contact, campaign or step (so no cap counts it and analytics never see it), and no text (it
+    may have been rendered for a real contact, whose erasure could not find it: the operator saw
+    it in the answer); ``note`` says which step it tried (its ``reason``)."""
     return int(Send.insert(idempotency_key=idempotency_key, channel=channel, provider=provider, recipient=recipient,
-                           subject=subject, body=body, status=SendStatus.FAILED if error else SendStatus.SENT,
+                           status=SendStatus.FAILED if error else SendStatus.SENT,
                            provider_message_id=provider_message_id, error=error, reason=note[:255], attempts=1,
                            due_at=now, created_at=now, finished_at=now).execute())
 
 
-def requeue_failed(send_id: int, now: dt.datetime) -> Send | None:
+class NotRequeued(ValueError):
+    """Why a send is not put back in the outbox."""
+
+
+def requeue_failed(send_id: int, now: dt.datetime) -> Send:
     """``failed -> planned`` for one send an operator re-queues (a dead letter whose cause is
     mended): due now, its attempts and error cleared, with a decision. It is detached from its
     enrolment, which moved on when it failed: its outcome must not move the enrolment again.
-    Returns the send; None when it is not a failed send (any more)."""
+    Raises ``NotRequeued`` for a send that is not failed (any more), whose failure already planned
+    a fallback on another channel (re-queueing it would deliver the message twice), or whose
+    campaign is archived."""
+    send = Send.get_by_id(send_id)
+    if send.status != SendStatus.FAILED:
+        raise NotRequeued(f"send {send_id} is {send.status}; only a failed send is re-queued")
+    if Send.select().where(Send.fallback_of == send_id).exists():
+        raise NotRequeued(f"send {send_id} fell back to another channel: its fallback carries the message")
+    if send.campaign_id is not None and Campaign.get_by_id(send.campaign_id).archived_at is not None:
+        raise NotRequeued(f"send {send_id} belongs to an archived campaign")
     with database.atomic():
         requeued = rows(Send.update(status=SendStatus.PLANNED, due_at=now, attempts=0, deferrals=0, error=None,
                                     reason=None, finished_at=None, queued_at=None, claimed_at=None,
@@ -402,7 +415,20 @@ def requeue_failed(send_id: int, now: dt.datetime) -> Send | None:
                         .returning(Send.id, Send.contact, Send.campaign, Send.step, Send.channel))
         _decide([_decision_row(i, contact, campaign, step, channel, Decided.REQUEUED, "re-queued by an operator", now)
                  for i, contact, campaign, step, channel in requeued])
-    return Send.get_by_id(send_id) if requeued else None
+    if not requeued:  # settled by someone else meanwhile
+        raise NotRequeued(f"send {send_id} is no longer failed")
+    return Send.get_by_id(send_id)
+
+
+def skip_planned(campaign_id: int, reason: str, now: dt.datetime) -> int:
+    """``planned -> skipped`` for a campaign's sends still in the outbox (its archive), each with a
+    decision; those already on a channel queue go out."""
+    skipped = rows(Send.update(status=SendStatus.SKIPPED, reason=reason, finished_at=now)
+                   .where((Send.campaign == campaign_id) & (Send.status == SendStatus.PLANNED))
+                   .returning(Send.id, Send.contact, Send.campaign, Send.step, Send.channel))
+    _decide([_decision_row(i, contact, campaign, step, channel, Decided.SKIPPED, reason, now)
+             for i, contact, campaign, step, channel in skipped])
+    return len(skipped)
 
 
 # -- the decision log ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ Every transition of a send (engine/sends.py makes each one)::
     sending           -> planned            re-offered: its worker died mid-send
     queued | retrying -> failed             dead-lettered: retries exhausted
     failed            -> planned            re-queued by an operator (admin API), once its cause is mended
+    planned           -> skipped            its campaign was archived (those on a queue still go)
 
 StrEnum members compare equal to (and are stored as) their text, so the database keeps the same
 values as before these enums existed.

@@ -95,9 +95,12 @@ async def test_a_step_under_way_when_paused_waits_for_the_resume_before_the_next
 
 async def test_an_archived_campaign_is_ended_hidden_from_the_list_and_not_resumed(api) -> None:  # type: ignore[no-untyped-def]
     await call(api, "POST", "/api/v1/contacts", json={"email": "ada@example.com"})
+    assert [s.status for s in Send.select()] == ["planned"]  # in the outbox, not yet relayed
     status, campaign = await call(api, "POST", "/api/v1/campaigns/onboarding/archive")
     assert (status, campaign["state"]) == (200, "archived")
     assert [(e.status, e.exit_reason) for e in Enrolment.select()] == [("exited", "campaign archived")]
+    # its send still in the outbox does not go out
+    assert [(s.status, s.reason) for s in Send.select()] == [("skipped", "campaign archived")]
     assert (await call(api, "GET", "/api/v1/campaigns"))[1]["items"] == []
     assert [c["slug"] for c in (await call(api, "GET", "/api/v1/campaigns?archived=true"))[1]["items"]] == ["onboarding"]
     status, problem = await call(api, "POST", "/api/v1/campaigns/onboarding/resume")

@@ -131,3 +131,18 @@ def test_every_console_page_renders_in_chromium_without_javascript_and_shows_the
     page.goto(base + "/campaigns/welcome")
     assert page.url == base + "/login"
 
+
+
+async def test_a_malformed_session_cookie_is_no_session_not_a_500(aiohttp_client, migrated_db: str) -> None:  # type: ignore[no-untyped-def]
+    # found by a review: "²" passed isdigit() and failed int(); 5,000 digits are more than int() reads
+    from daemon.web.app import build_admin_app
+    from daemon.web.console.session import COOKIE
+    from tests.support.settings import make_settings
+
+    client = await aiohttp_client(build_admin_app(make_settings(DATABASE_URL=migrated_db, ADMIN_TOKEN=TOKEN)))
+    for value in ("².x", "9" * 5000 + ".x", "", ".", "1.", "0", "99999999999999999999.ab", "-1.x"):
+        async with client.get("/", cookies={COOKIE: value}, allow_redirects=False) as response:
+            assert (response.status, response.headers.get("Location")) == (303, "/login"), value
+    # and a logout posted without the session (another site's form) ends nothing
+    async with client.post("/logout", allow_redirects=False) as response:
+        assert response.status == 303 and COOKIE not in response.cookies

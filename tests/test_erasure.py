@@ -116,3 +116,47 @@ async def test_an_erased_contact_is_not_brought_back_silently(clients, tmp_path:
     await webhook(public, "lead-3", "contact.upsert", {"email": ADA["email"], "name": "Ada"})
     process_pending(settings)
     assert InboundEvent.get(InboundEvent.event_id == "lead-3").contact_id == body["contact"]["id"]
+
+
+async def test_erasure_empties_exactly_the_events_that_name_the_contact(clients) -> None:  # type: ignore[no-untyped-def]
+    # found by a review: a substring match emptied other people's events (their pending leads and
+    # conversions lost), and a key JSON-escaped in a payload (non-ASCII) was missed
+    settings, public, admin = clients
+    ada = Contact.create(external_id="7", email="ada@example.co")
+    muller = Contact.create(external_id="müller-1", email="m@example.com")
+    bob = {"external_id": "bob-17", "email": "ada@example.com"}
+    await webhook(public, "bob-lead", "contact.upsert", bob)  # pending: not processed yet
+    await webhook(public, "carol-77", "contact.upsert", {"external_id": "carol-77"})
+    await webhook(public, "signup-ada@example.co", "conversion", {"external_id": "7", "value": 5})
+    InboundEvent.create(source="zap", event_id="m-1", type="contact.upsert", status="failed",
+                        payload=json.dumps({"raw": json.dumps({"external_id": "müller-1"})}), error="ValueError: x")
+    # When Ada and Müller are erased
+    assert (await call(admin, "POST", f"/api/v1/contacts/{ada.id}/erase"))[1]["events"] == 1
+    assert (await call(admin, "POST", f"/api/v1/contacts/{muller.id}/erase"))[1]["events"] == 1
+    # Then their events are empty, the sender's id naming Ada included, and nobody else's changed
+    by_id = {e.event_id: e for e in InboundEvent.select()}
+    assert "signup-ada@example.co" not in by_id and "m-1" in by_id
+    assert by_id["m-1"].payload == '{"events": []}'
+    assert [e.payload for e in by_id.values() if e.event_id.startswith("erased-")] == ['{"events": []}']
+    assert "ada@example.com" in by_id["bob-lead"].payload and "carol-77" in by_id["carol-77"].payload
+    # and the untouched leads are applied as they would have been
+    process_pending(settings)
+    assert {c.external_id for c in Contact.select() if c.external_id} == {"bob-17", "carol-77"}
+
+
+async def test_an_erased_contact_is_neither_enrolled_nor_previewed_and_its_test_sends_are_emptied(clients) -> None:  # type: ignore[no-untyped-def]
+    settings, public, admin = clients
+    await call(admin, "PUT", "/api/v1/campaigns", data=CAMPAIGN.replace("{event: contact.upsert}", "manual"))
+    ada = Contact.create(external_id="cust-4711", email="ada.lovelace@example.com", name="Ada Lovelace")
+    # a test send to her address, rendered for her (the email provider is the console one here)
+    status, sent = await call(admin, "POST", "/api/v1/campaigns/welcome/steps/0/test-send",
+                              json={"to": "ada.lovelace@example.com", "contact_id": ada.id})
+    assert status == 200 and sent["status"] == "sent"
+    await call(admin, "POST", f"/api/v1/contacts/{ada.id}/erase")
+    assert personal_data_left() == []
+    for path, body in (("/api/v1/campaigns/welcome/enrolments", {"contact_id": ada.id}),
+                       ("/api/v1/campaigns/welcome/steps/0/preview", {"contact_id": ada.id}),
+                       ("/api/v1/campaigns/welcome/steps/0/test-send", {"to": "qa@example.com", "contact_id": ada.id})):
+        status, problem = await call(admin, "POST", path, json=body)
+        assert status == 409 and "erased" in problem["detail"], path
+    assert Enrolment.select().count() == 0

@@ -15,7 +15,7 @@ from engine import campaign_control
 from engine.campaign_file import MAX_FILE_CHARS, CampaignFileError, parse_campaign_text
 from engine.campaigns import apply_campaign, template_warnings
 from engine.enrolments import CampaignError
-from engine.manual import enrol_contact, unenrol_contact
+from engine.manual import ErasedContact, enrol_contact, unenrol_contact
 from ground.send_states import EnrolmentStatus
 from ground.settings import Settings
 
@@ -182,7 +182,7 @@ def enrol(path: CampaignPath, body: EnrolIn, settings: Settings) -> EnrolmentOut
     campaign = find_campaign(path.slug)
     try:
         enrolment = enrol_contact(settings, body.contact_id, campaign.slug)
-    except CampaignError as exc:
+    except (CampaignError, ErasedContact) as exc:
         raise Problem(409, str(exc)) from None
     if enrolment is None:
         raise Problem(404, f"no contact {body.contact_id}")

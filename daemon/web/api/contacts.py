@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
+from daemon.web.api.campaigns import find_campaign
 from daemon.web.api.problems import Problem
 from daemon.web.api.registry import API
 from daemon.web.api.types import BodyIn, Out, Page, PageQuery, PathIn, QueryIn, UtcTime, page_of
@@ -185,6 +186,8 @@ def upsert(body: ContactUpsertIn, settings: Settings) -> UpsertOut:
     """Create or update a contact by its keys, exactly as a ``contact.upsert`` event does, and
     enrol it in ``campaign`` when given."""
     data = body.model_dump(exclude={"campaign", "after_erasure"}, exclude_none=True)
+    if body.campaign is not None:
+        find_campaign(body.campaign)  # 404 for an unknown one; a known one that takes no one is 409
     try:
         done = upsert_contact(settings, data, body.campaign, after_erasure=body.after_erasure)
     except InvalidContact as exc:
@@ -192,7 +195,7 @@ def upsert(body: ContactUpsertIn, settings: Settings) -> UpsertOut:
     except ErasedContact as exc:
         raise Problem(409, str(exc)) from None
     except CampaignError as exc:
-        raise Problem(404 if "unknown" in str(exc) else 409, str(exc)) from None
+        raise Problem(409, str(exc)) from None
     return UpsertOut(contact=contact_out(_contact(done.contact_id)), created=done.created,
                      conflicts=list(done.conflicts), notes=list(done.notes))
 

@@ -56,6 +56,7 @@ class Endpoint:
     takes_settings: bool
     response_model: type[pydantic.BaseModel] | None
     public: bool  # no bearer token needed (the OpenAPI document)
+    session: bool  # run in a database session (False: the handler opens its own, around a slow call)
 
     @property
     def operation_id(self) -> str:
@@ -71,7 +72,7 @@ class Api:
         self.endpoints: list[Endpoint] = []
 
     def route(self, method: str, path: str, *, tag: str, status: int = 200, errors: tuple[int, ...] = (),
-              public: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+              public: bool = False, session: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def register(func: Callable[..., Any]) -> Callable[..., Any]:
             hints = get_type_hints(func)
             names = set(inspect.signature(func).parameters)
@@ -84,7 +85,7 @@ class Api:
                 status=status if response is not type(None) else 204, errors=errors,
                 path_model=hints.get("path"), query_model=hints.get("query"), body_model=hints.get("body"),
                 takes_text="text" in names, takes_settings="settings" in names,
-                response_model=None if response is type(None) else response, public=public))
+                response_model=None if response is type(None) else response, public=public, session=session))
             return func
         return register
 
@@ -127,7 +128,7 @@ def _handler(endpoint: Endpoint) -> Callable[[web.Request], Any]:
             kwargs["text"] = await _text(request)
         if endpoint.takes_settings:
             kwargs["settings"] = request.app[SETTINGS]
-        result = await asyncio.to_thread(_call, endpoint.func, kwargs)
+        result = await asyncio.to_thread(_call, endpoint.func, kwargs, endpoint.session)
         if endpoint.response_model is None:
             return web.Response(status=204)
         return web.Response(status=endpoint.status, text=result.model_dump_json(), content_type="application/json")
@@ -147,8 +148,10 @@ def _matching(endpoint: Endpoint) -> str:
     return path
 
 
-def _call(func: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
+def _call(func: Callable[..., Any], kwargs: Mapping[str, Any], session: bool) -> Any:
     try:
+        if not session:
+            return func(**kwargs)
         with db_session():
             return func(**kwargs)
     except (peewee.OperationalError, peewee.InterfaceError) as exc:
@@ -172,6 +175,8 @@ def _json(text: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise Problem(400, f"the request body is not JSON: {exc}") from None
+    except RecursionError:  # ~1,000 nested arrays: no request of this API is that deep
+        raise Problem(400, "the request body is nested too deeply") from None
 
 
 def _validate(model: type[pydantic.BaseModel], data: Any, where: str, json_text: str | None = None) -> pydantic.BaseModel:

@@ -11,6 +11,7 @@ from daemon.web.api.campaigns import SLUG_PATTERN, find_campaign
 from daemon.web.api.problems import Problem
 from daemon.web.api.registry import API
 from daemon.web.api.types import BodyIn, Out, PathIn
+from db.database import db_session
 from db.models import Campaign, CampaignStep, Contact
 from engine.contacts import InvalidContact
 from engine.preview import NoSuchStep, Preview, preview, step_of
@@ -71,6 +72,8 @@ def _step_and_contact(path: StepPath, contact_id: int | None) -> tuple[Campaign,
         contact = Contact.get_or_none(Contact.id == contact_id)
         if contact is None:
             raise Problem(404, f"no contact {contact_id}")
+        if contact.erased_at is not None:
+            raise Problem(409, f"contact {contact_id} is erased: nothing is rendered for it")
     return campaign, step, contact
 
 
@@ -78,7 +81,7 @@ def _template_problem(exc: TemplateError) -> Problem:
     return Problem(422, f"the step does not render: {exc}", errors=[{"field": exc.field, "message": exc.problem}])
 
 
-@API.post("/campaigns/{slug}/steps/{position}/preview", tag="campaigns", errors=(404, 422))
+@API.post("/campaigns/{slug}/steps/{position}/preview", tag="campaigns", errors=(404, 409, 422))
 def preview_step(path: StepPath, body: PreviewIn, settings: Settings) -> PreviewOut:
     """The step rendered for a contact (or the sample contact: every field, and the attributes in
     use), without sending or saving anything; a template error is a 422 naming the field."""
@@ -89,12 +92,13 @@ def preview_step(path: StepPath, body: PreviewIn, settings: Settings) -> Preview
         raise _template_problem(exc) from None
 
 
-@API.post("/campaigns/{slug}/steps/{position}/test-send", tag="campaigns", errors=(404, 422))
+@API.post("/campaigns/{slug}/steps/{position}/test-send", tag="campaigns", errors=(404, 409, 422), session=False)
 def test_send_step(path: StepPath, body: TestSendIn, settings: Settings) -> TestSendOut:
     """Send the step to ``to`` through the channel's real provider, at once: no cap, no quiet
     hours, not counted in analytics. A provider's refusal is the answer's ``error`` (status
     ``failed``), not an HTTP error; a template error is a 422 and nothing is sent."""
-    campaign, step, contact = _step_and_contact(path, body.contact_id)
+    with db_session():  # not around the provider's call: send_test opens its own
+        campaign, step, contact = _step_and_contact(path, body.contact_id)
     try:
         sent = send_test(settings, campaign, step, body.to, contact)
     except TemplateError as exc:

@@ -9,7 +9,7 @@ from daemon.web.api.problems import Problem
 from daemon.web.api.registry import API
 from daemon.web.api.types import Out, Page, PageQuery, PathIn, UtcTime, page_of
 from db.models import Send, utcnow
-from engine.sends import requeue_failed
+from engine.sends import NotRequeued, requeue_failed
 from ground.channels import ChannelName
 from ground.send_states import SendStatus
 
@@ -63,12 +63,12 @@ class SendPath(PathIn):
 def requeue(path: SendPath) -> SendOut:
     """A failed send (retries exhausted, dead-lettered, or failed for good) back to the outbox,
     due now, with the same idempotency key: once its cause is mended (a provider's credentials).
-    409 for a send in any other status. Its message in the channel's ``.XQ`` queue is stale (the
+    409 for a send in any other status, one whose failure fell back to another channel, or one of
+    an archived campaign. Its message in the channel's ``.XQ`` queue is stale (the
     database is the truth): purge it in the management UI."""
-    send = Send.get_or_none(Send.id == path.id)
-    if send is None:
+    if not Send.select().where(Send.id == path.id).exists():
         raise Problem(404, f"no send {path.id}")
-    requeued = requeue_failed(send.id, utcnow())
-    if requeued is None:
-        raise Problem(409, f"send {path.id} is {send.status}; only a failed send is re-queued")
-    return SendOut.model_validate(requeued)
+    try:
+        return SendOut.model_validate(requeue_failed(path.id, utcnow()))
+    except NotRequeued as exc:
+        raise Problem(409, str(exc)) from None

@@ -71,7 +71,10 @@ async def login(request: web.Request) -> web.StreamResponse:
 @routes.post("/logout")
 async def logout(request: web.Request) -> web.StreamResponse:
     response = web.HTTPSeeOther("/login")
-    response.del_cookie(session.COOKIE, path="/")
+    # Only a request that carries the session ends it: the SameSite=Strict cookie is not sent by a
+    # form on another site, which could otherwise log the operator out
+    if session.signed_in(request):
+        response.del_cookie(session.COOKIE, path="/")
     raise response
 
 

@@ -48,6 +48,8 @@ def signed_in(request: web.Request) -> bool:
     if bearer.startswith("Bearer ") and token_matches(bearer.removeprefix("Bearer "), token):
         return True
     expires, _, signature = request.cookies.get(COOKIE, "").partition(".")
-    if not expires.isdigit() or int(expires) < time.time() or len(expires) > 12:
+    # ASCII digits, and few: "²" is a digit to isdigit() and not to int(); a 5,000-digit number
+    # is more than int() converts (both were 500s)
+    if not (0 < len(expires) <= 12 and expires.isascii() and expires.isdigit()) or int(expires) < time.time():
         return False
     return hmac.compare_digest(signature.encode("utf-8", "surrogateescape"), _signature(token, int(expires)).encode())
