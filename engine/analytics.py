@@ -30,6 +30,7 @@ import peewee
 from db.database import rows
 from db.models import Attribution, Campaign, CampaignStep, Enrolment, Send
 from ground.send_states import SendStatus
+from ground.vocabulary import EventType
 
 FINISHED = {SendStatus.SENT, SendStatus.FAILED, SendStatus.SKIPPED}
 
@@ -81,11 +82,11 @@ class Funnel:
             self.delivered += count
 
     def add_attributions(self, kind: str, contact_id: int | None, count: int, value: float | None) -> None:
-        if kind == "click":
+        if kind == EventType.CLICK:
             self.clicks += count
             if contact_id is not None:
                 self.clickers.add(contact_id)
-        elif kind == "conversion":
+        elif kind == EventType.CONVERSION:
             self.conversions += count
             self.revenue += value or 0.0
             if contact_id is not None:

@@ -19,6 +19,7 @@ import peewee
 from db.database import database, db_session
 from db.models import Campaign, CampaignStep
 from ground.metrics import CAMPAIGN_CLICKS, CAMPAIGN_CONVERSIONS, CAMPAIGN_REVENUE, CAMPAIGN_SENDS
+from ground.vocabulary import EventType
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def count_attributions(kind: str, items: Iterable[tuple[int | None, float | None
     for step_id, value in items:
         if step_id not in labels:
             continue
-        if kind == "click":
+        if kind == EventType.CLICK:
             CAMPAIGN_CLICKS.labels(*labels[step_id]).inc()
         else:
             CAMPAIGN_CONVERSIONS.labels(*labels[step_id]).inc()

@@ -287,7 +287,7 @@ def test_the_start_up_line_masks_the_password_of_every_broker_url(amqp_url: str,
     daemon = DaemonProcess(env, tmp_path)
     daemons.append(daemon)
     daemon.start()
-    started = [line for line in daemon.stderr().splitlines() if " started: side server" in line]
+    started = [line for line in daemon.stderr().splitlines() if " started: public listener on " in line]
     assert daemon.stop() == 0
     # Then the start-up line shows both brokers, each password masked, and no log line has either
     assert len(started) == 1
