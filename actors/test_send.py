@@ -39,8 +39,8 @@ def send_test(settings: Settings, campaign: Campaign, step: CampaignStep, to: st
     step's channel, and send it. Raises ``TemplateError`` (nothing sent) and ``InvalidContact``
     for an address that is none."""
     field = CHANNELS[step.channel].address_field
-    address = (normalise_email(to) if field == "email" else
-               normalise_phone(to, settings.default_region) if field == "phone" else to.strip())
+    normalise = {"email": normalise_email, "phone": lambda text: normalise_phone(text, settings.default_region)}
+    address = normalise.get(field, str.strip)(to)
     with db_session():  # the sample contact's attributes come from the database
         message = preview(step, contact, settings.public_url, overrides={field: address})
     key = f"{TEST_KEY_PREFIX}{uuid.uuid4().hex}"
