@@ -170,6 +170,7 @@ class Suppression(BaseModel):
 
     id = peewee.AutoField()
     contact = peewee.ForeignKeyField(Contact, backref="suppressions", on_delete="CASCADE")
+    contact_id: int
     channel = peewee.CharField(max_length=16, default="*")
     reason = peewee.CharField(max_length=32)
     created_at = peewee.DateTimeField(default=utcnow)

@@ -329,3 +329,23 @@ async def test_an_upsert_naming_a_paused_campaign_is_a_409_whatever_its_slug(api
                                                                          "campaign": "unknown-offer"})
     assert status == 409 and problem["detail"] == "campaign 'unknown-offer' is paused"
     assert (await call(api, "POST", "/api/v1/contacts", json={"email": "a@example.com", "campaign": "nope"}))[0] == 404
+
+
+async def test_a_page_of_contacts_or_campaigns_costs_the_same_queries_for_2_or_50(api, statements) -> None:  # type: ignore[no-untyped-def]
+    # a review of the change: each contact's suppressions (each campaign's steps) were a query of its own
+    from db.models import Campaign, CampaignStep, Suppression
+
+    for i in range(50):
+        contact = Contact.create(external_id=f"c{i}")
+        Suppression.create(contact=contact.id, channel="sms", reason="stop")
+        campaign = Campaign.create(slug=f"k{i}", name=f"K{i}")
+        CampaignStep.create(campaign=campaign.id, position=0, channel="sms", body="hi")
+
+    async def cost(path: str) -> int:
+        statements.count = 0
+        status, _, page = await call(api, "GET", path)
+        assert status == 200 and page["items"]
+        return statements.count
+
+    for resource in ("contacts", "campaigns"):
+        assert await cost(f"/api/v1/{resource}?limit=2") == await cost(f"/api/v1/{resource}?limit=50"), resource

@@ -57,7 +57,7 @@ def test_schemathesis_finds_no_5xx_no_schema_mismatch_and_only_problem_documents
     # When schemathesis runs every phase against the operators' listener
     run = subprocess.run([str(ST), "run", f"http://127.0.0.1:{daemon.admin_port}/api/v1/openapi.json", *CHECKS,
                           "-H", f"Authorization: Bearer {TOKEN}", "--max-examples", "40", "--no-color"],
-                         capture_output=True, text=True, timeout=600, check=False)
+                         capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)  # its .schemathesis/
     # Then it finds nothing, and the daemon logged no error while it tried
     assert run.returncode == 0, run.stdout[max(0, run.stdout.find("FAILURES")):][:8000]
     with urllib.request.urlopen(f"http://127.0.0.1:{daemon.admin_port}/api/v1/openapi.json", timeout=10) as response:

@@ -98,11 +98,19 @@ def _state(campaign: Campaign) -> str:
     return "running" if campaign.active else "inactive"
 
 
+def campaigns_out(campaigns: list[Campaign]) -> list[CampaignOut]:
+    """The campaigns with their steps: one query for the steps of all of them."""
+    steps: dict[int, list[StepOut]] = {c.id: [] for c in campaigns}
+    if campaigns:
+        for step in (CampaignStep.select().where(CampaignStep.campaign.in_(list(steps)))
+                     .order_by(CampaignStep.campaign, CampaignStep.position)):
+            steps[step.campaign_id].append(StepOut.model_validate(step))
+    return [CampaignOut.model_validate({**c.__data__, "state": _state(c), "exit_on": c.exit_on or [],
+                                        "limits": c.limits or {}, "steps": steps[c.id]}) for c in campaigns]
+
+
 def campaign_out(campaign: Campaign) -> CampaignOut:
-    steps = CampaignStep.select().where(CampaignStep.campaign == campaign.id).order_by(CampaignStep.position)
-    return CampaignOut.model_validate({**campaign.__data__, "state": _state(campaign), "exit_on": campaign.exit_on or [],
-                                       "limits": campaign.limits or {},
-                                       "steps": [StepOut.model_validate(s) for s in steps]})
+    return campaigns_out([campaign])[0]
 
 
 def find_campaign(slug: str) -> Campaign:
@@ -118,7 +126,7 @@ def list_campaigns(query: CampaignList) -> Page[CampaignOut]:
     the archived ones."""
     select = Campaign.select().where(Campaign.archived_at.is_null(not query.archived))
     found, cursor = page_of(select, Campaign.id, query)
-    return Page[CampaignOut](items=[campaign_out(c) for c in found], next_cursor=cursor)
+    return Page[CampaignOut](items=campaigns_out(found), next_cursor=cursor)
 
 
 @API.get("/campaigns/{slug}", tag="campaigns")

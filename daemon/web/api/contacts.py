@@ -119,11 +119,19 @@ class HistoryOut(Out):
     sends: list[dict[str, Any]]
 
 
+def contacts_out(contacts: list[Contact]) -> list[ContactOut]:
+    """The contacts with their suppressions: one query for the suppressions of all of them."""
+    suppressions: dict[int, list[SuppressionOut]] = {c.id: [] for c in contacts}
+    if contacts:
+        for row in (Suppression.select().where(Suppression.contact.in_(list(suppressions)))
+                    .order_by(Suppression.id)):
+            suppressions[row.contact_id].append(SuppressionOut.model_validate(row))
+    return [ContactOut.model_validate({**c.__data__, "attributes": c.attributes or {}, "consent": c.consent or {},
+                                       "suppressions": suppressions[c.id]}) for c in contacts]
+
+
 def contact_out(contact: Contact) -> ContactOut:
-    suppressions = list(Suppression.select().where(Suppression.contact == contact.id).order_by(Suppression.id))
-    return ContactOut.model_validate({**contact.__data__, "attributes": contact.attributes or {},
-                                      "consent": contact.consent or {},
-                                      "suppressions": [SuppressionOut.model_validate(s) for s in suppressions]})
+    return contacts_out([contact])[0]
 
 
 def _contact(contact_id: int) -> Contact:
@@ -156,7 +164,7 @@ def search_contacts(query: ContactSearch, settings: Settings) -> Page[ContactOut
         select = select.where(Contact.email.startswith(q.lower()) | Contact.name.startswith(q)
                               | Contact.external_id.startswith(q))
     found, cursor = page_of(select, Contact.id, query)
-    return Page[ContactOut](items=[contact_out(c) for c in found], next_cursor=cursor)
+    return Page[ContactOut](items=contacts_out(found), next_cursor=cursor)
 
 
 @API.get("/contacts/history", tag="contacts", errors=(404,))
