@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import peewee
 from aiohttp import web
 
 from daemon.web.console import session, views
@@ -37,12 +38,19 @@ def _page(template: str, status: int = 200, **context: Any) -> web.Response:
 
 
 def signed_in_only(handler: Page) -> Page:
+    """The page for a signed-in operator; the database away is a 503 page (the console is read
+    from it), not a traceback."""
     async def guarded(request: web.Request) -> web.StreamResponse:
         if not request.app[SETTINGS].admin_token:
             return _page("off.html", status=401)
         if not session.signed_in(request):
             raise web.HTTPSeeOther("/login")
-        return await handler(request)
+        try:
+            return await handler(request)
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            response = _page("unavailable.html", status=503, problem=type(exc).__name__)
+            response.headers["Retry-After"] = "5"
+            return response
     return guarded
 
 
