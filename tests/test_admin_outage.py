@@ -8,9 +8,7 @@ import pytest
 
 from daemon.web.app import build_admin_app
 from db.database import close_database, init_database
-from db.migrate import migrate
-from ops.harness.tcp_proxy import TcpProxy
-from tests.support.services import POSTGRES
+from tests.support.outage import proxied_postgres
 from tests.support.settings import make_settings
 
 TOKEN = "admin-token-0123456789abcdef"
@@ -19,12 +17,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.mark.postgres
 async def test_a_database_outage_is_a_503_then_the_api_and_console_answer_again(aiohttp_client, pg_url: str) -> None:  # type: ignore[no-untyped-def]
-    init_database(pg_url)
-    migrate()
-    close_database()
-    proxy = TcpProxy(POSTGRES)
-    try:
-        proxied = pg_url.replace(f"{POSTGRES[0]}:{POSTGRES[1]}", proxy.url_host_port())
+    with proxied_postgres(pg_url) as (proxied, proxy):
         settings = make_settings(DATABASE_URL=proxied, ADMIN_TOKEN=TOKEN, DB_TIMEOUT_S="2")
         init_database(proxied)
         client = await aiohttp_client(build_admin_app(settings))
@@ -44,6 +37,4 @@ async def test_a_database_outage_is_a_503_then_the_api_and_console_answer_again(
             assert response.status == 200
         async with client.get("/", headers=AUTH) as response:
             assert response.status == 200
-    finally:
         close_database()
-        proxy.close()

@@ -19,9 +19,10 @@ from db.migrate import migrate
 from db.models import Send
 from ops.harness.daemon import DaemonProcess, base_env, cli, free_port
 from ops.harness.tcp_proxy import TcpProxy
+from tests.support.outage import proxied_postgres
 from tests.support.rabbitmq import amqp_url_for, rabbitmq_queue_depths
 from tests.support.sends import console_keys, plan_sends, status_counts
-from tests.support.services import POSTGRES, RABBITMQ
+from tests.support.services import RABBITMQ
 from tests.support.waiting import wait_until
 
 
@@ -140,12 +141,7 @@ def test_readiness_follows_rabbitmq_through_an_outage_without_a_restart(
 @pytest.mark.slow
 def test_readiness_follows_postgresql_through_an_outage(
         pg_url: str, amqp_url: str, tmp_path: Path, daemons: list) -> None:
-    init_database(pg_url)
-    migrate()
-    close_database()
-    proxy = TcpProxy(POSTGRES)
-    try:
-        proxied = pg_url.replace(f"{POSTGRES[0]}:{POSTGRES[1]}", proxy.url_host_port())
+    with proxied_postgres(pg_url) as (proxied, proxy):
         daemon = DaemonProcess(base_env(DATABASE_URL=proxied, BROKER_URL=amqp_url, DB_TIMEOUT_S="2"),
                                tmp_path, "--processes", "1")
         daemons.append(daemon)
@@ -157,8 +153,6 @@ def test_readiness_follows_postgresql_through_an_outage(
         proxy.restore()
         daemon.wait_for("/health/ready", 200, 30)
         assert daemon.stop() == 0
-    finally:
-        proxy.close()
 
 
 def test_embedded_defaults_run_from_an_empty_directory(tmp_path: Path, daemons: list) -> None:

@@ -17,9 +17,10 @@ from ground.outage_log import CollapseRepeats, Family, OutageLog
 from ops.harness.daemon import DaemonProcess, base_env
 from ops.harness.signing import STANDARD_SECRET
 from ops.harness.tcp_proxy import TcpProxy
+from tests.support.outage import proxied_postgres
 from tests.support.rabbitmq import amqp_url_for
 from tests.support.sends import plan_sends, status_counts
-from tests.support.services import POSTGRES, RABBITMQ
+from tests.support.services import RABBITMQ
 from tests.support.waiting import wait_until
 from tests.support.webhooks import fire
 
@@ -73,13 +74,8 @@ def test_a_broker_outage_is_logged_once_not_once_per_attempt(
 @pytest.mark.slow
 def test_a_database_outage_is_logged_once_not_once_per_tick_or_batch(
         pg_url: str, amqp_url: str, tmp_path: Path, daemons: list) -> None:
-    init_database(pg_url)
-    migrate()
-    close_database()
-    proxy = TcpProxy(POSTGRES)
-    try:
+    with proxied_postgres(pg_url) as (proxied, proxy):
         # Given a daemon whose PostgreSQL is behind a proxy the test controls
-        proxied = pg_url.replace(f"{POSTGRES[0]}:{POSTGRES[1]}", proxy.url_host_port())
         env = base_env(DATABASE_URL=proxied, BROKER_URL=amqp_url, DB_TIMEOUT_S="2",
                        SOURCE_APP_SECRET=STANDARD_SECRET)
         daemon = DaemonProcess(env, tmp_path, "--processes", "1")
@@ -106,9 +102,6 @@ def test_a_database_outage_is_logged_once_not_once_per_tick_or_batch(
         # ...and one line says when the database is back
         wait_until(lambda: "scheduler tick recovered after" in daemon.stderr()[before:], 30, "the recovery line")
         assert daemon.stop() == 0
-    finally:
-        proxy.close()
-
 
 class Clock:
     def __init__(self) -> None:
