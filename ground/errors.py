@@ -34,6 +34,15 @@ class UnbuildableMessage(PermanentChannelError):
     never its content."""
 
 
+class DevicesGone(PermanentChannelError):
+    """Every device address of a push send is gone (unregistered, a bad token): nothing to retry;
+    ``devices`` are removed from the contact."""
+
+    def __init__(self, message: str, devices: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.devices = devices
+
+
 class InvalidSignature(RetentiondError):
     """A webhook's signature, token or timestamp did not verify."""
 

@@ -12,6 +12,7 @@ delivered: a message sent twice) and ``by_channel``; ``POST /stats/reset`` zeroe
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import json
 import logging
@@ -27,8 +28,12 @@ from aiohttp import web
 logger = logging.getLogger(__name__)
 
 
+MESSAGES_KEPT = 10_000  # GET /messages keeps the last ones (a bench sends far more)
+
+
 class Deliveries:
-    """What arrived, by idempotency key; kept in memory."""
+    """What arrived, by idempotency key, and the last MESSAGES_KEPT messages with their contents;
+    kept in memory."""
 
     def __init__(self) -> None:
         self.reset()
@@ -38,14 +43,18 @@ class Deliveries:
         self.duplicates = 0
         self.by_channel: Counter[str] = Counter()
         self.seen: set[str] = set()
+        self.messages: collections.deque[dict[str, Any]] = collections.deque(maxlen=MESSAGES_KEPT)
 
-    def record(self, channel: str, key: str | None) -> None:
+    def record(self, channel: str, key: str | None, message: Mapping[str, Any] | None = None) -> None:
+        """Count one delivery; ``message`` (what the provider call carried: to, subject, text,
+        html, headers...) is kept for ``GET /messages`` with the channel and key added."""
         self.received += 1
         self.by_channel[channel] += 1
         if key:
             if key in self.seen:
                 self.duplicates += 1
             self.seen.add(key)
+        self.messages.append({"channel": channel, "idempotency_key": key, **(message or {})})
 
     def as_dict(self) -> dict[str, Any]:
         return {"received": self.received, "duplicates": self.duplicates, "by_channel": dict(self.by_channel)}
@@ -152,6 +161,12 @@ class Simulator:
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.deliveries.as_dict())
 
+    async def messages(self, request: web.Request) -> web.Response:
+        """The messages kept, oldest first; ``?channel=`` and ``?to=`` filter them."""
+        wanted = {k: request.query[k] for k in ("channel", "to") if k in request.query}
+        found = [m for m in self.deliveries.messages if all(m.get(k) == v for k, v in wanted.items())]
+        return web.json_response({"messages": found})
+
     async def reset(self, request: web.Request) -> web.Response:
         self.deliveries.reset()
         return web.json_response(self.deliveries.as_dict())
@@ -180,6 +195,7 @@ def build_simulator_app(latency_ms: float = 0, error_rate: float = 0, rate_429: 
         for path, handler in routes:
             app.router.add_post(path, functools.partial(handler, sim))
     app.router.add_get("/stats", sim.stats)
+    app.router.add_get("/messages", sim.messages)
     app.router.add_post("/stats/reset", sim.reset)
     app[SIMULATOR] = sim
     return app

@@ -19,8 +19,13 @@ class OutboundMessage:
     idempotency_key: str
     recipient: str | None
     subject: str | None
-    body: str | None
+    body: str | None  # the text: an SMS, an email's text part, what a call says, a push's body
     headers: dict[str, str] = field(default_factory=dict)
+    # The rich part, when the step has one: an email's HTML part, a call's TwiML document.
+    markup: str | None = None
+    # A push send's device addresses, by platform ("fcm", "apns" tokens; "ntfy" topic), read from
+    # the contact's attributes when the send is checked (engine/devices.py).
+    devices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def has_line_break(text: str) -> bool:
@@ -49,6 +54,9 @@ def refuse_header_line_breaks(message: OutboundMessage, provider: str) -> None:
 class ProviderResult:
     provider_message_id: str | None = None
     provider: str | None = None  # set by a wrapper that chose among providers (failover)
+    # device addresses the push service says are gone (FCM UNREGISTERED, APNs 410): the engine
+    # removes them from the contact, with a decision
+    invalid_devices: tuple[str, ...] = ()
 
 
 class Provider(Protocol):
