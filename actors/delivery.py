@@ -205,7 +205,8 @@ class ChannelSender:
 
     def _message(self, s: ClaimedSend, headers: dict[str, str]) -> OutboundMessage:
         return OutboundMessage(send_id=s.id, channel=self.channel, idempotency_key=s.idempotency_key,
-                               recipient=s.recipient, subject=s.subject, body=s.body, headers=headers)
+                               recipient=s.recipient, subject=s.subject, body=s.body, headers=headers,
+                               markup=s.markup)
 
     # -- deliver ----------------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ def send_test(settings: Settings, campaign: Campaign, step: CampaignStep, to: st
     key = f"{TEST_KEY_PREFIX}{uuid.uuid4().hex}"
     provider = channel_provider(settings, step.channel)
     outbound = OutboundMessage(send_id=0, channel=step.channel, idempotency_key=key, recipient=message.recipient,
-                               subject=message.subject, body=message.body,
+                               subject=message.subject, body=message.body, markup=message.html,
                                headers={"X-Retentiond-Test": "true"})
     # no database connection held while the provider answers (up to its timeout, and a failover's)
     result, error = asyncio.run(_send(provider, outbound))

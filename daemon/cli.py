@@ -285,7 +285,7 @@ def cmd_campaign_apply(settings: Settings, args: argparse.Namespace) -> int:
     from engine.campaigns import CampaignFileError, apply_campaigns, load_campaign_file, template_warnings
 
     try:  # before the database: a file can be checked where no database is reachable
-        specs = [load_campaign_file(path) for path in args.files]
+        specs = [load_campaign_file(path, settings.layouts_dir) for path in args.files]
     except CampaignFileError as exc:
         raise CliError(str(exc), RET_CONFIG) from exc
     need_database(settings)
@@ -460,7 +460,7 @@ def cmd_preview(settings: Settings, args: argparse.Namespace) -> int:
         raise CliError(f"step {args.step} does not render: {exc}", RET_REJECTED) from exc
     if args.json:
         print(json.dumps({"channel": shown.channel, "recipient": shown.recipient, "subject": shown.subject,
-                          "body": shown.body, "links": [{"url": u, "tracked": t} for u, t in shown.links]}, indent=2))
+                          "body": shown.body, "html": shown.html, "links": [{"url": u, "tracked": t} for u, t in shown.links]}, indent=2))
     else:
         print_message(shown)
     return RET_OK

@@ -61,5 +61,8 @@ def print_message(message: Preview, console: Console | None = None) -> None:
         console.print(f"subject: {message.subject}", markup=False)
     console.print("", markup=False)
     console.print(message.body, markup=False)
+    if message.html is not None:
+        console.rule("html part")
+        console.print(message.html, markup=False)
     for url, tracked in message.links:
         console.print(f"link: {tracked} -> {url}", markup=False)

@@ -70,8 +70,12 @@ class CampaignStep(BaseModel):
     channel = peewee.CharField(max_length=16)
     delay_s = peewee.IntegerField(default=0)
     subject = peewee.TextField(null=True)
-    body = peewee.TextField()
+    body = peewee.TextField(null=True)  # None: an email whose text part is made from its html
     fallback_channel = peewee.CharField(max_length=16, null=True)
+    html = peewee.TextField(null=True)  # an email's HTML part (a template)
+    layout = peewee.CharField(max_length=64, null=True)  # the layout's name, and its source as applied
+    layout_html = peewee.TextField(null=True)
+    voice = JSONTextField(default=dict)  # a call's options: play, optout_digit, optout_prompt
 
     class Meta:
         indexes = ((("campaign", "position"), True),)
@@ -117,6 +121,7 @@ class Send(BaseModel):
     recipient = peewee.CharField(max_length=320, null=True)
     subject = peewee.TextField(null=True)
     body = peewee.TextField(null=True)
+    markup = peewee.TextField(null=True)  # the rich part: an email's HTML, a call's TwiML (ground/channels.py)
     attempts = peewee.IntegerField(default=0)
     deferrals = peewee.IntegerField(default=0)  # quiet hours, 429s: waits that spent no attempt
     fallback_of = peewee.ForeignKeyField("self", null=True, backref="fallbacks", on_delete="SET NULL")

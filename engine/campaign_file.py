@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from engine.durations import DurationError, parse_duration
+from engine.layouts import LayoutError, read_layout
 from engine.templates import TemplateError, compile_check
 from ground.channels import CHANNELS
 from ground.errors import RetentiondError
@@ -34,7 +35,9 @@ _TIME_RE = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 
 _TOP_KEYS = ("slug", "name", "trigger", "exit_on", "steps", "limits", "quiet_hours", "active")
 _REQUIRED_TOP = ("slug", "name", "trigger", "steps")
-_STEP_KEYS = ("channel", "delay", "subject", "body", "fallback")
+_STEP_KEYS = ("channel", "delay", "subject", "body", "html", "layout", "voice", "fallback")
+_VOICE_KEYS = ("play", "optout_digit", "optout_prompt")
+_DIGITS = frozenset("0123456789*#")
 _LIMIT_KEYS = ("weekly_cap", "cooldown")
 _QUIET_KEYS = ("start", "end")
 _TRIGGER_KEYS = ("event",)
@@ -89,9 +92,13 @@ class StepSpec:
 
     channel: str
     delay_s: int
-    body: str
+    body: str | None  # None only for an email step with html: the text part is made from it
     subject: str | None = None
     fallback_channel: str | None = None
+    html: str | None = None  # an email's HTML part (a template, autoescaped)
+    layout: str | None = None  # the layout's name, and its source as read at apply (engine/layouts.py)
+    layout_html: str | None = None
+    voice: Mapping[str, str] = field(default_factory=dict)  # a call's options (engine/voice.py)
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,7 @@ class CampaignSpec:
     source: str = ""  # the file it came from, for messages
 
 
-def load_campaign_file(path: str | os.PathLike[str]) -> CampaignSpec:
+def load_campaign_file(path: str | os.PathLike[str], layouts_dir: str | None = None) -> CampaignSpec:
     """Read and validate one campaign file; raise CampaignFileError listing every problem."""
     name = os.fspath(path)
     try:
@@ -120,11 +127,12 @@ def load_campaign_file(path: str | os.PathLike[str]) -> CampaignSpec:
         raise CampaignFileError([f"{name}: not UTF-8 text"]) from None
     if len(text) > MAX_FILE_CHARS:
         raise CampaignFileError([f"{name}: larger than {MAX_FILE_CHARS} characters: not a campaign file"])
-    return parse_campaign_text(text, name)
+    return parse_campaign_text(text, name, layouts_dir)
 
 
-def parse_campaign_text(text: str, source: str) -> CampaignSpec:
-    """Validate the YAML text of a campaign; ``source`` names it in messages."""
+def parse_campaign_text(text: str, source: str, layouts_dir: str | None = None) -> CampaignSpec:
+    """Validate the YAML text of a campaign; ``source`` names it in messages; the layouts its
+    email steps name are read from ``layouts_dir`` (RETENTIOND_LAYOUTS_DIR)."""
     try:
         document = yaml.load(text, Loader=_CampaignLoader)  # noqa: S506 (a SafeLoader, minus aliases)
     except RecursionError:  # thousands of nested lists: no campaign file is that deep
@@ -134,7 +142,7 @@ def parse_campaign_text(text: str, source: str) -> CampaignSpec:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise CampaignFileError([f"{source}: {where}invalid YAML: {problem}"]) from None
-    return _Validator(source).campaign(document)
+    return _Validator(source, layouts_dir).campaign(document)
 
 
 def _did_you_mean(key: object, allowed: tuple[str, ...]) -> str:
@@ -146,8 +154,9 @@ def _did_you_mean(key: object, allowed: tuple[str, ...]) -> str:
 class _Validator:
     """Walks one document and collects every problem instead of stopping at the first."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, layouts_dir: str | None = None) -> None:
         self.source = source
+        self.layouts_dir = layouts_dir
         self.errors: list[str] = []
 
     def error(self, where: str, problem: str) -> None:
@@ -179,11 +188,11 @@ class _Validator:
             return None
         return value
 
-    def template(self, value: object, where: str) -> str | None:
+    def template(self, value: object, where: str, html: bool = False) -> str | None:
         source = self.text(value, where)
         if source is not None:
             try:
-                compile_check(source, where)
+                compile_check(source, where, html=html)
             except TemplateError as exc:
                 self.error(where, exc.problem)
                 return None
@@ -257,10 +266,11 @@ class _Validator:
         return tuple(step for index, raw in enumerate(value) if (step := self.step(raw, f"steps[{index}]")))
 
     def step(self, value: object, where: str) -> StepSpec | None:
-        raw = self.mapping(value, where, _STEP_KEYS, ("channel", "delay", "body"))
+        raw = self.mapping(value, where, _STEP_KEYS, ("channel", "delay"))
         if raw is None:
             return None
         channel = raw.get("channel")
+        markup = CHANNELS[channel].markup if isinstance(channel, str) and channel in CHANNELS else None
         if channel is not None and channel not in CHANNELS:
             self.error(f"{where}.channel", f"unknown channel {_show(channel)} (one of {', '.join(CHANNELS)})")
         delay_s = None
@@ -270,6 +280,10 @@ class _Validator:
             except DurationError as exc:
                 self.error(f"{where}.delay", str(exc))
         body = self.template(raw["body"], f"{where}.body") if raw.get("body") is not None else None
+        html, layout, layout_html = self.html_part(raw, where, markup)
+        if raw.get("body") is None and html is None:
+            self.error(f"{where}.body", "required" + (" (or html)" if markup == "html" else ""))
+        voice = self.voice(raw["voice"], f"{where}.voice", markup) if raw.get("voice") is not None else {}
         subject = None
         if raw.get("subject") is not None:
             subject = self.template(raw["subject"], f"{where}.subject")
@@ -281,10 +295,62 @@ class _Validator:
                 self.error(f"{where}.fallback", f"unknown channel {_show(fallback)} (one of {', '.join(CHANNELS)})")
             elif fallback == channel:
                 self.error(f"{where}.fallback", f"must differ from the step's channel {_show(channel)}")
-        if not isinstance(channel, str) or channel not in CHANNELS or delay_s is None or body is None:
+        if not isinstance(channel, str) or channel not in CHANNELS or delay_s is None or (body is None and html is None):
             return None
         return StepSpec(channel=channel, delay_s=delay_s, body=body, subject=subject,
-                        fallback_channel=fallback)
+                        fallback_channel=fallback, html=html, layout=layout, layout_html=layout_html, voice=voice)
+
+    def html_part(self, raw: Mapping[str, Any], where: str, markup: str | None) -> tuple[str | None, ...]:
+        """(html, layout name, layout source) of an email step."""
+        if raw.get("html") is None:
+            if raw.get("layout") is not None:
+                self.error(f"{where}.layout", "a layout frames the step's html: give html too")
+            return None, None, None
+        if markup != "html":
+            self.error(f"{where}.html", f"only an email step has an HTML part (this is {_show(raw.get('channel'))})")
+            return None, None, None
+        html = self.template(raw["html"], f"{where}.html", html=True)
+        name = raw.get("layout")
+        if name is None:
+            return html, None, None
+        if self.layouts_dir is None:
+            self.error(f"{where}.layout", "layouts are not available here (RETENTIOND_LAYOUTS_DIR)")
+            return html, None, None
+        try:
+            return html, str(name), read_layout(self.layouts_dir, name)
+        except LayoutError as exc:
+            self.error(f"{where}.layout", str(exc))
+            return html, None, None
+
+    def voice(self, value: object, where: str, markup: str | None) -> dict[str, str]:
+        if markup != "twiml":
+            self.error(where, "only a call step has voice options")
+            return {}
+        raw = self.mapping(value, where, _VOICE_KEYS)
+        if raw is None:
+            return {}
+        options: dict[str, str] = {}
+        play = raw.get("play")
+        if play is not None:
+            if not isinstance(play, str) or not re.fullmatch(r"https?://\S+", play) or len(play) > 2000:
+                self.error(f"{where}.play", "expected the http(s) URL of an audio file")
+            else:
+                options["play"] = play
+        digit = raw.get("optout_digit")
+        if digit is not None:
+            digit = str(digit) if isinstance(digit, int) and not isinstance(digit, bool) else digit
+            if not isinstance(digit, str) or digit not in _DIGITS:
+                self.error(f"{where}.optout_digit", "expected one key: 0-9, * or #")
+            else:
+                options["optout_digit"] = digit
+        prompt = raw.get("optout_prompt")
+        if prompt is not None:
+            text = self.text(prompt, f"{where}.optout_prompt")
+            if text is not None:
+                options["optout_prompt"] = text
+        if "optout_prompt" in options and "optout_digit" not in options:
+            self.error(f"{where}.optout_prompt", "give optout_digit too")
+        return options
 
     def limits(self, value: object, quiet: object, quiet_given: bool) -> dict[str, Any]:
         limits: dict[str, Any] = {}

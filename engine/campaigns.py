@@ -31,7 +31,7 @@ __all__ = [
     "load_campaign_file", "parse_campaign_text", "template_warnings",
 ]
 
-_STEP_FIELDS = ("channel", "delay_s", "subject", "body", "fallback_channel")
+_STEP_FIELDS = ("channel", "delay_s", "subject", "body", "fallback_channel", "html", "layout", "layout_html", "voice")
 SAMPLE_CONTACTS = 10_000  # the newest contacts whose attribute keys count as "in use"
 _SAMPLE_PUBLIC_URL = "https://sample.invalid"  # link() needs a base; nothing is stored or sent
 
@@ -107,6 +107,10 @@ def _step_row(campaign_id: int, position: int, step: StepSpec) -> dict[str, Any]
         "subject": step.subject,
         "body": step.body,
         "fallback_channel": step.fallback_channel,
+        "html": step.html,
+        "layout": step.layout,
+        "layout_html": step.layout_html,
+        "voice": dict(step.voice),
     }
 
 
@@ -176,13 +180,15 @@ def template_warnings(specs: Iterable[CampaignSpec]) -> list[str]:
     warnings = []
     for spec in specs:
         for index, step in enumerate(spec.steps):
-            # Subject and body separately, so a broken subject does not hide a broken body.
-            for field, source in (("subject", step.subject), ("body", step.body)):
+            # Each part separately, so a broken subject does not hide a broken body.
+            for field, source in (("subject", step.subject), ("body", step.body), ("html", step.html)):
                 if source is None:
                     continue
                 # A subject renders as a subject: its own bound (998 characters) applies.
                 job = RenderJob(contact=sample, subject=source if field == "subject" else None,
-                                body=source if field == "body" else "", channel=step.channel)
+                                body=source if field == "body" else "", channel=step.channel,
+                                html=source if field == "html" else None,
+                                layout=step.layout_html if field == "html" else None)
                 try:
                     render(job, _SAMPLE_PUBLIC_URL)
                 except TemplateError as exc:

@@ -53,7 +53,7 @@ from ground.send_states import Outcome
 logger = logging.getLogger(__name__)
 
 SUFFIX = ".journal"
-_PRIVATE_FIELDS = ("recipient", "subject", "body")  # never written to the journal
+_PRIVATE_FIELDS = ("recipient", "subject", "body", "markup")  # never written to the journal
 _SEND_TIMES = ("due_at", "queued_at", "claimed_at")
 _RESULT_TIMES = ("until", "finished_at")
 

@@ -44,6 +44,7 @@ class ClaimedSend:
     due_at: dt.datetime
     queued_at: dt.datetime | None
     claimed_at: dt.datetime | None
+    markup: str | None = None  # an email's HTML, a call's TwiML (never journaled, like the text)
 
 
 @dataclass(frozen=True)

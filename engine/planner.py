@@ -22,7 +22,7 @@ import peewee
 
 from db.database import database, db_session, is_postgres, rows
 from db.models import CampaignStep, Contact, Enrolment
-from engine import sends
+from engine import sends, voice
 from engine.campaign_metrics import count_sends
 from engine.links import save_links
 from engine.templates import Rendered, RenderJob, TemplateError, render_batch
@@ -136,8 +136,9 @@ def _plan_batch(settings: Settings, claimed: Sequence[tuple[Any, ...]], now: dt.
         return []
 
     rendered = render_batch([RenderJob(contact=contact_fields(contact), subject=step.subject, body=step.body,
-                                       channel=step.channel) for _, contact, step in work], settings.public_url)
-    new = [_new_send(enrolment_id, contact, step, output)
+                                       channel=step.channel, html=step.html, layout=step.layout_html)
+                             for _, contact, step in work], settings.public_url)
+    new = [_new_send(settings, enrolment_id, contact, step, output)
            for (enrolment_id, contact, step), output in zip(work, rendered, strict=True)]
     ids = sends.plan(new, now)
 
@@ -154,11 +155,18 @@ def _plan_batch(settings: Settings, claimed: Sequence[tuple[Any, ...]], now: dt.
     return new
 
 
-def _new_send(enrolment_id: int, contact: Contact, step: CampaignStep, output: Rendered | TemplateError) -> sends.NewSend:
+def _new_send(settings: Settings, enrolment_id: int, contact: Contact, step: CampaignStep,
+              output: Rendered | TemplateError) -> sends.NewSend:
     common: dict[str, Any] = {
         "idempotency_key": f"e{enrolment_id}.{step.position}", "channel": step.channel, "contact_id": contact.id,
         "campaign_id": step.campaign_id, "step_id": step.id, "enrolment_id": enrolment_id,
         "recipient": getattr(contact, CHANNELS[step.channel].address_field)}
+    markup = output.html if not isinstance(output, TemplateError) else None
+    if not isinstance(output, TemplateError) and CHANNELS[step.channel].markup == "twiml":
+        try:
+            markup = voice.twiml(output.body, step.voice or {}, settings)
+        except TemplateError as exc:
+            output = exc
     if isinstance(output, TemplateError):
         return sends.NewSend(**common, failure="template error", error=str(output))
-    return sends.NewSend(**common, subject=output.subject, body=output.body)
+    return sends.NewSend(**common, subject=output.subject, body=output.body, markup=markup)

@@ -24,8 +24,9 @@ class Preview:
     channel: str
     recipient: str | None  # the contact's address on the step's channel
     subject: str | None
-    body: str
+    body: str  # the text (an email's text part, made from its HTML when the step gives none)
     links: tuple[tuple[str, str], ...]  # (the target URL, the tracked URL in the body)
+    html: str | None = None  # an email's HTML part, in its layout, CSS inlined
 
 
 def step_of(campaign: Campaign, position: int) -> CampaignStep:
@@ -42,8 +43,9 @@ def preview(step: CampaignStep, contact: Contact | None, public_url: str,
     and saved nowhere: they answer 404."""
     fields = contact_fields(contact) if contact is not None else sample_contact()
     fields = {**fields, **(overrides or {})}
-    rendered = render(RenderJob(contact=fields, subject=step.subject, body=step.body, channel=step.channel), public_url)
+    rendered = render(RenderJob(contact=fields, subject=step.subject, body=step.body, channel=step.channel,
+                                html=step.html, layout=step.layout_html), public_url)
     base = public_url.rstrip("/")
     return Preview(channel=step.channel, recipient=fields.get(CHANNELS[step.channel].address_field),
-                   subject=rendered.subject, body=rendered.body,
+                   subject=rendered.subject, body=rendered.body, html=rendered.html,
                    links=tuple((url, f"{base}/t/{token}") for token, url in rendered.links))

@@ -48,6 +48,7 @@ from engine.outcomes import (
     resolve_fallbacks,
     step_fallbacks,
 )
+from engine.templates import unsubscribe_placeholder
 from ground.channels import CHANNELS
 from ground.send_states import CLAIMABLE, EFFECTS, Decided, Outcome, SendStatus
 
@@ -70,6 +71,7 @@ class NewSend:
     recipient: str | None
     subject: str | None = None
     body: str | None = None
+    markup: str | None = None
     failure: str | None = None  # why it failed before any worker took it
     error: str | None = None  # the detail (the template's error)
 
@@ -85,7 +87,7 @@ def plan(new: Sequence[NewSend], now: dt.datetime) -> dict[str, int]:
         "campaign": n.campaign_id, "step": n.step_id, "enrolment": n.enrolment_id, "recipient": n.recipient,
         "due_at": now, "created_at": now,
         "status": SendStatus.FAILED if n.failure else SendStatus.PLANNED,
-        "subject": n.subject, "body": n.body,
+        "subject": n.subject, "body": n.body, "markup": n.markup,
         "error": (n.error or "")[:2000] if n.failure else None,
         "reason": n.failure, "finished_at": now if n.failure else None,
     } for n in new]).on_conflict_ignore().returning(Send.id, Send.idempotency_key))}
@@ -160,7 +162,7 @@ def unqueue(send_ids: Sequence[int]) -> int:
 
 # What a claim reads back, by ClaimedSend field (the channel is the claimer's).
 _CLAIMED = {"id": Send.id, "idempotency_key": Send.idempotency_key, "recipient": Send.recipient,
-            "subject": Send.subject, "body": Send.body, "contact_id": Send.contact, "campaign_id": Send.campaign,
+            "subject": Send.subject, "body": Send.body, "markup": Send.markup, "contact_id": Send.contact, "campaign_id": Send.campaign,
             "step_id": Send.step, "enrolment_id": Send.enrolment, "fallback_of_id": Send.fallback_of,
             "attempts": Send.attempts, "deferrals": Send.deferrals, "due_at": Send.due_at,
             "queued_at": Send.queued_at, "claimed_at": Send.claimed_at}
@@ -208,20 +210,32 @@ def prepare(claimed: Sequence[ClaimedSend], checks: SendChecks, public_url: str,
                                           fallback_of(s, fallbacks)) for s in claimed], now)
     held = [from_verdict(s, verdicts[s.id]) for s in claimed if verdicts[s.id].action != "send"]
     to_send = [s for s in claimed if verdicts[s.id].action == "send"]
-    headers = _unsubscribe_headers(to_send, public_url)
+    to_send, headers = _unsubscribe_links(to_send, public_url)
     return Prepared(to_send, headers, settle(held, now, claimant=claimant), fallbacks)
 
 
-def _unsubscribe_headers(to_send: Sequence[ClaimedSend], public_url: str) -> dict[int, dict[str, str]]:
-    """List-Unsubscribe and RFC 8058 one-click headers on campaign emails."""
-    campaign_emails = [s for s in to_send if CHANNELS[s.channel].list_unsubscribe and s.contact_id is not None
-                       and s.campaign_id is not None]
-    if not campaign_emails:
-        return {}
-    tokens = make_unsubscribe_tokens([(int(s.contact_id or 0), s.channel, s.id) for s in campaign_emails])
-    return {s.id: {"List-Unsubscribe": f"<{unsubscribe_url(public_url, token)}>",
-                   "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
-            for s, token in zip(campaign_emails, tokens, strict=True)}
+def _unsubscribe_links(to_send: Sequence[ClaimedSend], public_url: str) -> tuple[list[ClaimedSend],
+                                                                                 dict[int, dict[str, str]]]:
+    """One unsubscribe token per campaign send that needs one: the List-Unsubscribe and RFC 8058
+    one-click headers of a campaign email, and the ``{{ unsubscribe_url }}`` its text or HTML
+    holds as a placeholder since it was planned (engine/templates.py). Returns the sends with
+    their links in place, and the headers by send id."""
+    placeholder = unsubscribe_placeholder(public_url)
+    needing = {s.id for s in to_send if s.contact_id is not None and s.campaign_id is not None and (
+        CHANNELS[s.channel].list_unsubscribe or placeholder in (s.body or "") or placeholder in (s.markup or ""))}
+    if not needing:
+        return list(to_send), {}
+    items = [s for s in to_send if s.id in needing]
+    tokens = dict(zip((s.id for s in items),
+                      make_unsubscribe_tokens([(int(s.contact_id or 0), s.channel, s.id) for s in items]), strict=True))
+    headers = {s.id: {"List-Unsubscribe": f"<{unsubscribe_url(public_url, tokens[s.id])}>",
+                      "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+               for s in items if CHANNELS[s.channel].list_unsubscribe}
+    linked = [s if s.id not in tokens else replace(
+        s, body=s.body and s.body.replace(placeholder, unsubscribe_url(public_url, tokens[s.id])),
+        markup=s.markup and s.markup.replace(placeholder, unsubscribe_url(public_url, tokens[s.id])))
+        for s in to_send]
+    return linked, headers
 
 
 # -- settle ----------------------------------------------------------------------------------------

@@ -46,14 +46,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jinja2
+import markupsafe
 from jinja2 import meta, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from engine import email_parts
 from ground.errors import PermanentChannelError
 
 CONTACT_FIELDS = ("id", "external_id", "email", "phone", "name", "timezone", "attributes")
-TEMPLATE_NAMES = frozenset({"contact", "channel", "link"})
+TEMPLATE_NAMES = frozenset({"contact", "channel", "link", "unsubscribe_url"})
+LAYOUT_NAMES = frozenset({"content"})  # what a layout has beyond a step's names: the step's HTML
+# What ``unsubscribe_url`` renders to while planning: the send's own /u/<token> is made when the
+# send is checked (engine/sends.py, the same token as its List-Unsubscribe header) and put here.
+UNSUBSCRIBE_PLACEHOLDER = "_unsubscribe_"  # never a token: tokens are 24 characters
 TOKEN_BYTES = 18  # 144 bits, 24 URL-safe characters: unguessable, and fits TrackedLink.token
 _CACHE_SIZE = 2048
 # What str.splitlines() breaks on (and so what Python's email headers refuse), with the blanks around it.
@@ -83,21 +89,27 @@ class TemplateError(PermanentChannelError):
 
 @dataclass(frozen=True)
 class RenderJob:
-    """One message to render: the contact's fields and the step's template sources."""
+    """One message to render: the contact's fields and the step's template sources. An email step
+    may give ``html`` (and a ``layout`` around it); its ``body`` (the text part) may then be None:
+    it is made from the HTML."""
 
     contact: Mapping[str, object]
     subject: str | None
-    body: str
+    body: str | None
     channel: str
+    html: str | None = None
+    layout: str | None = None
 
 
 @dataclass(frozen=True)
 class Rendered:
-    """A rendered message and the tracked links it uses, as (token, target url) pairs."""
+    """A rendered message and the tracked links it uses, as (token, target url) pairs; ``html``
+    is the HTML part with its CSS inlined (engine/email_parts.py)."""
 
     subject: str | None
     body: str
     links: tuple[tuple[str, str], ...] = ()
+    html: str | None = None
 
 
 def _finalize(value: object) -> object:
@@ -268,14 +280,18 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         return "".join(parts)
 
 
-_ENV = _BoundedSandbox(
-    undefined=_Undefined,
-    autoescape=False,
-    finalize=_finalize,
-    keep_trailing_newline=True,
-)
-_ENV.globals["range"] = _bounded_range
-_ENV.filters.update({name: _bounded_filter(name, f) for name, f in _ENV.filters.items()})
+def _environment(autoescape: bool) -> _BoundedSandbox:
+    env = _BoundedSandbox(undefined=_Undefined, autoescape=autoescape, finalize=_finalize,
+                          keep_trailing_newline=True)
+    env.globals["range"] = _bounded_range
+    env.filters.update({name: _bounded_filter(name, f) for name, f in env.filters.items()})
+    return env
+
+
+_ENV = _environment(autoescape=False)  # text: an SMS, a subject, what a call says
+# HTML: every value a template prints is escaped (a contact called "<script>" stays text), except
+# what is marked safe (a layout's ``content``: the step's own HTML, escaped when it was rendered)
+_HTML_ENV = _environment(autoescape=True)
 _ALLOWED_NAMES = TEMPLATE_NAMES | frozenset(_ENV.globals)
 
 
@@ -334,10 +350,10 @@ def _contact_record(contact: Mapping[str, object]) -> _Record:
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
-def _compile(source: str) -> jinja2.Template | jinja2.TemplateSyntaxError:
+def _compile(source: str, html: bool = False) -> jinja2.Template | jinja2.TemplateSyntaxError:
     # A broken template is cached too: 50,000 renders of it should not parse it 50,000 times.
     try:
-        return _ENV.from_string(source)
+        return (_HTML_ENV if html else _ENV).from_string(source)
     except jinja2.TemplateSyntaxError as exc:
         return exc
 
@@ -351,15 +367,20 @@ def _syntax_problem(exc: jinja2.TemplateSyntaxError) -> str:
     return f"template syntax error at line {exc.lineno}: {exc.message}"
 
 
-def compile_check(source: str, field: str) -> None:
-    """Raise TemplateError if ``source`` does not compile or names a variable templates never have."""
-    compiled = _compile(source)
+def compile_check(source: str, field: str, html: bool = False, layout: bool = False) -> frozenset[str]:
+    """Raise TemplateError if ``source`` does not compile or names a variable templates never have
+    (a ``layout`` also has ``content``); returns the names it uses."""
+    compiled = _compile(source, html)
     if isinstance(compiled, jinja2.TemplateSyntaxError):
         raise TemplateError(field, _syntax_problem(compiled))
-    unknown = sorted(meta.find_undeclared_variables(_ENV.parse(source)) - _ALLOWED_NAMES)
+    used = frozenset(meta.find_undeclared_variables(_ENV.parse(source)))
+    allowed = _ALLOWED_NAMES | (LAYOUT_NAMES if layout else frozenset())
+    unknown = sorted(used - allowed)
     if unknown:
         names = ", ".join(repr(n) for n in unknown)
-        raise TemplateError(field, f"unknown variable {names} (templates have contact, channel, link)")
+        raise TemplateError(field, f"unknown variable {names} (templates have "
+                                   f"{', '.join(sorted(allowed - frozenset(_ENV.globals)))})")
+    return used
 
 
 class _Links:
@@ -382,8 +403,8 @@ class _Links:
         return f"{self.base}/t/{token}"
 
 
-def _render_one(source: str, field: str, context: dict[str, Any], limit: int) -> str:
-    compiled = _compile(source)
+def _render_one(source: str, field: str, context: dict[str, Any], limit: int, html: bool = False) -> str:
+    compiled = _compile(source, html)
     if isinstance(compiled, jinja2.TemplateSyntaxError):
         raise TemplateError(field, _syntax_problem(compiled))
     try:
@@ -409,6 +430,11 @@ def _render_one(source: str, field: str, context: dict[str, Any], limit: int) ->
         raise TemplateError(field, f"render failed: {type(exc).__name__}") from None
 
 
+def unsubscribe_placeholder(public_url: str) -> str:
+    """What ``{{ unsubscribe_url }}`` renders to until the send is checked (see UNSUBSCRIBE_PLACEHOLDER)."""
+    return f"{public_url.rstrip('/')}/u/{UNSUBSCRIBE_PLACEHOLDER}"
+
+
 def one_line(text: str) -> str:
     """Header text on one line: each run of line breaks becomes one space (none at either end)."""
     if not _LINE_BREAKS.search(text):
@@ -419,7 +445,8 @@ def one_line(text: str) -> str:
 def render(job: RenderJob, public_url: str) -> Rendered:
     """Render one message; raise TemplateError. Writes nothing: the caller saves ``links``."""
     links = _Links(public_url)
-    context = {"contact": _contact_record(job.contact), "channel": job.channel, "link": links.link}
+    context = {"contact": _contact_record(job.contact), "channel": job.channel, "link": links.link,
+               "unsubscribe_url": unsubscribe_placeholder(public_url)}
     subject = None
     if job.subject is not None:
         # Cut at the body's bound while rendering: line breaks are folded before the header's bound
@@ -427,8 +454,25 @@ def render(job: RenderJob, public_url: str) -> Rendered:
         if len(subject) > MAX_SUBJECT_CHARS:
             raise TemplateError("subject", f"renders longer than {MAX_SUBJECT_CHARS} characters "
                                            "(an email header line's limit)")
-    body = _render_one(job.body, "body", context, MAX_BODY_CHARS)
-    return Rendered(subject, body, tuple((token, url) for url, token in links.by_url.items()))
+    html = None
+    if job.html is not None:
+        html = _render_one(job.html, "html", context, MAX_BODY_CHARS, html=True)
+        if job.layout is not None:
+            html = _render_one(job.layout, "layout", {**context, "content": markupsafe.Markup(html)},
+                               MAX_BODY_CHARS, html=True)
+        try:
+            html = email_parts.inline_css(html)
+        except email_parts.EmailPartError as exc:
+            raise TemplateError("html", str(exc)) from None
+        if len(html) > MAX_BODY_CHARS:
+            raise TemplateError("html", f"renders longer than {MAX_BODY_CHARS} characters once its CSS is inlined")
+    if job.body is not None:
+        body = _render_one(job.body, "body", context, MAX_BODY_CHARS)
+    elif html is not None:
+        body = email_parts.text_from_html(html)
+    else:
+        raise TemplateError("body", "a message needs a body (or, for an email, html)")
+    return Rendered(subject, body, tuple((token, url) for url, token in links.by_url.items()), html)
 
 
 def render_batch(jobs: Iterable[RenderJob], public_url: str) -> list[Rendered | TemplateError]:

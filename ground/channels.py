@@ -38,6 +38,9 @@ class Channel:
     has_subject: bool = False  # a campaign step on it must give a subject (engine/campaign_file.py)
     # a campaign's message carries List-Unsubscribe and RFC 8058 one-click headers (engine/sends.py)
     list_unsubscribe: bool = False
+    # the rich part a step on it may have beside its text (Send.markup): an email's HTML, a
+    # call's TwiML (made from the step's ``voice`` options, engine/voice.py)
+    markup: str | None = None
 
     @property
     def queue_name(self) -> str:
@@ -64,8 +67,8 @@ class _ChannelTable(dict[str, Channel]):
 CHANNELS: Mapping[str, Channel] = _ChannelTable((c.name, c) for c in (
     Channel(ChannelName.SMS.value, address_field="phone", quiet_hours=True, default_rate="1/s"),
     Channel(ChannelName.EMAIL.value, address_field="email", quiet_hours=False, default_rate="10/s",
-            has_subject=True, list_unsubscribe=True),
-    Channel(ChannelName.CALL.value, address_field="phone", quiet_hours=True, default_rate="1/s"),
+            has_subject=True, list_unsubscribe=True, markup="html"),
+    Channel(ChannelName.CALL.value, address_field="phone", quiet_hours=True, default_rate="1/s", markup="twiml"),
     Channel(ChannelName.PUSH.value, address_field="external_id", quiet_hours=True, default_rate="5/s"),
     Channel(ChannelName.WEBHOOK.value, address_field="external_id", quiet_hours=False, default_rate="50/s"),
 ))

@@ -320,6 +320,7 @@ class Settings:
                                          help="processed inbound events")
     retention_job_runs_days: int = setting(30, minimum=1, maximum=_MAX_DAYS, too_low="must be at least 1 (days)")
     backup_dir: str = setting("var/backups", help="where `retentiond backup` writes")
+    layouts_dir: str = setting("layouts", help="email layouts (<name>.html) that campaign steps name; read at apply")
     sentry_dsn: Secret | None = setting(None, help="errors to Sentry when set")
     # outbox recovery (engine/reconciler.py)
     reconcile_after_s: float = setting(300.0, above=0,

@@ -65,7 +65,9 @@ class ProviderName(StrEnum):
     TWILIO = "twilio"
     POSTMARK = "postmark"
     WEBHOOK = "webhook"
-    PUSH = "push"
+    PUSH = "push"  # an ntfy-style JSON gateway, to the contact's secret topic
+    FCM = "fcm"  # Firebase Cloud Messaging (Android, web; iOS through Firebase)
+    APNS = "apns"  # Apple Push Notification service
 
 
 PROVIDERS: tuple[str, ...] = tuple(ProviderName)

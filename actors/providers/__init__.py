@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from actors.providers.apns import ApnsProvider
 from actors.providers.base import OutboundMessage, Provider, ProviderClass, ProviderResult
 from actors.providers.console import ConsoleProvider
+from actors.providers.fcm import FcmProvider
 from actors.providers.postmark import PostmarkProvider
 from actors.providers.push import PushProvider
 from actors.providers.smtp import SmtpProvider
@@ -26,10 +28,16 @@ BUILDERS: Mapping[ProviderName, ProviderClass] = {
     ProviderName.POSTMARK: PostmarkProvider,
     ProviderName.WEBHOOK: WebhookProvider,
     ProviderName.PUSH: PushProvider,
+    ProviderName.FCM: FcmProvider,
+    ProviderName.APNS: ApnsProvider,
 }
 
 # The providers that carry some channels only (the others take any channel's message).
-CARRIES: Mapping[ProviderName, tuple[str, ...]] = {ProviderName.TWILIO: TwilioProvider.channels}
+CARRIES: Mapping[ProviderName, tuple[str, ...]] = {
+    ProviderName.TWILIO: TwilioProvider.channels,
+    ProviderName.FCM: FcmProvider.channels,
+    ProviderName.APNS: ApnsProvider.channels,
+}
 
 
 def build_provider(name: str, options: Mapping[str, Secret], channel: str) -> Provider:

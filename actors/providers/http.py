@@ -9,7 +9,8 @@ from HTTP outcomes to our errors.
   message would fail the same way on every retry
 
 Error messages carry the status and the provider's own error code/message, never the recipient
-or the body.
+or the body. A provider that reads some answers itself (FCM's gone tokens) uses ``call`` and maps
+the rest with ``failure``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import email.utils
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from ground.errors import (
+    ChannelError,
     ConfigError,
     PermanentChannelError,
     ProviderRateLimited,
@@ -83,34 +86,57 @@ def _detail(body: str) -> str:
     return " ".join(str(p) for p in (code, message) if p is not None)[:200]
 
 
-async def request(provider: str, method: str, url: str, **kwargs: Any) -> Any:
-    """One call; the decoded JSON body on 2xx, else the matching channel error."""
+@dataclass(frozen=True)
+class Answer:
+    """A provider's answer, whatever its status, for a provider that reads some failures itself."""
+
+    status: int
+    text: str
+    headers: Mapping[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+async def call(provider: str, method: str, url: str, **kwargs: Any) -> Answer:
+    """One call through the shared session; its answer, or the channel error for a call that
+    could not be made or read."""
     try:
         async with session().request(method, url, **kwargs) as response:
-            return await _answer(provider, response)
+            try:
+                text = await response.text()
+            except ValueError as exc:  # an undecodable body
+                raise TransientChannelError(f"{provider}: unreadable answer") from exc
+            return Answer(response.status, text, response.headers)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise TransientChannelError(f"{provider}: {type(exc).__name__}") from exc
     except (ValueError, TypeError) as exc:
-        # Raised while aiohttp builds the request (answers are read in _answer, which wraps its
-        # own errors). The message may quote the value: the type only.
+        # Raised while aiohttp builds the request (the answer's own errors are wrapped above).
+        # The message may quote the value: the type only.
         raise UnbuildableMessage(f"{provider}: cannot build the request ({type(exc).__name__})") from exc
 
 
-async def _answer(provider: str, response: aiohttp.ClientResponse) -> Any:
+async def request(provider: str, method: str, url: str, **kwargs: Any) -> Any:
+    """One call; the decoded JSON body on 2xx, else the matching channel error."""
+    answer = await call(provider, method, url, **kwargs)
+    if not answer.ok:
+        raise failure(provider, answer.status, _detail(answer.text), answer.headers.get("Retry-After"))
     try:
-        text = await response.text()
-        data = json.loads(text) if 200 <= response.status < 300 and text.strip() else {}
-    except ValueError as exc:  # an undecodable body, or a 2xx whose body is not JSON
+        return json.loads(answer.text) if answer.text.strip() else {}
+    except ValueError as exc:  # a 2xx whose body is not JSON
         raise TransientChannelError(f"{provider}: unreadable answer") from exc
-    if 200 <= response.status < 300:
-        return data
-    detail = _detail(text)
-    message = f"{provider} answered {response.status}" + (f": {detail}" if detail else "")
-    if response.status == 429:
-        raise ProviderRateLimited(message, retry_after_s(response.headers.get("Retry-After")))
-    if response.status >= 500 or response.status in (408, 409, 425):
-        raise TransientChannelError(message)
-    raise PermanentChannelError(message)
+
+
+def failure(provider: str, status: int, detail: str = "", retry_after: str | None = None) -> ChannelError:
+    """The channel error for a non-2xx answer; ``detail`` is the provider's own code/message, never
+    the recipient or the text."""
+    message = f"{provider} answered {status}" + (f": {detail}" if detail else "")
+    if status == 429:
+        return ProviderRateLimited(message, retry_after_s(retry_after))
+    if status >= 500 or status in (408, 409, 425):
+        return TransientChannelError(message)
+    return PermanentChannelError(message)
 
 
 def required(options: Mapping[str, Secret], provider: str, field: str) -> str:

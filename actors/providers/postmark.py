@@ -7,6 +7,7 @@ batch call that fails as a whole (5xx, timeout, 429) fails each of its messages 
 
 Settings: RETENTIOND_PROVIDER_POSTMARK_SERVER_TOKEN, _FROM, _URL (default
 https://api.postmarkapp.com), _MESSAGE_STREAM, _BATCH (true/false), _BATCH_SIZE, _BATCH_WAIT_MS.
+A message with an HTML part carries it as ``HtmlBody`` beside ``TextBody``.
 Each message carries the send's idempotency key in its Metadata (and the single call in an
 ``Idempotency-Key`` header).
 """
@@ -65,7 +66,7 @@ class PostmarkProvider:
 
     def _payload(self, message: OutboundMessage) -> dict[str, Any]:
         payload: dict[str, Any] = {"From": self.sender, "To": message.recipient, "Subject": message.subject or "",
-                                   "TextBody": message.body or "",
+                                   "TextBody": message.body or "", **({"HtmlBody": message.markup} if message.markup else {}),
                                    "Metadata": {"idempotency_key": message.idempotency_key},
                                    "Headers": [{"Name": k, "Value": v} for k, v in message.headers.items()]}
         if self.stream:

@@ -3,6 +3,7 @@
 Settings: RETENTIOND_PROVIDER_SMTP_HOST, _PORT (587), _USERNAME, _PASSWORD, _FROM, _STARTTLS
 (true when a username is set), _TIMEOUT_S (30). SMTP 4xx replies and connection problems are
 transient, 5xx permanent. The idempotency key becomes the Message-ID and an X-Idempotency-Key header.
+A message with an HTML part goes as multipart/alternative (text, then HTML).
 A message that cannot be built (a line break in a header, an address the email package refuses)
 is a permanent failure: nothing was sent, and building it again gives the same result.
 """
@@ -57,6 +58,8 @@ class SmtpProvider:
         for name, value in message.headers.items():
             email[name] = value
         email.set_content(message.body or "")
+        if message.markup:  # multipart/alternative: the text part first, the HTML part preferred
+            email.add_alternative(message.markup, subtype="html")
         return email
 
     async def send(self, message: OutboundMessage) -> ProviderResult:

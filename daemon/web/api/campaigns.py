@@ -136,13 +136,13 @@ def get_campaign(path: CampaignPath) -> CampaignOut:
 
 
 @API.put("/campaigns", tag="campaigns", errors=(422,))
-def apply(text: str) -> ApplyOut:
+def apply(text: str, settings: Settings) -> ApplyOut:
     """Create or update a campaign from its file, YAML or JSON (JSON is YAML): the checks and
     messages of ``retentiond campaign apply``; every problem of the file is listed at once (422)."""
     if len(text) > MAX_FILE_CHARS:
         raise Problem(413, f"larger than {MAX_FILE_CHARS} characters: not a campaign file")
     try:
-        spec = parse_campaign_text(text, "campaign")
+        spec = parse_campaign_text(text, "campaign", settings.layouts_dir)
     except CampaignFileError as exc:
         raise Problem(422, exc.errors[0], errors=[{"field": "body", "message": e} for e in exc.errors]) from None
     warnings = template_warnings([spec])

@@ -43,7 +43,8 @@ class PreviewOut(Out):
     channel: str
     recipient: str | None
     subject: str | None
-    body: str
+    body: str = Field(description="the text: an email's text part (made from its HTML when the step gives none)")
+    html: str | None = Field(default=None, description="an email's HTML part, in its layout, CSS inlined")
     links: list[LinkOut]
 
 
@@ -57,7 +58,7 @@ class TestSendOut(Out):
 
 
 def _preview_out(p: Preview) -> PreviewOut:
-    return PreviewOut(channel=p.channel, recipient=p.recipient, subject=p.subject, body=p.body,
+    return PreviewOut(channel=p.channel, recipient=p.recipient, subject=p.subject, body=p.body, html=p.html,
                       links=[LinkOut(url=url, tracked=tracked) for url, tracked in p.links])
 
 
