@@ -6,7 +6,8 @@ maps to (contract: contact.upsert, contact.unsubscribe, conversion, delivery, cl
   with ``event=conversion|click`` parameters.
 * ``stripe``: checkout.session.completed and payment_intent.succeeded -> conversion.
 * ``calcom``: BOOKING_CREATED -> contact.upsert + conversion.
-* ``twilio``: status callbacks -> delivery; inbound STOP/START -> sms suppression on/off.
+* ``twilio``: message and call status callbacks -> delivery; inbound STOP/START -> sms suppression
+  on/off; the opt-out key pressed in a call -> call suppression.
 
 A body that cannot be parsed, or a canonical event that is not valid, raises ``InvalidEvent``
 (400, nothing stored). A native payload that verifies but has no mapping is kept with its reason
@@ -305,8 +306,16 @@ def _calcom(request: WebhookRequest, default_region: str) -> Interpreted:
     return _mapped(event_id, trigger, [upsert, conversion], default_region)
 
 
+# A call's final statuses (Twilio's CallStatus) and what they mean for its send; the others
+# (queued, initiated, ringing, in-progress) are intermediate
+CALL_STATUSES = {"completed": "delivered", "busy": "failed", "no-answer": "failed", "failed": "failed",
+                 "canceled": "failed"}
+
+
 def _twilio(request: WebhookRequest, default_region: str) -> Interpreted:
     form = request.form
+    if form.get("CallSid") is not None:
+        return _twilio_call(request, default_region)
     sid = _text(form.get("MessageSid"), "MessageSid") or _text(form.get("SmsSid"), "SmsSid")
     if not sid:
         raise InvalidEvent("MessageSid: required")
@@ -330,6 +339,33 @@ def _twilio(request: WebhookRequest, default_region: str) -> Interpreted:
         return Interpreted(sid, kind, [{"type": EventType.CONTACT_UNSUBSCRIBE,
                                         "data": {"phone": sender, "channel": ChannelName.SMS, "reason": "STOP"}}])
     return Interpreted(sid, kind, [{"type": EventType.CONTACT_RESUBSCRIBE, "data": {"phone": sender, "channel": ChannelName.SMS}}])
+
+
+def _twilio_call(request: WebhookRequest, default_region: str) -> Interpreted:
+    """A call's status callback, or the key its callee pressed in the opt-out ``<Gather>``
+    (engine/voice.py: the digit that opts out rides in the action URL's ``optout`` parameter)."""
+    form = request.form
+    sid = _text(form.get("CallSid"), "CallSid")
+    if not sid:
+        raise InvalidEvent("CallSid: required")
+    digits = form.get("Digits")
+    if digits is not None:
+        wanted = request.query.get("optout")
+        if not wanted or _text(digits, "Digits") != wanted:
+            return Interpreted(f"{sid}:digits", "call.digits", unmappable="a key that is not the opt-out digit")
+        try:
+            callee = normalise_phone(form.get("To") or "", default_region)
+        except InvalidContact:
+            return Interpreted(f"{sid}:digits", "call.optout", unmappable="an opt-out from a number we cannot read")
+        return Interpreted(f"{sid}:digits", "call.optout", [{"type": EventType.CONTACT_UNSUBSCRIBE, "data": {
+            "phone": callee, "channel": ChannelName.CALL, "reason": "opt-out key"}}])
+    status = _text(form.get("CallStatus"), "CallStatus", TYPE_MAX) or ""
+    mapped = CALL_STATUSES.get(status)
+    event_id = f"{sid}:{status}"
+    if mapped is None:
+        return Interpreted(event_id, f"call.{status}", unmappable=f"intermediate call status {_short(status)!r}")
+    return Interpreted(event_id, EventType.DELIVERY, [{"type": EventType.DELIVERY,
+                                                       "data": {"provider_message_id": sid, "status": mapped}}])
 
 
 def _token(request: WebhookRequest, default_region: str) -> Interpreted:
