@@ -66,6 +66,7 @@ from engine.workers import ThisProcess
 from engine.workers import current as this_process
 from ground.channels import CHANNELS
 from ground.errors import (
+    DevicesGone,
     PermanentChannelError,
     ProviderRateLimited,
     TransientChannelError,
@@ -142,7 +143,8 @@ class ChannelSender:
             raise
         self._count(prepared.held)
         batch = _Batch(me, prepared.fallbacks, {s.id: s for s in prepared.to_send})
-        messages = [self._message(s, prepared.headers.get(s.id, {})) for s in prepared.to_send]
+        messages = [self._message(s, prepared.headers.get(s.id, {}), prepared.devices.get(s.id, {}))
+                    for s in prepared.to_send]
         calls = self._deliver(messages, batch) if messages else []
         if not self._write_all(batch):
             logger.warning("shutting down with %d %s result(s) not yet written: kept in the journal for the "
@@ -203,10 +205,11 @@ class ChannelSender:
             _hold(claimed)
             return claimed
 
-    def _message(self, s: ClaimedSend, headers: dict[str, str]) -> OutboundMessage:
+    def _message(self, s: ClaimedSend, headers: dict[str, str],
+                 devices: dict[str, tuple[str, ...]]) -> OutboundMessage:
         return OutboundMessage(send_id=s.id, channel=self.channel, idempotency_key=s.idempotency_key,
                                recipient=s.recipient, subject=s.subject, body=s.body, headers=headers,
-                               markup=s.markup)
+                               markup=s.markup, devices=devices)
 
     # -- deliver ----------------------------------------------------------------------------------
 
@@ -291,6 +294,9 @@ class ChannelSender:
                                    retry_after_s=exc.retry_after_s)
             except TransientChannelError as exc:
                 return CallOutcome(message.send_id, Outcome.RETRYING, error=str(exc))
+            except DevicesGone as exc:
+                return CallOutcome(message.send_id, Outcome.FAILED, error=str(exc), reason="every device is gone",
+                                   invalid_devices=exc.devices)
             except UnbuildableMessage as exc:
                 return CallOutcome(message.send_id, Outcome.FAILED, error=str(exc), reason="message cannot be built")
             except PermanentChannelError as exc:
@@ -301,7 +307,8 @@ class ChannelSender:
             finally:
                 PROVIDER_LATENCY.labels(self.channel, self.provider.name).observe(time.perf_counter() - started)
         return CallOutcome(message.send_id, Outcome.SENT, finished_at=utcnow(),
-                           provider_message_id=result.provider_message_id, provider=result.provider)
+                           provider_message_id=result.provider_message_id, provider=result.provider,
+                           invalid_devices=result.invalid_devices)
 
     # -- settle -----------------------------------------------------------------------------------
 

@@ -240,6 +240,7 @@ def encode(result: Result) -> dict[str, Any]:
     for name in _PRIVATE_FIELDS:
         send.pop(name, None)
     data.pop("fallback_recipient", None)
+    data.pop("invalid_devices", None)  # device tokens stay out of the journal, like addresses
     for name in _SEND_TIMES:
         send[name] = _time(send[name])
     for name in _RESULT_TIMES:

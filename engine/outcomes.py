@@ -61,6 +61,7 @@ class Result:
     finished_at: dt.datetime | None = None
     fallback_channel: str | None = None
     fallback_recipient: str | None = None
+    invalid_devices: tuple[str, ...] = ()  # push addresses the service said are gone (engine/devices.py)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class CallOutcome:
     retry_after_s: float | None = None
     provider: str | None = None  # when not the channel's primary provider (failover)
     reason: str | None = None  # why it failed, when not "provider refused"
+    invalid_devices: tuple[str, ...] = ()
 
 
 def from_call(s: ClaimedSend, call: CallOutcome, provider: str) -> Result:
@@ -83,7 +85,8 @@ def from_call(s: ClaimedSend, call: CallOutcome, provider: str) -> Result:
     if call.status == Outcome.SENT:
         note = f"sent by the backup provider {call.provider}" if call.provider and call.provider != provider else None
         return Result(s, Outcome.SENT, provider=call.provider or provider,
-                      provider_message_id=call.provider_message_id, finished_at=call.finished_at, reason=note)
+                      provider_message_id=call.provider_message_id, finished_at=call.finished_at, reason=note,
+                      invalid_devices=call.invalid_devices)
     if call.status == Outcome.RATE_LIMITED:
         wait_s = call.retry_after_s or 1.0
         return Result(s, Outcome.DEFERRED, provider=provider, error=call.error,
@@ -92,7 +95,8 @@ def from_call(s: ClaimedSend, call: CallOutcome, provider: str) -> Result:
     if call.status == Outcome.RELEASED:
         return Result(s, Outcome.RELEASED)
     if call.status == Outcome.FAILED:
-        return Result(s, Outcome.FAILED, provider=provider, error=call.error, reason=call.reason or "provider refused")
+        return Result(s, Outcome.FAILED, provider=provider, error=call.error, reason=call.reason or "provider refused",
+                      invalid_devices=call.invalid_devices)
     return Result(s, Outcome.RETRYING, provider=provider, error=call.error)
 
 

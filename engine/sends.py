@@ -25,7 +25,7 @@ import functools
 import operator
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import peewee
@@ -34,6 +34,7 @@ from db.bulk import insert_many
 from db.database import database, is_postgres, rows
 from db.models import Campaign, Decision, Send
 from db.queries import settle_sends
+from engine import devices
 from engine.campaign_metrics import count_sends
 from engine.checks import Candidate, SendChecks
 from engine.links import make_unsubscribe_tokens, unsubscribe_url
@@ -198,6 +199,7 @@ class Prepared:
     headers: dict[int, dict[str, str]]
     held: list[Result]
     fallbacks: dict[int, str]
+    devices: dict[int, dict[str, tuple[str, ...]]] = field(default_factory=dict)  # a push send's, by send id
 
 
 def prepare(claimed: Sequence[ClaimedSend], checks: SendChecks, public_url: str, now: dt.datetime,
@@ -211,7 +213,11 @@ def prepare(claimed: Sequence[ClaimedSend], checks: SendChecks, public_url: str,
     held = [from_verdict(s, verdicts[s.id]) for s in claimed if verdicts[s.id].action != "send"]
     to_send = [s for s in claimed if verdicts[s.id].action == "send"]
     to_send, headers = _unsubscribe_links(to_send, public_url)
-    return Prepared(to_send, headers, settle(held, now, claimant=claimant), fallbacks)
+    # a push goes to the contact's devices as they are now (one removed since planning is not tried)
+    pushed = [s for s in to_send if CHANNELS[s.channel].devices and s.contact_id is not None]
+    by_contact = devices.devices_of(int(s.contact_id or 0) for s in pushed)
+    return Prepared(to_send, headers, settle(held, now, claimant=claimant), fallbacks,
+                    {s.id: by_contact.get(int(s.contact_id or 0), {}) for s in pushed})
 
 
 def _unsubscribe_links(to_send: Sequence[ClaimedSend], public_url: str) -> tuple[list[ClaimedSend],
@@ -267,6 +273,10 @@ def settle(results: Sequence[Result], now: dt.datetime, claimant: str | None = N
                 _plan_fallbacks(fallbacks, now)
             advance_enrolments([r.send.enrolment_id for r in results
                                 if EFFECTS[r.outcome].step_done and not r.fallback_channel], now)
+            gone = [(r.send.contact_id, r.send.id, r.send.channel, r.invalid_devices) for r in results
+                    if r.invalid_devices and r.send.contact_id is not None]
+            if gone:
+                devices.remove(gone, now)
     log_outcomes(results)
     return results
 

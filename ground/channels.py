@@ -41,6 +41,8 @@ class Channel:
     # the rich part a step on it may have beside its text (Send.markup): an email's HTML, a
     # call's TwiML (made from the step's ``voice`` options, engine/voice.py)
     markup: str | None = None
+    # a send on it goes to the contact's push devices (engine/devices.py), not to one address
+    devices: bool = False
 
     @property
     def queue_name(self) -> str:
@@ -69,7 +71,7 @@ CHANNELS: Mapping[str, Channel] = _ChannelTable((c.name, c) for c in (
     Channel(ChannelName.EMAIL.value, address_field="email", quiet_hours=False, default_rate="10/s",
             has_subject=True, list_unsubscribe=True, markup="html"),
     Channel(ChannelName.CALL.value, address_field="phone", quiet_hours=True, default_rate="1/s", markup="twiml"),
-    Channel(ChannelName.PUSH.value, address_field="external_id", quiet_hours=True, default_rate="5/s"),
+    Channel(ChannelName.PUSH.value, address_field="external_id", quiet_hours=True, default_rate="5/s", devices=True),
     Channel(ChannelName.WEBHOOK.value, address_field="external_id", quiet_hours=False, default_rate="50/s"),
 ))
 

@@ -66,6 +66,7 @@ class Decided(StrEnum):
     FELL_BACK = "fell_back"
     REOFFERED = "reoffered"  # its worker died mid-send; offered again (at least once)
     REQUEUED = "requeued"  # failed, then put back in the outbox by an operator
+    DEVICE_REMOVED = "device_removed"  # a push device the service said is gone left the contact (engine/devices.py)
 
 
 class SendMetric(StrEnum):

@@ -9,6 +9,7 @@ State is per worker process: each process finds out for itself, within ``thresho
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -60,7 +61,7 @@ class FailoverProvider:
 
     async def _via_backup(self, message: OutboundMessage) -> ProviderResult:
         result = await self.backup.send(message)
-        return ProviderResult(provider_message_id=result.provider_message_id, provider=self.backup.name)
+        return dataclasses.replace(result, provider=self.backup.name)
 
     async def close(self) -> None:
         await self.primary.close()
