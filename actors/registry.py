@@ -10,9 +10,10 @@ from dramatiq.asyncio import get_event_loop_thread
 
 from actors.delivery import ChannelSender
 from actors.providers import Provider, build_provider
+from actors.providers.destinations import DestinationRouter
 from actors.providers.failover import FailoverProvider
 from actors.rate_limit import GlobalRateLimiter
-from ground.channels import CHANNELS
+from ground.channels import CHANNELS, ChannelName
 from ground.errors import PermanentChannelError
 from ground.settings import Settings
 
@@ -42,6 +43,8 @@ def channel_provider(settings: Settings, channel: str, primary: Provider | None 
         provider = FailoverProvider(channel, provider,
                                     build_provider(backup_name, settings.providers.get(backup_name, {}), channel),
                                     settings.failover_after_errors, settings.failover_cooloff_s)
+    if channel == ChannelName.WEBHOOK and settings.destinations:
+        provider = DestinationRouter(settings.destinations, provider)  # events out (engine/events_out.py)
     return provider
 
 

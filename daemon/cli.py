@@ -171,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="milliseconds to wait before answering each call (default 0)")
     simulate.add_argument("--error-rate", type=_fraction, default=0.0, metavar="R", help="share of calls answered 503")
     simulate.add_argument("--rate-429", type=_fraction, default=0.0, metavar="R", help="share of calls answered 429")
+    simulate.add_argument("--postmark-webhook-url", metavar="URL",
+                          help="post Postmark's Delivery/Bounce/SpamComplaint webhooks there (user:password@ = basic auth)")
+    simulate.add_argument("--postmark-webhook-header", action="append", default=[], metavar="NAME:VALUE",
+                          help="a custom header on those webhooks, e.g. X-Webhook-Token:secret (repeatable)")
+    simulate.add_argument("--callback-delay-ms", type=float, default=0.0, metavar="D",
+                          help="milliseconds between answering a call and sending its receipts (default 0)")
     simulate.set_defaults(handler=cmd_simulate_providers)
     return parser
 
@@ -238,6 +244,8 @@ def need_database(settings: Settings, *, check_schema: bool = True) -> None:
     from db.migrate import pending_migrations
 
     init_database(settings.database_url, pool_size=settings.db_pool_size, timeout_s=settings.db_timeout_s)
+    from engine import events_out
+    events_out.configure(settings.destinations)  # the changes this process makes tell them
     try:
         with db_session():
             pass
@@ -534,7 +542,10 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_simulate_providers(settings: Settings, args: argparse.Namespace) -> int:
     from ops.simulator import run_simulator
 
-    return run_simulator(args.host, args.port, args.latency_ms, args.error_rate, args.rate_429)
+    return run_simulator(args.host, args.port, args.latency_ms, args.error_rate, args.rate_429,
+                         postmark_webhook_url=args.postmark_webhook_url,
+                         postmark_webhook_headers=args.postmark_webhook_header,
+                         callback_delay_ms=args.callback_delay_ms)
 
 
 if __name__ == "__main__":

@@ -44,9 +44,11 @@ def worker_main(settings: Settings, index: int, wake: Any = None) -> int:
 
     from actors.broker import build_broker
     from db.database import close_database, init_database
+    from engine import events_out
     from ground import metrics
 
     init_database(settings.database_url, pool_size=settings.db_pool_size, timeout_s=settings.db_timeout_s)
+    events_out.configure(settings.destinations)  # the changes this worker makes tell them
     metrics.initialise_labels()
     liveness = Liveness(settings).start()  # before the first claim: claims carry its instance id
     broker = build_broker(settings)

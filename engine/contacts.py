@@ -36,12 +36,14 @@ import phonenumbers
 
 from db.bulk import insert_many
 from db.database import database
+from db.database import rows as db_rows
 from db.models import Contact, Suppression, utcnow
 from db.queries import bulk_update
+from engine import events_out
 from engine.enrolments import follow_campaigns
 from ground.channels import CHANNELS
 from ground.errors import RetentiondError
-from ground.vocabulary import EventType
+from ground.vocabulary import EventType, OutEventType
 
 FIELDS = ("external_id", "email", "phone", "name", "timezone", "attributes", "consent")
 KEYS = ("external_id", "email", "phone")
@@ -406,13 +408,25 @@ def suppress_first(items: Iterable[tuple[int, str, str]]) -> None:
         suppress(ids, reason, channel)
 
 
+# Suppression reasons that are not the person's own choice (events out tell them apart): a bounce,
+# a spam complaint (the provider's), an operator's hand (daemon/web/api/contacts.py)
+SUPPRESSED_NOT_UNSUBSCRIBED = frozenset({"bounced", "complained", "operator"})
+
+
 def suppress(contact_ids: Iterable[int], reason: str, channel: str = "*") -> int:
     """Stop sending to these contacts on ``channel`` ('*': every channel). Idempotent."""
     now = utcnow()
     rows = [{"contact": cid, "channel": channel, "reason": reason, "created_at": now} for cid in sorted(set(contact_ids))]
     if not rows:
         return 0
-    return int(insert_many(Suppression, rows).on_conflict_ignore().as_rowcount().execute() or 0)
+    kind = OutEventType.CONTACT_SUPPRESSED if reason in SUPPRESSED_NOT_UNSUBSCRIBED else OutEventType.CONTACT_UNSUBSCRIBED
+    if not events_out.wanted(kind):
+        return int(insert_many(Suppression, rows).on_conflict_ignore().as_rowcount().execute() or 0)
+    # the new suppressions only (a contact already suppressed there is not news)
+    added = list(db_rows(insert_many(Suppression, rows).on_conflict_ignore().returning(Suppression.id, Suppression.contact)))
+    events_out.emit(kind, [(f"u{suppression_id}", {"contact_id": contact_id, "channel": channel, "reason": reason})
+                           for suppression_id, contact_id in added], now)
+    return len(added)
 
 
 def unsubscribe(contact_ids: Iterable[int], channel: str = "*", reason: str = "unsubscribed") -> list[str]:

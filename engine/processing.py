@@ -37,6 +37,7 @@ from db.bulk import insert_many
 from db.database import database, db_session, is_postgres, rows
 from db.models import Attribution, InboundEvent, Send, TrackedLink, utcnow
 from db.queries import bulk_update
+from engine import events_out
 from engine.campaign_metrics import count_attributions
 from engine.contacts import (
     ContactInput,
@@ -53,7 +54,7 @@ from engine.planner import plan_contacts
 from ground.metrics import EVENTS_PROCESSED
 from ground.send_states import SendStatus
 from ground.settings import Settings
-from ground.vocabulary import EventType, InboundStatus
+from ground.vocabulary import EventType, InboundStatus, OutEventType
 
 logger = logging.getLogger(__name__)
 
@@ -239,6 +240,10 @@ def _apply_clicks(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
     if attributions:
         insert_many(Attribution, attributions).execute()
         batch.attributed.update(a["event"] for a in attributions)
+        events_out.emit(OutEventType.LINK_CLICKED, [(f"e{a['event']}", {
+            "contact_id": a["contact"], "send_id": a["send"], "campaign_id": a["campaign"], "step_id": a["step"],
+            "url": links[data["token"]].url}) for a, (_, data) in zip(
+                attributions, [(e, d) for e, d in run if d["token"] in links], strict=True)], now)
     return _follow(batch, EventType.CLICK, updates, now=now)
 
 
@@ -261,6 +266,12 @@ def _apply_deliveries(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
             suppressions.append((send.contact_id, send.channel, data["status"]))
         updates.append((event.id, InboundStatus.PROCESSED, now, send.contact_id, None))
     bulk_update("send", ("delivery_status",), list(statuses.items()))
+    by_id = {send.id: send for send in sends.values()}
+    for kind, meaning in ((OutEventType.SEND_DELIVERED, ("delivered",)),
+                          (OutEventType.SEND_FAILED, ("failed", "bounced", "complained"))):
+        events_out.emit(kind, [(f"s{send_id}:{status}", {
+            "send_id": send_id, "channel": by_id[send_id].channel, "contact_id": by_id[send_id].contact_id,
+            "delivery_status": status}) for send_id, status in statuses.items() if status in meaning], now)
     suppress_first(suppressions)
     return _follow(batch, EventType.DELIVERY, updates, now=now)
 
@@ -333,6 +344,9 @@ def _apply_conversions(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
     if attributions:
         insert_many(Attribution, attributions).execute()
         batch.attributed.update(a["event"] for a in attributions)
+        events_out.emit(OutEventType.CONVERSION, [(f"e{a['event']}", {
+            "contact_id": a["contact"], "name": a["name"], "value": a["value"], "send_id": a["send"],
+            "campaign_id": a["campaign"], "step_id": a["step"]}) for a in attributions], now)
     return _follow(batch, EventType.CONVERSION, updates, reasons, now)
 
 

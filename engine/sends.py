@@ -34,7 +34,7 @@ from db.bulk import insert_many
 from db.database import database, is_postgres, rows
 from db.models import Campaign, Decision, Send
 from db.queries import settle_sends
-from engine import devices
+from engine import devices, events_out
 from engine.campaign_metrics import count_sends
 from engine.checks import Candidate, SendChecks
 from engine.links import make_unsubscribe_tokens, unsubscribe_url
@@ -52,6 +52,7 @@ from engine.outcomes import (
 from engine.templates import unsubscribe_placeholder
 from ground.channels import CHANNELS
 from ground.send_states import CLAIMABLE, EFFECTS, Decided, Outcome, SendStatus
+from ground.vocabulary import OutEventType
 
 # On a channel queue or in a worker's hands: what the relay's pacing counts against a channel's window.
 IN_FLIGHT = (*CLAIMABLE, SendStatus.SENDING)
@@ -213,6 +214,7 @@ def prepare(claimed: Sequence[ClaimedSend], checks: SendChecks, public_url: str,
     held = [from_verdict(s, verdicts[s.id]) for s in claimed if verdicts[s.id].action != "send"]
     to_send = [s for s in claimed if verdicts[s.id].action == "send"]
     to_send, headers = _unsubscribe_links(to_send, public_url)
+    to_send = events_out.with_contacts(to_send)
     # a push goes to the contact's devices as they are now (one removed since planning is not tried)
     pushed = [s for s in to_send if CHANNELS[s.channel].devices and s.contact_id is not None]
     by_contact = devices.devices_of(int(s.contact_id or 0) for s in pushed)
@@ -273,12 +275,31 @@ def settle(results: Sequence[Result], now: dt.datetime, claimant: str | None = N
                 _plan_fallbacks(fallbacks, now)
             advance_enrolments([r.send.enrolment_id for r in results
                                 if EFFECTS[r.outcome].step_done and not r.fallback_channel], now)
+            _emit_outcomes(results, now)
             gone = [(r.send.contact_id, r.send.id, r.send.channel, r.invalid_devices) for r in results
                     if r.invalid_devices and r.send.contact_id is not None]
             if gone:
                 devices.remove(gone, now)
     log_outcomes(results)
     return results
+
+
+def _emit_outcomes(results: Sequence[Result], now: dt.datetime) -> None:
+    """``send.sent`` and ``send.failed`` for the destinations that want them (engine/events_out.py);
+    event sends themselves report nothing."""
+    told = {Outcome.SENT: OutEventType.SEND_SENT, Outcome.FAILED: OutEventType.SEND_FAILED}
+    reported = [r for r in results if r.outcome in told and events_out.wanted(told[r.outcome])
+                and not events_out.is_event_send(r.send.idempotency_key)]
+    if not reported:
+        return
+    slugs = events_out.campaign_slugs(r.send.campaign_id for r in reported)
+    for outcome, kind in told.items():
+        events_out.emit(kind, [(f"s{r.send.id}", {
+            "send_id": r.send.id, "channel": r.send.channel, "contact_id": r.send.contact_id,
+            "campaign": slugs.get(r.send.campaign_id or 0), "step_id": r.send.step_id,
+            **({"provider": r.provider, "provider_message_id": r.provider_message_id} if outcome == Outcome.SENT
+               else {"reason": r.reason, "error": r.error}),
+        }) for r in reported if r.outcome == outcome], now)
 
 
 def release(claimed: Sequence[ClaimedSend], now: dt.datetime, claimant: str) -> list[Result]:

@@ -70,6 +70,17 @@ class Rate:
 
 
 @dataclass(frozen=True)
+class Destination:
+    """Where events go out (engine/events_out.py): a URL, the Standard Webhooks secret that signs
+    what it gets, and the event types it wants."""
+
+    name: str
+    url: str
+    secret: Secret
+    events: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Source:
     """A webhook sender: how it signs, and the secret it signs with."""
 
@@ -342,6 +353,7 @@ class Settings:
     backup_providers: Mapping[str, str] = field(default_factory=dict)
     providers: Mapping[str, Mapping[str, Secret]] = field(default_factory=dict)
     sources: Mapping[str, Source] = field(default_factory=dict)
+    destinations: Mapping[str, Destination] = field(default_factory=dict)
 
     def rate(self, channel: str) -> Rate:
         return self.rates[channel]
@@ -397,10 +409,10 @@ def _scalar_table() -> dict[str, _Scalar]:
 
 
 _SCALARS = _scalar_table()
-_FAMILIES = ("RATE_", "CONCURRENCY_", "CHANNEL_", "PROVIDER_", "SOURCE_")
+_FAMILIES = ("RATE_", "CONCURRENCY_", "CHANNEL_", "PROVIDER_", "SOURCE_", "DESTINATION_")
 # TOML tables that map onto a family of names: [rates] sms = "1/s" -> RATE_SMS.
 _TOML_TABLES = {"rates": "RATE", "concurrency": "CONCURRENCY", "channels": "CHANNEL",
-                "providers": "PROVIDER", "sources": "SOURCE"}
+                "providers": "PROVIDER", "sources": "SOURCE", "destinations": "DESTINATION"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,6 +470,7 @@ def _build(raw: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
     backup_providers: dict[str, str] = {}
     providers: dict[str, dict[str, Secret]] = {}
     source_parts: dict[str, dict[str, str]] = {}
+    destination_parts: dict[str, dict[str, str]] = {}
 
     for name, text in raw.items():
         setting = PREFIX + name
@@ -482,6 +495,11 @@ def _build(raw: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
             if len(source) > MAX_SOURCE_NAME_CHARS:  # it is stored with every event it sends
                 raise ConfigError(setting, f"a source name is at most {MAX_SOURCE_NAME_CHARS} characters")
             source_parts.setdefault(source.lower(), {})[part.lower()] = text
+        elif name.startswith("DESTINATION_") and name.endswith(("_URL", "_SECRET", "_EVENTS")):
+            destination, _, part = name[12:].rpartition("_")
+            if not re.fullmatch(r"[A-Z0-9][A-Z0-9-]{0,31}", destination):
+                raise ConfigError(setting, "a destination name is 1-32 letters, digits and '-'")
+            destination_parts.setdefault(destination.lower(), {})[part.lower()] = text
         else:
             known = list(_SCALARS) + [f + "<NAME>" for f in _FAMILIES]
             hint = difflib.get_close_matches(name, known, n=1)
@@ -503,7 +521,7 @@ def _build(raw: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
 
     values.update(rates=rates, concurrency=concurrency, channel_providers=channel_providers,
                   backup_providers=backup_providers,
-                  providers=providers, sources=sources)
+                  providers=providers, sources=sources, destinations=_destinations(destination_parts))
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings(**values)
     _validate(settings)
@@ -564,3 +582,27 @@ def _positive(setting: str, value: int) -> int:
     if value < 1:
         raise ConfigError(setting, "must be at least 1")
     return value
+
+
+def _destinations(parts: Mapping[str, Mapping[str, str]]) -> dict[str, Destination]:
+    """DESTINATION_<NAME>_URL, _SECRET (whsec_...) and _EVENTS (comma-separated types, or *)."""
+    from ground.vocabulary import OUT_EVENT_TYPES
+
+    found = {}
+    for name, given in parts.items():
+        prefix = f"{PREFIX}DESTINATION_{name.upper()}_"
+        url = given.get("url", "").strip()
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(prefix + "URL", "expected the http(s) URL events are posted to")
+        secret = given.get("secret", "").strip()
+        if not re.fullmatch(r"whsec_[A-Za-z0-9+/=]{24,}", secret):
+            raise ConfigError(prefix + "SECRET", "expected a Standard Webhooks secret: whsec_<base64 of 24+ bytes>")
+        wanted = {e.strip() for e in given.get("events", "*").split(",") if e.strip()}
+        if wanted == {"*"}:
+            wanted = set(OUT_EVENT_TYPES)
+        unknown = sorted(wanted - set(OUT_EVENT_TYPES))
+        if unknown or not wanted:
+            raise ConfigError(prefix + "EVENTS", f"unknown event type {unknown[0]!r}; " if unknown else ""
+                              f"expected * or some of {', '.join(OUT_EVENT_TYPES)}")
+        found[name] = Destination(name, url, Secret(secret), frozenset(wanted))
+    return found

@@ -42,6 +42,21 @@ class InboundStatus(StrEnum):
 DELIVERY_STATUSES = ("delivered", "failed", "bounced", "complained")
 
 
+class OutEventType(StrEnum):
+    """An event sent out to a destination (engine/events_out.py; RETENTIOND_DESTINATION_<NAME>_EVENTS)."""
+
+    SEND_SENT = "send.sent"
+    SEND_DELIVERED = "send.delivered"
+    SEND_FAILED = "send.failed"
+    LINK_CLICKED = "link.clicked"
+    CONVERSION = "conversion"
+    CONTACT_UNSUBSCRIBED = "contact.unsubscribed"
+    CONTACT_SUPPRESSED = "contact.suppressed"
+
+
+OUT_EVENT_TYPES: tuple[str, ...] = tuple(OutEventType)
+
+
 class WebhookScheme(StrEnum):
     """How a webhook source signs (contract: "Webhook schemes"); RETENTIOND_SOURCE_<NAME>_SCHEME.
     daemon/web/signatures.py verifies each (tests/test_dispatch_tables.py holds them together)."""

@@ -7,7 +7,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from daemon.web.api import analytics, campaigns, contacts, events, previews, sends, stats  # noqa: F401  (they register endpoints)
+from daemon.web.api import (  # noqa: F401  (they register endpoints)
+    analytics,
+    campaigns,
+    contacts,
+    destinations,
+    events,
+    previews,
+    sends,
+    stats,
+)
 from daemon.web.api.auth import token_middleware
 from daemon.web.api.problems import problem_middleware
 from daemon.web.api.registry import API
