@@ -25,6 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ops import simulator_push
+
 logger = logging.getLogger(__name__)
 
 
@@ -184,6 +186,10 @@ PROVIDER_ROUTES: Mapping[str, Sequence[tuple[str, Handler]]] = {
     "postmark": [("/email", Simulator.postmark_email), ("/email/batch", Simulator.postmark_batch)],
     "webhook": [("/webhook", Simulator.webhook)],
     "push": [("/push", Simulator.push)],
+    # Google's token endpoint stands with FCM: an FCM key file's token_uri points at it
+    "fcm": [("/token", simulator_push.google_token),
+            ("/v1/projects/{project}/messages:send", simulator_push.fcm_send)],
+    "apns": [("/3/device/{token}", simulator_push.apns_send)],
 }
 
 

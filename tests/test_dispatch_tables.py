@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 
+import httpx
 import pytest
 
 import actors.providers.http
@@ -34,9 +35,12 @@ def test_every_provider_name_has_its_builder() -> None:
 def test_the_simulator_serves_every_provider_that_speaks_http() -> None:
     # Given the providers whose module calls out through the shared HTTP client (the simulator may
     # not import the project, so both sides are read from here)
+    # (through actors/providers/http.py, or httpx for APNs' HTTP/2)
+    shared = (actors.providers.http.request, actors.providers.http.call, httpx)
     speaks_http = {name for name, cls in BUILDERS.items()
-                   if getattr(inspect.getmodule(cls), "request", None) is actors.providers.http.request}
-    assert speaks_http  # the reading itself works: twilio, postmark, webhook and push at least
+                   if any(value is one for value in vars(inspect.getmodule(cls)).values() for one in shared)}
+    # the reading itself works: twilio, postmark, webhook, push, fcm and apns at least
+    assert {"twilio", "postmark", "webhook", "push", "fcm", "apns"} <= speaks_http
     # Then the simulator has routes for exactly those, by the same names (build_simulator_app
     # serves what PROVIDER_ROUTES lists)
     assert set(PROVIDER_ROUTES) == set(map(str, speaks_http))

@@ -172,7 +172,7 @@ async def test_webhook_posts_are_signed_with_standard_webhooks(aiohttp_server) -
 
 async def test_push_gateway(simulator) -> None:  # type: ignore[no-untyped-def]
     provider = build_provider("push", options(url=str(simulator.make_url("/push")), token="tok"), "push")
-    result = await provider.send(message("p-1", channel="push", recipient="u-1"))
+    result = await provider.send(message("p-1", channel="push", recipient="u-1", devices={"ntfy": ("topic-1",)}))
     assert result.provider_message_id
     assert simulator.app[SIMULATOR].deliveries.by_channel["push"] == 1
     await provider.close()
