@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--postmark-webhook-url", metavar="URL",
                           help="post Postmark's Delivery/Bounce/SpamComplaint webhooks there (user:password@ = basic auth)")
     simulate.add_argument("--postmark-webhook-header", action="append", default=[], metavar="NAME:VALUE",
-                          help="a custom header on those webhooks, e.g. X-Webhook-Token:secret (repeatable)")
+                          help="a custom header sent with those webhooks, such as a token source's token (repeatable)")
     simulate.add_argument("--callback-delay-ms", type=float, default=0.0, metavar="D",
                           help="milliseconds between answering a call and sending its receipts (default 0)")
     simulate.set_defaults(handler=cmd_simulate_providers)

@@ -6,24 +6,65 @@ Serves Twilio Messages and Calls, Postmark /email and /email/batch, the generic 
 failures: a share ``error_rate`` of calls answered 503, a share ``rate_429`` answered 429 with
 ``Retry-After: 1`` (for a batch: the whole call). ``GET /stats`` counts successful deliveries:
 ``received`` (all of them), ``duplicates`` (a second delivery of an idempotency key already
-delivered: a message sent twice) and ``by_channel``; ``POST /stats/reset`` zeroes them.
+delivered: a message sent twice), ``by_channel`` and ``callbacks`` (``{"sent", "failed"}``: the
+receipts below, answered 2xx or not); ``POST /stats/reset`` zeroes them and forgets the messages,
+the outcomes and the callbacks (cancelling those still on their way).
+
+``GET /messages`` (``?channel=``, ``?to=``) lists what each accepted call carried, with ``provider``
+and the ``provider_message_id`` answered: sms ``to, from, body, status_callback``; call ``to, from,
+twiml, status_callback, machine_detection``; email ``to, from, subject, text, html, headers`` (a
+dict), ``message_stream, metadata, tag``; webhook ``headers`` (webhook-id/-timestamp/-signature),
+``body``; push ``to`` (the topic), ``title, message``. Never an auth token.
+
+Receipts, sent back as the real providers send them, after the API call is answered, in a
+background task per message (so one message's callbacks arrive in order), ``callback_delay_ms``
+after the answer:
+
+* Twilio status callbacks to a call's ``StatusCallback``: form-encoded, ``X-Twilio-Signature``
+  computed with the auth token of the call's Basic ``Authorization``. Messages: ``sent`` then
+  ``delivered`` | ``undelivered`` (ErrorCode 30003), or ``failed`` alone (30008: never sent).
+  Calls: ``initiated``, ``ringing``, ``in-progress`` (``answered``), then ``completed`` | ``busy``
+  | ``no-answer`` | ``failed``, filtered as Twilio does by ``StatusCallbackEvent`` (none given: the
+  final status only); ``AnsweredBy`` once answered when ``MachineDetection`` was asked for.
+* Postmark webhooks, when one is configured (``POST /simulate/postmark/webhook`` JSON ``{"url",
+  "headers"}``, ``url: null`` to remove it, or the command's options; ``user:password@`` in the URL
+  is sent as Basic auth): per recipient of each accepted message a ``Delivery``, or a ``Bounce``
+  (HardBounce), or a ``Delivery`` then a ``SpamComplaint``. Recipients at
+  ``bounce-testing.postmarkapp.com`` named ``hardbounce`` / ``spamcomplaint`` bounce / complain.
+* ``POST /simulate/twilio/inbound`` JSON ``{"url", "account_sid", "from", "to", "body"}``: a person
+  texting (STOP...): Twilio's inbound-message webhook, signed with the auth token seen for that
+  account (409 if none was), answered ``{"status": <the webhook's HTTP status>}`` once posted (502
+  with ``error`` when it could not be).
+
+``POST /simulate/outcome`` JSON ``{"to", "outcome"}`` sets a recipient's fate (``OUTCOMES``; by
+default delivered, a call completed by a human). ``GET /callbacks`` (``?kind=``) lists every
+callback attempt: ``kind, url, status`` (the HTTP status, or the error) and ``fields`` (Twilio's
+form) or ``body`` (Postmark's JSON). A callback that fails is recorded, never retried or raised.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
+import dataclasses
+import datetime as dt
 import functools
 import json
 import logging
 import random
 import signal
+import sys
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from email.utils import getaddresses
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientSession, ClientTimeout, web
+from multidict import MultiDictProxy
+from twilio.request_validator import RequestValidator
+from yarl import URL
 
 from ops import simulator_push
 
@@ -62,13 +103,298 @@ class Deliveries:
         return {"received": self.received, "duplicates": self.duplicates, "by_channel": dict(self.by_channel)}
 
 
+# -- receipts: what the providers send back -----------------------------------------------------
+
+CALLBACKS_KEPT = 10_000  # GET /callbacks keeps the last ones
+CALLBACK_TIMEOUT_S = 10
+TWILIO_API_VERSION = "2010-04-01"
+# A recipient's fate (POST /simulate/outcome); each channel reads the ones that make sense for it.
+OUTCOMES = frozenset({"delivered", "undelivered", "failed", "bounce", "spam_complaint", "busy", "no-answer",
+                      "machine"})
+# Postmark's test domain: these recipients bounce or complain without configuration.
+POSTMARK_TEST_DOMAIN = "bounce-testing.postmarkapp.com"
+POSTMARK_TEST_OUTCOMES = {"hardbounce": "bounce", "spamcomplaint": "spam_complaint"}
+POSTMARK_SERVER_ID = 1
+POSTMARK_DEFAULT_STREAM = "outbound"
+
+
+@dataclasses.dataclass(frozen=True)
+class Post:
+    """One callback to send: ``headers`` may carry a secret (Basic auth, a token), so only ``kind``,
+    ``url`` and the payload are ever shown."""
+
+    kind: str
+    url: str  # without userinfo: that went into an Authorization header
+    headers: Mapping[str, str]
+    form: Mapping[str, str] | None = None
+    body: Mapping[str, Any] | None = None
+
+
+class Callbacks:
+    """Sends the receipts, one background task per message so its callbacks go one after another,
+    and keeps every attempt (the last CALLBACKS_KEPT) for GET /callbacks."""
+
+    def __init__(self, delay_s: float = 0) -> None:
+        self.delay_s = delay_s
+        self.session: ClientSession | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.attempts: collections.deque[dict[str, Any]] = collections.deque(maxlen=CALLBACKS_KEPT)
+        self.sent = 0
+        self.failed = 0
+
+    def reset(self) -> None:
+        """Forget the attempts and cancel what is still on its way (it belongs to the run before)."""
+        for task in self.tasks:
+            task.cancel()
+        self.attempts.clear()
+        self.sent = self.failed = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"sent": self.sent, "failed": self.failed}
+
+    def send_later(self, posts: Sequence[Post]) -> None:
+        if posts:
+            task = asyncio.get_running_loop().create_task(self._in_order(posts))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _in_order(self, posts: Sequence[Post]) -> None:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        for post in posts:
+            await self.send(post)
+
+    async def send(self, post: Post) -> int | str:
+        """Post one callback; its HTTP status, or the error as text (recorded, never raised)."""
+        if self.session is None:
+            self.session = ClientSession(timeout=ClientTimeout(total=CALLBACK_TIMEOUT_S))
+        status: int | str
+        try:
+            async with self.session.post(post.url, headers=dict(post.headers), data=post.form,
+                                         json=post.body) as response:
+                await response.read()
+                status = response.status
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # whatever the receiver does, the simulator carries on
+            status = f"{type(exc).__name__}: {exc}"[:300]
+        if isinstance(status, int) and 200 <= status < 300:
+            self.sent += 1
+        else:
+            self.failed += 1
+        payload = {"fields": dict(post.form)} if post.form is not None else {"body": post.body}
+        self.attempts.append({"kind": post.kind, "url": post.url, "status": status, **payload})
+        return status
+
+    async def close(self) -> None:
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+
+def split_userinfo(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its ``user:password@`` and the Basic Authorization header those make (the
+    way Twilio and Postmark take credentials in a webhook URL); ValueError for a URL that is not
+    absolute http(s)."""
+    parsed = URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError("expected an absolute http(s) URL")  # not echoed: it may hold a password
+    if parsed.user is None and parsed.password is None:
+        return url, {}
+    credentials = f"{parsed.user or ''}:{parsed.password or ''}".encode()
+    return str(parsed.with_user(None)), {"Authorization": "Basic " + base64.b64encode(credentials).decode()}
+
+
+def is_http_url(url: str) -> bool:
+    try:
+        split_userinfo(url)
+    except ValueError:
+        return False
+    return True
+
+
+def basic_password(authorization: str) -> tuple[str, str] | None:
+    """(user, password) of a Basic Authorization header, None when there is none to read."""
+    scheme, _, encoded = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, colon, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return (user, password) if colon else None
+
+
+def recipient_key(address: str) -> str:
+    """Outcomes are looked up by address: an email's case does not matter, a phone's is none."""
+    address = address.strip()
+    return address.lower() if "@" in address else address
+
+
+def twilio_post(kind: str, url: str, fields: Mapping[str, str], auth_token: str) -> Post:
+    """A Twilio webhook: form fields signed as Twilio signs them (HMAC-SHA1 of the URL it posts to
+    and the sorted fields, with the account's auth token), and the idempotency token it adds."""
+    url, headers = split_userinfo(url)
+    headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(url, dict(fields))
+    headers["I-Twilio-Idempotency-Token"] = str(uuid.uuid4())
+    return Post(kind, url, headers, form=dict(fields))
+
+
+def message_statuses(outcome: str | None) -> list[tuple[str, str | None]]:
+    """(MessageStatus, ErrorCode) in the order Twilio reports them for a recipient's outcome."""
+    if outcome == "undelivered":
+        return [("sent", None), ("undelivered", "30003")]  # 30003: unreachable destination handset
+    if outcome == "failed":
+        return [("failed", "30008")]  # failed: never left Twilio (30008: unknown error)
+    return [("sent", None), ("delivered", None)]
+
+
+CALL_PROGRESS = {  # the statuses a call goes through, by outcome; the last one is its end
+    "busy": ["initiated", "ringing", "busy"],
+    "no-answer": ["initiated", "ringing", "no-answer"],
+    "failed": ["initiated", "failed"],
+}
+ANSWERED_STATUSES = frozenset({"in-progress", "completed"})
+# StatusCallbackEvent names -> the CallStatus they report ("completed" stands for any end).
+CALL_EVENTS = {"initiated": "initiated", "ringing": "ringing", "answered": "in-progress"}
+
+
+def call_statuses(outcome: str | None, events: Iterable[str]) -> list[str]:
+    """The CallStatus values Twilio posts: those the call asked for with StatusCallbackEvent
+    (initiated, ringing, answered, completed), or only the final one when it asked for none."""
+    progress = CALL_PROGRESS.get(outcome or "", ["initiated", "ringing", "in-progress", "completed"])
+    asked = {word for value in events for word in value.replace(",", " ").split()}
+    if not asked:
+        return progress[-1:]
+    wanted = {CALL_EVENTS[name] for name in asked if name in CALL_EVENTS}
+    return [status for i, status in enumerate(progress)
+            if status in wanted or (i == len(progress) - 1 and "completed" in asked)]
+
+
+def answered_by(outcome: str | None, machine_detection: str | None) -> str | None:
+    """AnsweredBy, when the call asked for answering machine detection."""
+    if machine_detection not in ("Enable", "DetectMessageEnd"):
+        return None
+    if outcome != "machine":
+        return "human"
+    return "machine_end_beep" if machine_detection == "DetectMessageEnd" else "machine_start"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class PostmarkHook:
+    """The server's webhook, as configured in Postmark: a URL and custom headers (the URL's userinfo
+    already turned into Basic auth)."""
+
+    url: str
+    headers: Mapping[str, str]
+
+    @classmethod
+    def parse(cls, url: Any, headers: Any) -> PostmarkHook:
+        if not isinstance(url, str):
+            raise ValueError("url: expected text")
+        bare, auth = split_userinfo(url)
+        if headers is None:
+            headers = {}
+        if not isinstance(headers, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in headers.items()):
+            raise ValueError("headers: expected an object of text values")
+        for name, value in headers.items():
+            if not name.strip() or any(c in name + value for c in "\r\n") or ":" in name:
+                raise ValueError(f"headers: {name!r} is not a header name and value")
+        return cls(bare, {**{k.strip(): v.strip() for k, v in headers.items()}, **auth})
+
+    def describe(self) -> dict[str, Any]:
+        """What it is, without the secrets: the URL and the names of the headers sent."""
+        return {"url": self.url, "headers": sorted(self.headers)}
+
+    def post(self, kind: str, body: Mapping[str, Any]) -> Post:
+        return Post(kind, self.url, {**self.headers, "Content-Type": "application/json"}, body=body)
+
+
+def postmark_records(message: Mapping[str, Any], message_id: str, recipient: str,
+                     outcome: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """The webhooks Postmark posts for one recipient of an accepted message: (kind, body)."""
+    common = {"MessageID": message_id, "ServerID": POSTMARK_SERVER_ID, "Tag": message.get("Tag") or "",
+              "MessageStream": message.get("MessageStream") or POSTMARK_DEFAULT_STREAM,
+              "Metadata": message.get("Metadata") or {}}
+    delivery = ("postmark.delivery", {"RecordType": "Delivery", "Recipient": recipient, "DeliveredAt": now_iso(),
+                                      "Details": "smtp;250 2.0.0 OK", **common})
+    if outcome not in ("bounce", "spam_complaint"):
+        return [delivery]
+    bounce = outcome == "bounce"
+    record = {"RecordType": "Bounce" if bounce else "SpamComplaint",
+              "ID": uuid.uuid4().int >> 66,  # Postmark's bounce ids are integers
+              "Type": "HardBounce" if bounce else "SpamComplaint", "TypeCode": 1 if bounce else 512,
+              "Name": "Hard bounce" if bounce else "Spam complaint",
+              "Description": ("The server was unable to deliver your message (ex: unknown user, mailbox not found)."
+                              if bounce else "The subscriber explicitly marked this message as spam."),
+              "Details": ("smtp;550 5.1.1 The email account that you tried to reach does not exist." if bounce
+                          else "Spam complaint received from the recipient's mailbox provider (simulated)."),
+              "Email": recipient, "From": message.get("From") or "", "Subject": message.get("Subject") or "",
+              "BouncedAt": now_iso(), "DumpAvailable": False, "Inactive": True,
+              "CanActivate": bounce,  # a spam complaint cannot be reactivated
+              **common}
+    if bounce:
+        return [("postmark.bounce", record)]
+    return [delivery, ("postmark.spam_complaint", record)]  # a complaint comes about a delivered message
+
+
+def form_text(form: MultiDictProxy[Any], name: str) -> str | None:
+    value = form.get(name)
+    return value if isinstance(value, str) else None
+
+
+async def json_object(request: web.Request) -> dict[str, Any] | web.Response:
+    """The request's JSON object, or the 400 to answer."""
+    try:
+        document = await request.json()
+    except ValueError:
+        return web.json_response({"error": "expected a JSON object"}, status=400)
+    if not isinstance(document, dict):
+        return web.json_response({"error": "expected a JSON object"}, status=400)
+    return document
+
+
 class Simulator:
-    def __init__(self, latency_ms: float, error_rate: float, rate_429: float, seed: int | None) -> None:
+    def __init__(self, latency_ms: float, error_rate: float, rate_429: float, seed: int | None,
+                 postmark_hook: PostmarkHook | None = None, callback_delay_ms: float = 0) -> None:
         self.latency_s = latency_ms / 1000
         self.error_rate = error_rate
         self.rate_429 = rate_429
         self.random = random.Random(seed)
         self.deliveries = Deliveries()
+        self.callbacks = Callbacks(callback_delay_ms / 1000)
+        self.outcomes: dict[str, str] = {}  # recipient_key -> one of OUTCOMES
+        self.postmark_hook = postmark_hook
+        # Twilio signs its webhooks with the account's auth token: the one each account's API calls
+        # authenticated with (kept for inbound messages; never shown)
+        self.auth_tokens: dict[str, str] = {}
+
+    def outcome_of(self, address: str) -> str | None:
+        key = recipient_key(address)
+        if key in self.outcomes:
+            return self.outcomes[key]
+        local, _, domain = key.rpartition("@")
+        return POSTMARK_TEST_OUTCOMES.get(local) if domain == POSTMARK_TEST_DOMAIN else None
+
+    async def answer_then(self, request: web.Request, response: web.Response,
+                          receipts: Sequence[Sequence[Post]]) -> web.Response:
+        """Answer the API call first, then send each message's receipts (a provider reports on a
+        message it has already acknowledged): in order for one message, messages side by side."""
+        if any(receipts):
+            await response.prepare(request)
+            await response.write_eof()
+            for posts in receipts:
+                self.callbacks.send_later(posts)
+        return response
 
     async def fault(self) -> web.Response | None:
         """Wait the latency; then maybe fail the call as a busy provider would."""
@@ -85,19 +411,65 @@ class Simulator:
     # -- Twilio ---------------------------------------------------------------------------------
 
     async def twilio(self, request: web.Request) -> web.Response:
-        if not request.headers.get("Authorization", "").startswith("Basic "):
+        credentials = basic_password(request.headers.get("Authorization", ""))
+        if credentials is None:
             return web.json_response({"code": 20003, "message": "Authenticate"}, status=401)
         form = await request.post()
-        if not form.get("To"):
+        to = form_text(form, "To")
+        if not to:
             return web.json_response({"code": 21604, "message": "A 'To' phone number is required."}, status=400)
+        callback = form_text(form, "StatusCallback")
+        if callback and not is_http_url(callback):
+            return web.json_response({"code": 21609, "message": "Invalid StatusCallback url"}, status=400)
         failed = await self.fault()
         if failed is not None:
             return failed
+        account = request.match_info["sid"]
+        self.auth_tokens[account] = credentials[1]
         calls = request.match_info["resource"] == "Calls"
         key = request.headers.get("I-Twilio-Idempotency-Token") or request.headers.get("Idempotency-Key")
-        self.deliveries.record("call" if calls else "sms", key)
         sid = ("CA" if calls else "SM") + uuid.uuid4().hex
-        return web.json_response({"sid": sid, "status": "queued", "to": form.get("To")}, status=201)
+        sender = form_text(form, "From")
+        message: dict[str, Any] = {"provider": "twilio", "provider_message_id": sid, "account_sid": account,
+                                   "to": to, "from": sender, "status_callback": callback}
+        if calls:
+            message |= {"twiml": form_text(form, "Twiml"), "machine_detection": form_text(form, "MachineDetection")}
+        else:
+            message["body"] = form_text(form, "Body")
+        self.deliveries.record("call" if calls else "sms", key, message)
+        posts: list[Post] = []
+        if callback:
+            common = {"AccountSid": account, "From": sender or "", "To": to, "ApiVersion": TWILIO_API_VERSION}
+            outcome = self.outcome_of(to)
+            if calls:
+                posts = [twilio_post("twilio.call_status", callback, fields, credentials[1])
+                         for fields in self._call_fields(sid, common, outcome, form)]
+            else:
+                for status, error in message_statuses(outcome):
+                    fields = {"MessageSid": sid, "SmsSid": sid, "MessageStatus": status, "SmsStatus": status, **common}
+                    if error:
+                        fields["ErrorCode"] = error
+                    posts.append(twilio_post("twilio.message_status", callback, fields, credentials[1]))
+        answer = web.json_response({"sid": sid, "status": "queued", "to": to}, status=201)
+        return await self.answer_then(request, answer, [posts])
+
+    @staticmethod
+    def _call_fields(sid: str, common: Mapping[str, str], outcome: str | None,
+                     form: MultiDictProxy[Any]) -> list[dict[str, str]]:
+        """The form of each status callback of one call."""
+        machine_detection = form_text(form, "MachineDetection")
+        events = [v for v in form.getall("StatusCallbackEvent", []) if isinstance(v, str)]
+        spoken = form_text(form, "Twiml") or ""
+        answerer = answered_by(outcome, machine_detection)
+        found = []
+        for status in call_statuses(outcome, events):
+            fields = {"CallSid": sid, "CallStatus": status, "Direction": "outbound-api", **common}
+            if status == "completed":
+                fields["CallDuration"] = str(max(1, len(spoken) // 15))  # about 15 characters a second
+            if answerer and status in ANSWERED_STATUSES:
+                fields["AnsweredBy"] = answerer
+            found.append(fields)
+        return found
 
     # -- Postmark -------------------------------------------------------------------------------
 
@@ -108,11 +480,25 @@ class Simulator:
                                      status=401)
         return None
 
-    def _postmark_one(self, message: Any, key: str | None) -> dict[str, Any]:
+    def _postmark_one(self, message: Any, key: str | None, posts: list[Post]) -> dict[str, Any]:
+        """Accept one message (or refuse it, as Postmark does in a batch); its webhooks go in ``posts``."""
         if not isinstance(message, dict) or not message.get("To"):
             return {"ErrorCode": 300, "Message": "Invalid 'To' address."}
-        self.deliveries.record("email", key or (message.get("Metadata") or {}).get("idempotency_key"))
-        return {"To": message["To"], "MessageID": str(uuid.uuid4()), "ErrorCode": 0, "Message": "OK"}
+        message_id = str(uuid.uuid4())
+        metadata: dict[str, Any] = message["Metadata"] if isinstance(message.get("Metadata"), dict) else {}
+        headers: list[Any] = message["Headers"] if isinstance(message.get("Headers"), list) else []
+        self.deliveries.record("email", key or metadata.get("idempotency_key"), {
+            "provider": "postmark", "provider_message_id": message_id, "to": message["To"],
+            "from": message.get("From"), "subject": message.get("Subject"), "text": message.get("TextBody"),
+            "html": message.get("HtmlBody"),
+            "headers": {h.get("Name"): h.get("Value") for h in headers if isinstance(h, dict)},
+            "message_stream": message.get("MessageStream"), "metadata": metadata, "tag": message.get("Tag")})
+        if self.postmark_hook is not None:
+            for _, address in getaddresses([str(message["To"])]):
+                if address:
+                    posts.extend(self.postmark_hook.post(kind, body) for kind, body
+                                 in postmark_records(message, message_id, address, self.outcome_of(address)))
+        return {"To": message["To"], "MessageID": message_id, "ErrorCode": 0, "Message": "OK"}
 
     async def postmark_email(self, request: web.Request) -> web.Response:
         refused = self._postmark_auth(request)
@@ -122,8 +508,10 @@ class Simulator:
         failed = await self.fault()
         if failed is not None:
             return failed
-        result = self._postmark_one(message, request.headers.get("Idempotency-Key"))
-        return web.json_response(result, status=200 if result["ErrorCode"] == 0 else 422)
+        posts: list[Post] = []
+        result = self._postmark_one(message, request.headers.get("Idempotency-Key"), posts)
+        answer = web.json_response(result, status=200 if result["ErrorCode"] == 0 else 422)
+        return await self.answer_then(request, answer, [posts])
 
     async def postmark_batch(self, request: web.Request) -> web.Response:
         refused = self._postmark_auth(request)
@@ -136,16 +524,27 @@ class Simulator:
         failed = await self.fault()
         if failed is not None:
             return failed
-        return web.json_response([self._postmark_one(m, None) for m in messages])
+        per_message: list[list[Post]] = [[] for _ in messages]
+        results = [self._postmark_one(m, None, posts) for m, posts in zip(messages, per_message, strict=True)]
+        return await self.answer_then(request, web.json_response(results), per_message)
 
     # -- generic webhook and push ---------------------------------------------------------------
 
     async def webhook(self, request: web.Request) -> web.Response:
-        await request.read()
+        raw = await request.read()
         failed = await self.fault()
         if failed is not None:
             return failed
-        self.deliveries.record("webhook", request.headers.get("webhook-id") or request.headers.get("Idempotency-Key"))
+        try:
+            body: Any = json.loads(raw)
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        data = body.get("data") if isinstance(body, dict) else None
+        self.deliveries.record("webhook", request.headers.get("webhook-id") or request.headers.get("Idempotency-Key"), {
+            "provider": "webhook", "provider_message_id": None,
+            "to": data.get("recipient") if isinstance(data, dict) else None,
+            "headers": {k: request.headers.get(k) for k in ("webhook-id", "webhook-timestamp", "webhook-signature")},
+            "body": body})
         return web.json_response({"ok": True})
 
     async def push(self, request: web.Request) -> web.Response:
@@ -155,13 +554,16 @@ class Simulator:
         failed = await self.fault()
         if failed is not None:
             return failed
-        self.deliveries.record("push", request.headers.get("Idempotency-Key"))
-        return web.json_response({"id": uuid.uuid4().hex[:12], "topic": body["topic"]})
+        push_id = uuid.uuid4().hex[:12]
+        self.deliveries.record("push", request.headers.get("Idempotency-Key"), {
+            "provider": "push", "provider_message_id": push_id, "to": body["topic"], "title": body.get("title"),
+            "message": body.get("message")})
+        return web.json_response({"id": push_id, "topic": body["topic"]})
 
     # -- stats ----------------------------------------------------------------------------------
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.deliveries.as_dict())
+        return web.json_response({**self.deliveries.as_dict(), "callbacks": self.callbacks.as_dict()})
 
     async def messages(self, request: web.Request) -> web.Response:
         """The messages kept, oldest first; ``?channel=`` and ``?to=`` filter them."""
@@ -171,7 +573,65 @@ class Simulator:
 
     async def reset(self, request: web.Request) -> web.Response:
         self.deliveries.reset()
+        self.callbacks.reset()
+        self.outcomes.clear()
         return web.json_response(self.deliveries.as_dict())
+
+    # -- receipts -------------------------------------------------------------------------------
+
+    async def list_callbacks(self, request: web.Request) -> web.Response:
+        """The callback attempts kept, oldest first; ``?kind=`` filters them."""
+        kind = request.query.get("kind")
+        return web.json_response({"callbacks": [a for a in self.callbacks.attempts if kind in (None, a["kind"])]})
+
+    async def set_outcome(self, request: web.Request) -> web.Response:
+        document = await json_object(request)
+        if isinstance(document, web.Response):
+            return document
+        to, outcome = document.get("to"), document.get("outcome")
+        if not isinstance(to, str) or not to.strip():
+            return web.json_response({"error": "to: expected a phone number or an email address"}, status=400)
+        if outcome not in OUTCOMES:
+            return web.json_response({"error": f"outcome: expected one of {', '.join(sorted(OUTCOMES))}"}, status=400)
+        self.outcomes[recipient_key(to)] = outcome
+        return web.json_response({"to": to, "outcome": outcome})
+
+    async def twilio_inbound(self, request: web.Request) -> web.Response:
+        """A person texts one of the account's numbers: Twilio posts its inbound-message webhook."""
+        document = await json_object(request)
+        if isinstance(document, web.Response):
+            return document
+        missing = [k for k in ("url", "account_sid", "from", "to", "body") if not isinstance(document.get(k), str)]
+        if missing:
+            return web.json_response({"error": f"expected text in {', '.join(missing)}"}, status=400)
+        if not is_http_url(document["url"]):
+            return web.json_response({"error": "url: expected an absolute http(s) URL"}, status=400)
+        token = self.auth_tokens.get(document["account_sid"])
+        if token is None:
+            return web.json_response({"error": "no API call of that account seen yet: its auth token is unknown"},
+                                     status=409)
+        sid = "SM" + uuid.uuid4().hex
+        fields = {"MessageSid": sid, "SmsSid": sid, "SmsMessageSid": sid, "SmsStatus": "received",
+                  "AccountSid": document["account_sid"], "From": document["from"], "To": document["to"],
+                  "Body": document["body"], "NumMedia": "0", "NumSegments": "1", "ApiVersion": TWILIO_API_VERSION}
+        status = await self.callbacks.send(twilio_post("twilio.inbound_sms", document["url"], fields, token))
+        if isinstance(status, str):
+            return web.json_response({"status": None, "error": status}, status=502)
+        return web.json_response({"status": status})
+
+    async def configure_postmark_webhook(self, request: web.Request) -> web.Response:
+        """Set (or, with ``"url": null``, remove) the server's webhook, as Postmark's settings do."""
+        document = await json_object(request)
+        if isinstance(document, web.Response):
+            return document
+        if document.get("url") is None:
+            self.postmark_hook = None
+            return web.json_response({"url": None, "headers": []})
+        try:
+            self.postmark_hook = PostmarkHook.parse(document.get("url"), document.get("headers"))
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(self.postmark_hook.describe())
 
 
 SIMULATOR = web.AppKey("simulator", Simulator)
@@ -194,8 +654,12 @@ PROVIDER_ROUTES: Mapping[str, Sequence[tuple[str, Handler]]] = {
 
 
 def build_simulator_app(latency_ms: float = 0, error_rate: float = 0, rate_429: float = 0,
-                        seed: int | None = None) -> web.Application:
-    sim = Simulator(latency_ms, error_rate, rate_429, seed)
+                        seed: int | None = None, *, postmark_webhook_url: str | None = None,
+                        postmark_webhook_headers: Mapping[str, str] | None = None,
+                        callback_delay_ms: float = 0) -> web.Application:
+    """The simulator's application; ValueError for a Postmark webhook URL or header it cannot use."""
+    hook = PostmarkHook.parse(postmark_webhook_url, postmark_webhook_headers) if postmark_webhook_url else None
+    sim = Simulator(latency_ms, error_rate, rate_429, seed, hook, callback_delay_ms)
     app = web.Application(client_max_size=8 * 1024 * 1024)
     for routes in PROVIDER_ROUTES.values():
         for path, handler in routes:
@@ -203,16 +667,44 @@ def build_simulator_app(latency_ms: float = 0, error_rate: float = 0, rate_429: 
     app.router.add_get("/stats", sim.stats)
     app.router.add_get("/messages", sim.messages)
     app.router.add_post("/stats/reset", sim.reset)
+    app.router.add_get("/callbacks", sim.list_callbacks)
+    app.router.add_post("/simulate/outcome", sim.set_outcome)
+    app.router.add_post("/simulate/twilio/inbound", sim.twilio_inbound)
+    app.router.add_post("/simulate/postmark/webhook", sim.configure_postmark_webhook)
     app[SIMULATOR] = sim
+
+    async def close_callbacks(app: web.Application) -> None:
+        await sim.callbacks.close()
+
+    app.on_cleanup.append(close_callbacks)
     return app
 
 
-def run_simulator(host: str, port: int, latency_ms: float = 0, error_rate: float = 0, rate_429: float = 0) -> int:
-    """Serve until SIGTERM or SIGINT; exit 0."""
+def parse_headers(values: Iterable[str]) -> dict[str, str]:
+    """``NAME:VALUE`` strings (the command's --postmark-webhook-header) as a dict; ValueError."""
+    headers = {}
+    for value in values:
+        name, colon, text = value.partition(":")
+        if not colon or not name.strip():
+            raise ValueError("a header is not NAME:VALUE")  # not echoed: it may be a secret
+        headers[name.strip()] = text.strip()
+    return headers
+
+
+def run_simulator(host: str, port: int, latency_ms: float = 0, error_rate: float = 0, rate_429: float = 0, *,
+                  postmark_webhook_url: str | None = None, postmark_webhook_headers: Sequence[str] = (),
+                  callback_delay_ms: float = 0) -> int:
+    """Serve until SIGTERM or SIGINT; exit 0 (2 for a webhook option it cannot use)."""
+    try:
+        app = build_simulator_app(latency_ms, error_rate, rate_429, postmark_webhook_url=postmark_webhook_url,
+                                  postmark_webhook_headers=parse_headers(postmark_webhook_headers),
+                                  callback_delay_ms=callback_delay_ms)
+    except ValueError as exc:  # the message names the part, never a header's value
+        print(f"retentiond: error: --postmark-webhook-url/--postmark-webhook-header: {exc}", file=sys.stderr)
+        return 2  # RET_CONFIG
 
     async def serve() -> None:
-        runner = web.AppRunner(build_simulator_app(latency_ms, error_rate, rate_429), handle_signals=False,
-                               access_log=None)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
         await site.start()

@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +17,18 @@ from ops.harness.daemon import REPO, base_env, free_port
 
 
 class SimulatorProcess:
-    def __init__(self, workdir: Path, *, latency_ms: float = 0, error_rate: float = 0, rate_429: float = 0) -> None:
+    def __init__(self, workdir: Path, *, latency_ms: float = 0, error_rate: float = 0, rate_429: float = 0,
+                 postmark_webhook_url: str | None = None, postmark_webhook_headers: Mapping[str, str] | None = None,
+                 callback_delay_ms: float = 0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
         self.args = ["--port", str(self.port), "--latency-ms", str(latency_ms), "--error-rate", str(error_rate),
-                     "--rate-429", str(rate_429)]
+                     "--rate-429", str(rate_429), "--callback-delay-ms", str(callback_delay_ms)]
+        if postmark_webhook_url:
+            self.args += ["--postmark-webhook-url", postmark_webhook_url]
+        for name, value in (postmark_webhook_headers or {}).items():
+            self.args += ["--postmark-webhook-header", f"{name}:{value}"]
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 30) -> SimulatorProcess:
@@ -45,6 +53,42 @@ class SimulatorProcess:
     def reset(self) -> None:
         request = urllib.request.Request(f"{self.url}/stats/reset", method="POST", data=b"")
         urllib.request.urlopen(request, timeout=5).close()
+
+    def _get(self, path: str, **query: str | None) -> dict[str, Any]:
+        wanted = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        with urllib.request.urlopen(f"{self.url}{path}" + (f"?{wanted}" if wanted else ""), timeout=5) as response:
+            return dict(json.loads(response.read()))
+
+    def _post(self, path: str, document: Mapping[str, Any], timeout_s: float = 5) -> dict[str, Any]:
+        """POST JSON; an answer other than 2xx raises urllib.error.HTTPError (its body says why)."""
+        request = urllib.request.Request(f"{self.url}{path}", method="POST", data=json.dumps(document).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return dict(json.loads(response.read()))
+
+    def messages(self, channel: str | None = None, to: str | None = None) -> list[dict[str, Any]]:
+        """What the providers were asked to send, oldest first (GET /messages)."""
+        return list(self._get("/messages", channel=channel, to=to)["messages"])
+
+    def callbacks(self) -> list[dict[str, Any]]:
+        """Every receipt the simulator posted back, oldest first: kind, url, status, fields or body."""
+        return list(self._get("/callbacks")["callbacks"])
+
+    def set_outcome(self, to: str, outcome: str) -> None:
+        """What happens to messages to ``to``: delivered, undelivered, failed, bounce, spam_complaint,
+        busy, no-answer or machine."""
+        self._post("/simulate/outcome", {"to": to, "outcome": outcome})
+
+    def inbound_sms(self, url: str, account_sid: str, sender: str, to: str, body: str) -> int:
+        """``sender`` texts ``body`` to ``to``: Twilio's signed inbound webhook goes to ``url``; its HTTP status."""
+        answer = self._post("/simulate/twilio/inbound", {"url": url, "account_sid": account_sid, "from": sender,
+                                                         "to": to, "body": body}, timeout_s=15)
+        return int(answer["status"])
+
+    def postmark_webhook(self, url: str | None, headers: Mapping[str, str] | None = None) -> None:
+        """Point Postmark's webhooks at ``url`` (user:password@ in it: basic auth), with custom headers;
+        None stops them."""
+        self._post("/simulate/postmark/webhook", {"url": url, "headers": dict(headers or {})})
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
