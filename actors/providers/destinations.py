@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from standardwebhooks import Webhook
 
 from actors.providers.base import OutboundMessage, Provider, ProviderResult
-from actors.providers.http import request
+from actors.providers.http import close_session, request
 from engine.events_out import destination_of
 from ground.errors import ConfigError, PermanentChannelError
 from ground.settings import Destination
@@ -48,3 +48,4 @@ class DestinationRouter:
 
     async def close(self) -> None:
         await self.inner.close()
+        await close_session()
