@@ -212,3 +212,15 @@ def test_rich_step_keys_are_checked(layouts: Path, step: str, problem: str) -> N
     with pytest.raises(CampaignFileError) as refused:
         parse_campaign_text(text, "c.yaml", str(layouts))
     assert any(problem in e for e in refused.value.errors), refused.value.errors
+
+
+def test_the_example_layout_and_campaign_apply_and_render() -> None:
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    spec = parse_campaign_text((examples / "html-welcome.yaml").read_text(), "html-welcome.yaml",
+                               str(examples / "layouts"))
+    step = spec.steps[0]
+    rendered = render(RenderJob(contact={"name": "Ada"}, subject=step.subject, body=step.body, channel="email",
+                                html=step.html, layout=step.layout_html), PUBLIC)
+    assert rendered.html is not None and "<style" not in rendered.html and "Hi Ada," in rendered.html
+    assert "Start shopping" in rendered.body and f"{PUBLIC}/u/_unsubscribe_" in rendered.body
+    assert spec.steps[1].voice == {"optout_digit": "9", "optout_prompt": "To stop calls from Acme, press 9."}
