@@ -25,6 +25,7 @@ first message does not wait for the scheduler's tick; a crash before that leaves
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from collections import Counter
@@ -59,6 +60,7 @@ from ground.vocabulary import EventType, InboundStatus, OutEventType
 logger = logging.getLogger(__name__)
 
 BATCH = 500
+RECEIPT_WAIT_S = 120  # a delivery receipt waits this long for its send's result (_apply_deliveries)
 _PG_LOCK_KEY = 0x7265_7476  # 'retv': the event processor
 
 
@@ -68,19 +70,26 @@ def process_pending(settings: Settings, limit: int = 50_000, should_stop: Callab
     by outcome. ``after_batch()`` runs once each batch is committed and its steps planned (the
     event actor relays there, so a batch's leads are on their way while the next one is processed)."""
     outcomes: Counter = Counter()
+    after_id = 0  # each pending event is looked at once per call: a parked receipt waits for the next
     with db_session():
         while sum(outcomes.values()) < limit and not should_stop():
             with database.atomic():
                 if is_postgres() and not database.execute_sql(
                         "SELECT pg_try_advisory_xact_lock(%s)", (_PG_LOCK_KEY,)).fetchone()[0]:
                     break  # another process is on it
-                events = list(InboundEvent.select().where(InboundEvent.status == InboundStatus.PENDING)
+                events = list(InboundEvent.select().where(InboundEvent.status == InboundStatus.PENDING,
+                                                          InboundEvent.id > after_id)
                               .order_by(InboundEvent.id).limit(BATCH))
+                if events:
+                    after_id = events[-1].id
                 batch = _Batch(settings)
                 outcomes.update(_process_batch(settings, events, batch))
+                parked = outcomes.pop(InboundStatus.PENDING, 0)
             _count_attributions(batch)
             _plan_now(settings, batch)
             after_batch()
+            if parked:
+                logger.debug("%d delivery receipt(s) wait for their send's result", parked)
             if len(events) < BATCH:
                 break
     for outcome, count in outcomes.items():
@@ -176,7 +185,8 @@ def _process_run(batch: _Batch, kind: str, run: Run) -> Counter:
             bulk_update("inbound_event", ("status", "processed_at", "contact_id", "error"), updates,
                         casts={"processed_at": "timestamp", "contact_id": "integer"}, guard=("status", InboundStatus.PENDING))
         batch.contact_ids.update(u[3] for u in updates if u[3] is not None)
-        return Counter({InboundStatus.PROCESSED: len(run)})
+        # a parked receipt has no update: it stays pending (see _apply_deliveries)
+        return +Counter({InboundStatus.PROCESSED: len(updates), InboundStatus.PENDING: len(run) - len(updates)})
     except _DATABASE_AWAY:
         raise
     except Exception:
@@ -249,7 +259,12 @@ def _apply_clicks(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
 
 def _apply_deliveries(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
     """Each receipt's status on its send (the last receipt of a send wins, as one at a time would),
-    bounces and complaints suppressed on the send's channel: one query, two writes."""
+    bounces and complaints suppressed on the send's channel: one query, two writes.
+
+    A receipt naming no send we know is parked (no update: it stays pending) for RECEIPT_WAIT_S
+    after it arrived: a provider may call back before the worker that sent the message has written
+    its answer (the provider's id) — by a fraction of a second normally, by a database outage's
+    length otherwise. After that it is kept as processed with a note."""
     sends = {send.provider_message_id: send for send in Send.select(
         Send.id, Send.provider_message_id, Send.contact, Send.channel)
         .where(Send.provider_message_id.in_(sorted({data["provider_message_id"] for _, data in run})))}
@@ -259,7 +274,10 @@ def _apply_deliveries(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
     for event, data in run:
         send = sends.get(data["provider_message_id"])
         if send is None:
-            updates.append((event.id, InboundStatus.PROCESSED, now, None, "no send with that provider_message_id"))
+            if now - event.received_at < dt.timedelta(seconds=RECEIPT_WAIT_S):
+                continue  # parked: left pending, looked at again by the next processing pass
+            updates.append((event.id, InboundStatus.PROCESSED, now, None,
+                            f"no send with that provider_message_id (waited {RECEIPT_WAIT_S} s for one)"))
             continue
         statuses[send.id] = data["status"]
         if data["status"] in ("bounced", "complained") and send.contact_id is not None:
@@ -413,6 +431,8 @@ def _process_one(settings: Settings, event: InboundEvent, batch: _Batch | None =
         if contact_id is not None:
             batch.contact_ids.add(contact_id)
         return InboundStatus.PROCESSED
+    except _Parked:
+        return InboundStatus.PENDING  # its transaction rolled back: left as it was, for the next pass
     except _DATABASE_AWAY:
         raise
     except Exception as exc:  # one bad event must not stop the others
@@ -420,6 +440,10 @@ def _process_one(settings: Settings, event: InboundEvent, batch: _Batch | None =
         (InboundEvent.update(status=InboundStatus.FAILED, processed_at=utcnow(), error=f"{type(exc).__name__}: {exc}"[:2000])
          .where(InboundEvent.id == event.id).execute())
         return InboundStatus.FAILED
+
+
+class _Parked(Exception):
+    """A lone event left pending for a later pass (a receipt waiting for its send's result)."""
 
 
 def _apply(batch: _Batch, event: InboundEvent, canonical: dict[str, Any], notes: list[str]) -> int | None:
@@ -432,7 +456,10 @@ def _apply(batch: _Batch, event: InboundEvent, canonical: dict[str, Any], notes:
         unsuppress([contact.id], data.get("channel") or "*")
         return contact.id
     if kind in _SET_BASED:  # the same rules as a run of them, for a run of one
-        ((_, _, _, contact_id, note),) = _SET_BASED[kind][0](batch, [(event, data)], utcnow())
+        updates = _SET_BASED[kind][0](batch, [(event, data)], utcnow())
+        if not updates:
+            raise _Parked()
+        ((_, _, _, contact_id, note),) = updates
         if note:
             notes.append(note)
         return contact_id

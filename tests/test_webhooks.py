@@ -13,8 +13,18 @@ import time
 import pytest
 
 from daemon.web.app import build_public_app
-from db.models import Attribution, Campaign, CampaignStep, Contact, Enrolment, InboundEvent, Send, Suppression
-from engine.processing import process_pending
+from db.models import (
+    Attribution,
+    Campaign,
+    CampaignStep,
+    Contact,
+    Enrolment,
+    InboundEvent,
+    Send,
+    Suppression,
+    utcnow,
+)
+from engine.processing import RECEIPT_WAIT_S, process_pending
 from ops.harness.signing import (
     CAL_SECRET,
     TOKEN,
@@ -227,14 +237,35 @@ async def test_a_run_of_delivery_receipts_updates_sends_and_suppresses_bounces(c
         signed = standard({"type": "delivery", "data": {"provider_message_id": provider_id, "status": status}},
                           f"r{i}")
         assert (await post(client, "/webhooks/app", signed)).status == 202
-    assert await asyncio.to_thread(process_pending, client.settings) == {"processed": 5}
+    # (the one naming no send waits for its send's result to be written: still pending)
+    assert await asyncio.to_thread(process_pending, client.settings) == {"processed": 4}
     # Then each send has its last receipt's status, the bounce suppressed the address's channel only
     assert (Send.get_by_id(sms.id).delivery_status, Send.get_by_id(mail.id).delivery_status) == ("delivered",
                                                                                                  "bounced")
     assert [(s.contact_id, s.channel, s.reason) for s in Suppression.select()] == [(bob.id, "email", "bounced")]
     events = {e.event_id: e for e in InboundEvent.select()}
-    assert events["r2"].error == "no send with that provider_message_id" and events["r2"].contact_id is None
+    assert events["r2"].status == "pending"
     assert (events["r0"].contact_id, events["r4"].contact_id) == (ada.id, bob.id)
+    # When it has waited RECEIPT_WAIT_S and still names no send, it is kept, processed, with a note
+    InboundEvent.update(received_at=utcnow() - dt.timedelta(seconds=RECEIPT_WAIT_S + 1)).where(
+        InboundEvent.event_id == "r2").execute()
+    assert await asyncio.to_thread(process_pending, client.settings) == {"processed": 1}
+    late = InboundEvent.get(InboundEvent.event_id == "r2")
+    assert late.error.startswith("no send with that provider_message_id") and late.contact_id is None
+
+
+async def test_a_receipt_that_beats_its_sends_result_waits_for_it(client) -> None:  # type: ignore[no-untyped-def]
+    # Given Twilio's "delivered" arriving before the worker wrote the message's sid on its send
+    ada = Contact.create(phone="+12015550100")
+    sms = Send.create(idempotency_key="s1", channel="sms", contact=ada.id, status="sending")
+    signed = standard({"type": "delivery", "data": {"provider_message_id": "SM-early", "status": "delivered"}}, "early")
+    assert (await post(client, "/webhooks/app", signed)).status == 202
+    assert await asyncio.to_thread(process_pending, client.settings) == {}
+    # When the send's result is written, then the next pass puts the receipt on it
+    Send.update(status="sent", provider_message_id="SM-early").where(Send.id == sms.id).execute()
+    assert await asyncio.to_thread(process_pending, client.settings) == {"processed": 1}
+    assert Send.get_by_id(sms.id).delivery_status == "delivered"
+    assert InboundEvent.get(InboundEvent.event_id == "early").error is None
 
 
 async def test_clicks_fall_back_to_one_at_a_time_when_the_set_based_step_fails(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
