@@ -37,7 +37,8 @@ _TOP_KEYS = ("slug", "name", "trigger", "exit_on", "steps", "limits", "quiet_hou
 _REQUIRED_TOP = ("slug", "name", "trigger", "steps")
 _STEP_KEYS = ("channel", "delay", "subject", "body", "html", "layout", "voice", "fallback")
 _VOICE_KEYS = ("play", "optout_digit", "optout_prompt")
-_DIGITS = frozenset("0123456789*#")
+# '#' is not one: it ends a <Gather>'s input (finishOnKey) and never arrives as the key pressed
+_DIGITS = frozenset("0123456789*")
 _LIMIT_KEYS = ("weekly_cap", "cooldown")
 _QUIET_KEYS = ("start", "end")
 _TRIGGER_KEYS = ("event",)
@@ -340,7 +341,7 @@ class _Validator:
         if digit is not None:
             digit = str(digit) if isinstance(digit, int) and not isinstance(digit, bool) else digit
             if not isinstance(digit, str) or digit not in _DIGITS:
-                self.error(f"{where}.optout_digit", "expected one key: 0-9, * or #")
+                self.error(f"{where}.optout_digit", "expected one key: 0-9 or * (# ends a keypad entry)")
             else:
                 options["optout_digit"] = digit
         prompt = raw.get("optout_prompt")

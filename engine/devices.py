@@ -31,8 +31,9 @@ def _addresses(value: object) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
     found: list[str] = []
     for item in items:
-        if isinstance(item, str) and item.strip() and len(item) <= MAX_TOKEN_CHARS and item not in found:
-            found.append(item.strip())
+        token = item.strip() if isinstance(item, str) else ""
+        if token and len(token) <= MAX_TOKEN_CHARS and token not in found:
+            found.append(token)
     return tuple(found[:MAX_DEVICES])
 
 

@@ -12,6 +12,8 @@ line wrapping (a client wraps; a wrapped URL breaks).
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
+
 import css_inline
 import html2text
 
@@ -19,12 +21,49 @@ import html2text
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_style_tags=False)
 
 
+MAX_DEPTH = 256  # elements nested deeper than this are refused before any parser recurses on them
+# Elements that never hold others (HTML's void elements): they open no level
+_VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
+                   "track", "wbr"})
+
+
+class _Depth(HTMLParser):
+    """How deep the elements of a document nest, read by the standard library's tolerant,
+    non-recursive tokenizer: css-inline's tree builder and html2text both recurse per level, and
+    a loop of unclosed ``<div>`` (a few characters each) crashes the process (a segfault at
+    ~15,000 levels, measured) or makes megabytes of text."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.depth = self.deepest = 0
+
+    def handle_starttag(self, tag: str, attrs: object) -> None:
+        if tag not in _VOID:
+            self.depth += 1
+            self.deepest = max(self.deepest, self.depth)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag not in _VOID:
+            self.depth = max(0, self.depth - 1)
+
+
+def nesting_depth(html: str) -> int:
+    """The deepest nesting of elements in ``html`` (unclosed ones count as open to the end)."""
+    parser = _Depth()
+    parser.feed(html)
+    parser.close()
+    return parser.deepest
+
+
 class EmailPartError(ValueError):
     """The HTML could not be inlined; the message names the problem, never the message's text."""
 
 
 def inline_css(html: str) -> str:
-    """``html`` with its ``<style>`` rules moved into ``style`` attributes."""
+    """``html`` with its ``<style>`` rules moved into ``style`` attributes; EmailPartError for a
+    document nested deeper than MAX_DEPTH."""
+    if nesting_depth(html) > MAX_DEPTH:
+        raise EmailPartError(f"elements nested deeper than {MAX_DEPTH} levels (an unclosed tag in a loop?)")
     try:
         return str(_INLINER.inline(html))
     except (css_inline.InlineError, ValueError) as exc:

@@ -306,6 +306,7 @@ def _calcom(request: WebhookRequest, default_region: str) -> Interpreted:
     return _mapped(event_id, trigger, [upsert, conversion], default_region)
 
 
+OPTOUT_EVENT = "call.optout"  # the stored type of a call's opt-out key press (the daemon answers it in TwiML)
 # A call's final statuses (Twilio's CallStatus) and what they mean for its send; the others
 # (queued, initiated, ringing, in-progress) are intermediate
 CALL_STATUSES = {"completed": "delivered", "busy": "failed", "no-answer": "failed", "failed": "failed",
@@ -356,8 +357,8 @@ def _twilio_call(request: WebhookRequest, default_region: str) -> Interpreted:
         try:
             callee = normalise_phone(form.get("To") or "", default_region)
         except InvalidContact:
-            return Interpreted(f"{sid}:digits", "call.optout", unmappable="an opt-out from a number we cannot read")
-        return Interpreted(f"{sid}:digits", "call.optout", [{"type": EventType.CONTACT_UNSUBSCRIBE, "data": {
+            return Interpreted(f"{sid}:digits", OPTOUT_EVENT, unmappable="an opt-out from a number we cannot read")
+        return Interpreted(f"{sid}:digits", OPTOUT_EVENT, [{"type": EventType.CONTACT_UNSUBSCRIBE, "data": {
             "phone": callee, "channel": ChannelName.CALL, "reason": "opt-out key"}}])
     status = _text(form.get("CallStatus"), "CallStatus", TYPE_MAX) or ""
     mapped = CALL_STATUSES.get(status)

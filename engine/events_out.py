@@ -12,9 +12,11 @@ lost between the change and its event (one commit), and nothing goes twice: the 
 idempotency key is derived from the destination, the type and what happened, and is the
 ``webhook-id`` the receiver deduplicates on.
 
-What is stored holds no personal data: ids, statuses, a campaign's slug. The contact's keys
-(external id, email, phone) are added when the event is sent (``with_contacts``), so an erased
-contact's pending events carry nothing of them, and the send's row never held them.
+What is stored holds no personal data: ids, statuses, a campaign's slug, a failure's reason (not
+the provider's error text, which may quote the address). The contact's keys (external id, email,
+phone) and a clicked link's URL (which may carry contact data) are added when the event is sent
+(``with_contacts``), so an erased contact's pending events carry nothing of them, and the send's
+row never held them.
 
 Event sends have no contact, campaign or step: no send-time check holds them back (an unsubscribe
 must reach the CRM even though the contact is suppressed), no cap counts them, analytics never
@@ -32,7 +34,7 @@ from typing import Any
 
 from db.bulk import insert_many
 from db.database import rows
-from db.models import Campaign, Contact, Send
+from db.models import Campaign, Contact, Send, TrackedLink
 from ground.channels import ChannelName
 from ground.send_states import SendStatus
 from ground.settings import Destination
@@ -102,7 +104,7 @@ def with_contacts(sends: Sequence[Any]) -> list[Any]:
     keys added to their data as they are now (one query); other sends as they are."""
     decoded: dict[int, dict[str, Any]] = {}
     for index, s in enumerate(sends):
-        if destination_of(s.recipient) is None:
+        if destination_of(s.recipient) is None or not is_event_send(s.idempotency_key):
             continue
         try:
             document = json.loads(s.body or "")
@@ -115,10 +117,15 @@ def with_contacts(sends: Sequence[Any]) -> list[Any]:
     contacts = {c.id: {"id": c.id, "external_id": c.external_id, "email": c.email, "phone": c.phone}
                 for c in Contact.select(Contact.id, Contact.external_id, Contact.email, Contact.phone)
                 .where(Contact.id.in_(contact_ids))} if contact_ids else {}
+    link_ids = sorted({d["data"]["link_id"] for d in decoded.values() if isinstance(d["data"].get("link_id"), int)})
+    urls = dict(rows(TrackedLink.select(TrackedLink.id, TrackedLink.url).where(TrackedLink.id.in_(link_ids)))) \
+        if link_ids else {}
     out = list(sends)
     for index, document in decoded.items():
         contact_id = document["data"].get("contact_id")
         if contact_id is not None:
             document["data"]["contact"] = contacts.get(contact_id)  # None: the contact is gone
+        if "link_id" in document["data"]:
+            document["data"]["url"] = urls.get(document["data"]["link_id"])  # None: erased with its contact
         out[index] = replace(sends[index], body=json.dumps(document, separators=(",", ":")))
     return out

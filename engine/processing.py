@@ -235,7 +235,7 @@ def _follow(batch: _Batch, kind: str, updates: list[EventUpdate], reasons: list[
 def _apply_clicks(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
     """Each click attributed to its link's send, step and campaign: one query, one insert."""
     links = {link.token: link for link in TrackedLink.select(
-        TrackedLink.token, TrackedLink.contact, TrackedLink.send, TrackedLink.campaign, TrackedLink.step)
+        TrackedLink.id, TrackedLink.token, TrackedLink.contact, TrackedLink.send, TrackedLink.campaign, TrackedLink.step)
         .where(TrackedLink.token.in_(sorted({data["token"] for _, data in run})))}
     attributions: list[dict[str, Any]] = []
     updates: list[EventUpdate] = []
@@ -252,7 +252,7 @@ def _apply_clicks(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
         batch.attributed.update(a["event"] for a in attributions)
         events_out.emit(OutEventType.LINK_CLICKED, [(f"e{a['event']}", {
             "contact_id": a["contact"], "send_id": a["send"], "campaign_id": a["campaign"], "step_id": a["step"],
-            "url": links[data["token"]].url}) for a, (_, data) in zip(
+            "link_id": links[data["token"]].id}) for a, (_, data) in zip(
                 attributions, [(e, d) for e, d in run if d["token"] in links], strict=True)], now)
     return _follow(batch, EventType.CLICK, updates, now=now)
 
@@ -267,7 +267,8 @@ def _apply_deliveries(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
     length otherwise. After that it is kept as processed with a note."""
     sends = {send.provider_message_id: send for send in Send.select(
         Send.id, Send.provider_message_id, Send.contact, Send.channel)
-        .where(Send.provider_message_id.in_(sorted({data["provider_message_id"] for _, data in run})))}
+        .where(Send.provider_message_id.in_(sorted({data["provider_message_id"] for _, data in run})),
+               ~Send.idempotency_key.startswith(events_out.KEY_PREFIX))}  # an event send has no receipts
     statuses: dict[int, str] = {}
     suppressions: list[tuple[int, str, str]] = []
     updates: list[EventUpdate] = []

@@ -98,6 +98,8 @@ def plan(new: Sequence[NewSend], now: dt.datetime) -> dict[str, int]:
         _decide([_decision_row(ids.get(n.idempotency_key), n.contact_id, n.campaign_id, n.step_id, n.channel,
                                Decided.FAILED, f"{n.failure}: {n.error}", now) for n in failed])
         advance_enrolments([n.enrolment_id for n in failed], now)
+        _tell_failed([(n.idempotency_key, ids.get(n.idempotency_key), n.channel, n.contact_id, n.campaign_id,
+                       n.step_id, n.failure) for n in failed], now)
         for n in failed:
             log_failed_send(ids.get(n.idempotency_key), n.channel, n.campaign_id, f"{n.failure}: {n.error}")
     return ids
@@ -293,13 +295,28 @@ def _emit_outcomes(results: Sequence[Result], now: dt.datetime) -> None:
     if not reported:
         return
     slugs = events_out.campaign_slugs(r.send.campaign_id for r in reported)
-    for outcome, kind in told.items():
-        events_out.emit(kind, [(f"s{r.send.id}", {
-            "send_id": r.send.id, "channel": r.send.channel, "contact_id": r.send.contact_id,
-            "campaign": slugs.get(r.send.campaign_id or 0), "step_id": r.send.step_id,
-            **({"provider": r.provider, "provider_message_id": r.provider_message_id} if outcome == Outcome.SENT
-               else {"reason": r.reason, "error": r.error}),
-        }) for r in reported if r.outcome == outcome], now)
+    events_out.emit(OutEventType.SEND_SENT, [(f"s{r.send.id}", {
+        "send_id": r.send.id, "channel": r.send.channel, "contact_id": r.send.contact_id,
+        "campaign": slugs.get(r.send.campaign_id or 0), "step_id": r.send.step_id,
+        "provider": r.provider, "provider_message_id": r.provider_message_id,
+    }) for r in reported if r.outcome == Outcome.SENT], now)
+    _tell_failed([(r.send.idempotency_key, r.send.id, r.send.channel, r.send.contact_id, r.send.campaign_id,
+                   r.send.step_id, r.reason) for r in reported if r.outcome == Outcome.FAILED], now)
+
+
+def _tell_failed(failed: Sequence[tuple[str, int | None, str, int | None, int | None, int | None, str | None]],
+                 now: dt.datetime) -> None:
+    """``send.failed`` for (key, id, channel, contact, campaign, step, reason) of sends failed for
+    good, whichever way (a provider's refusal, a template error, retries exhausted); with the
+    failure's reason, not the provider's error text (it may quote the address)."""
+    failed = [f for f in failed if f[1] is not None and not events_out.is_event_send(f[0])]
+    if not failed or not events_out.wanted(OutEventType.SEND_FAILED):
+        return
+    slugs = events_out.campaign_slugs(f[4] for f in failed)
+    events_out.emit(OutEventType.SEND_FAILED, [(f"s{send_id}", {
+        "send_id": send_id, "channel": channel, "contact_id": contact_id, "campaign": slugs.get(campaign_id or 0),
+        "step_id": step_id, "reason": reason,
+    }) for _, send_id, channel, contact_id, campaign_id, step_id, reason in failed], now)
 
 
 def release(claimed: Sequence[ClaimedSend], now: dt.datetime, claimant: str) -> list[Result]:
@@ -409,10 +426,11 @@ def fail_exhausted(send_ids: Sequence[int], now: dt.datetime) -> list[int]:
         failed = rows(Send.update(status=SendStatus.FAILED, reason="retries exhausted", finished_at=now)
                       .where(Send.id.in_(list(send_ids)), Send.status.in_(CLAIMABLE))
                       .returning(Send.id, Send.contact, Send.campaign, Send.step, Send.channel, Send.enrolment,
-                                 Send.error))
+                                 Send.error, Send.idempotency_key))
         _decide([_decision_row(r[0], r[1], r[2], r[3], r[4], Decided.FAILED, f"retries exhausted: {r[6] or ''}", now)
                  for r in failed])
         advance_enrolments([r[5] for r in failed], now)
+        _tell_failed([(r[7], r[0], r[4], r[1], r[2], r[3], "retries exhausted") for r in failed], now)
     count_sends("failed", [r[3] for r in failed])
     for r in failed:
         log_failed_send(r[0], r[4], r[2], f"retries exhausted: {r[6] or 'no error recorded'}")

@@ -470,6 +470,8 @@ def render(job: RenderJob, public_url: str) -> Rendered:
         body = _render_one(job.body, "body", context, MAX_BODY_CHARS)
     elif html is not None:
         body = email_parts.text_from_html(html)
+        if len(body) > MAX_BODY_CHARS:
+            raise TemplateError("html", f"its text part is longer than {MAX_BODY_CHARS} characters")
     else:
         raise TemplateError("body", "a message needs a body (or, for an email, html)")
     return Rendered(subject, body, tuple((token, url) for url, token in links.by_url.items()), html)

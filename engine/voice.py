@@ -16,6 +16,7 @@ from engine.templates import TemplateError
 from ground.settings import Settings
 from ground.vocabulary import WebhookScheme
 
+MAX_TWIML_CHARS = 4000  # Twilio refuses a longer Twiml parameter (error 32018)
 OPTOUT_PARAMETER = "optout"  # the digit that means "stop calling me", in the Gather's action URL
 GATHER_TIMEOUT_S = 5
 
@@ -42,4 +43,8 @@ def twiml(text: str, options: Mapping[str, str], settings: Settings) -> str:
         gather = Gather(num_digits=1, action=optout_action(settings, digit), method="POST", timeout=GATHER_TIMEOUT_S)
         gather.say(options.get("optout_prompt") or f"To stop these calls, press {digit}.")
         response.append(gather)
-    return str(response)
+    document = str(response)
+    if len(document) > MAX_TWIML_CHARS:
+        raise TemplateError("body", f"the call's TwiML is longer than Twilio takes ({len(document)} > "
+                                    f"{MAX_TWIML_CHARS} characters): shorten what it says")
+    return document

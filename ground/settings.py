@@ -592,7 +592,12 @@ def _destinations(parts: Mapping[str, Mapping[str, str]]) -> dict[str, Destinati
     for name, given in parts.items():
         prefix = f"{PREFIX}DESTINATION_{name.upper()}_"
         url = given.get("url", "").strip()
-        if not url.startswith(("http://", "https://")):
+        try:
+            split = urlsplit(url)
+            split.port  # noqa: B018  (raises ValueError for a port out of range)
+        except ValueError:
+            split = None
+        if split is None or split.scheme not in ("http", "https") or not split.hostname:
             raise ConfigError(prefix + "URL", "expected the http(s) URL events are posted to")
         secret = given.get("secret", "").strip()
         if not re.fullmatch(r"whsec_[A-Za-z0-9+/=]{24,}", secret):
@@ -602,7 +607,7 @@ def _destinations(parts: Mapping[str, Mapping[str, str]]) -> dict[str, Destinati
             wanted = set(OUT_EVENT_TYPES)
         unknown = sorted(wanted - set(OUT_EVENT_TYPES))
         if unknown or not wanted:
-            raise ConfigError(prefix + "EVENTS", f"unknown event type {unknown[0]!r}; " if unknown else ""
-                              f"expected * or some of {', '.join(OUT_EVENT_TYPES)}")
+            problem = f"unknown event type {unknown[0]!r}; " if unknown else ""
+            raise ConfigError(prefix + "EVENTS", problem + f"expected * or some of {', '.join(OUT_EVENT_TYPES)}")
         found[name] = Destination(name, url, Secret(secret), frozenset(wanted))
     return found

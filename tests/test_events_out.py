@@ -162,6 +162,7 @@ def test_a_destination_that_keeps_failing_is_a_dead_letter_an_operator_sees(stub
 
 @pytest.mark.parametrize(("env", "problem"), [
     ({"DESTINATION_CRM_URL": "ftp://x", "DESTINATION_CRM_SECRET": SECRET}, "DESTINATION_CRM_URL"),
+    ({"DESTINATION_CRM_URL": "https://crm.example:99999/", "DESTINATION_CRM_SECRET": SECRET}, "DESTINATION_CRM_URL"),
     ({"DESTINATION_CRM_URL": "https://x", "DESTINATION_CRM_SECRET": "hunter2"}, "DESTINATION_CRM_SECRET"),
     ({"DESTINATION_CRM_URL": "https://x", "DESTINATION_CRM_SECRET": SECRET, "DESTINATION_CRM_EVENTS": "send.snet"},
      "DESTINATION_CRM_EVENTS"),
@@ -172,7 +173,7 @@ def test_a_bad_destination_setting_names_itself(env: dict[str, str], problem: st
     assert problem in str(refused.value) and SECRET not in str(refused.value)
 
 
-def test_event_bodies_are_json_documents_of_their_type(stub_pipeline, receiver: Receiver, configured) -> None:  # type: ignore[no-untyped-def]
+def test_a_failed_send_is_told_with_its_reason_not_the_providers_text(stub_pipeline, receiver: Receiver, configured) -> None:  # type: ignore[no-untyped-def]
     env = _destination_env(receiver.url, "send.failed")
     configured(**env)
     from ground.errors import PermanentChannelError
@@ -184,4 +185,60 @@ def test_event_bodies_are_json_documents_of_their_type(stub_pipeline, receiver: 
     receiver.statuses.clear()
     p.relay_and_wait()
     (event,) = receiver.verified()
-    assert event["type"] == "send.failed" and "21211" in json.dumps(event["data"])
+    assert event["type"] == "send.failed" and event["data"]["reason"] == "provider refused"
+    # the provider's own text is not stored or sent: it may quote the address
+    assert "21211" not in json.dumps(event) and "21211" not in (Send.get(Send.recipient == "destination:crm").body or "")
+
+
+def test_a_contact_whose_external_id_names_a_destination_gets_no_signed_event(stub_pipeline, receiver: Receiver,  # type: ignore[no-untyped-def]
+                                                                              configured) -> None:
+    # Given a contact whose external id reads like an event send's recipient, and a webhook step
+    env = _destination_env(receiver.url, "conversion")
+    configured(**env)
+    team_endpoint = ScriptedProvider(name="team")
+    p = stub_pipeline({"webhook": team_endpoint}, DAILY_CAP="0", **env)
+    send, _ = enrolled_send("webhook", external_id="destination:crm")
+    # When the step goes out
+    p.relay_and_wait()
+    # Then it went to the channel's own endpoint, not to the CRM signed with the CRM's secret
+    assert Send.get_by_id(send.id).status == "sent"
+    assert team_endpoint.calls == {send.idempotency_key: 1}
+    assert receiver.requests == []
+
+
+def test_a_click_tells_its_url_at_send_time_and_stores_none(stub_pipeline, receiver: Receiver, configured) -> None:  # type: ignore[no-untyped-def]
+    from db.models import InboundEvent, TrackedLink
+    from engine.processing import process_pending
+
+    env = _destination_env(receiver.url, "link.clicked")
+    settings = configured(**env)
+    p = stub_pipeline({}, DAILY_CAP="0", **env)
+    contact = Contact.create(email="ada@example.com")
+    url = "https://shop.example/offer?email=ada@example.com"
+    TrackedLink.create(token="tok-1", url=url, contact=contact.id)
+    InboundEvent.create(source="app", event_id="c1", type="click", payload=json.dumps(
+        {"events": [{"type": "click", "data": {"token": "tok-1"}}], "raw": ""}))
+    process_pending(settings)
+    stored = Send.get(Send.recipient == "destination:crm")
+    assert "ada@example.com" not in (stored.body or "")
+    receiver.statuses.clear()
+    p.relay_and_wait()
+    (event,) = receiver.verified()
+    assert event["type"] == "link.clicked" and event["data"]["url"] == url
+    assert event["data"]["contact"]["email"] == "ada@example.com"
+
+
+def test_retries_exhausted_and_template_errors_are_told_as_send_failed(migrated_db: str, configured) -> None:  # type: ignore[no-untyped-def]
+    from db.models import utcnow
+    from engine.sends import NewSend, fail_exhausted, plan
+
+    configured(**_destination_env("https://crm.example/hooks", "send.failed"))
+    send, enrolment = enrolled_send("sms")
+    Send.update(status="queued").where(Send.id == send.id).execute()
+    fail_exhausted([send.id], utcnow())
+    plan([NewSend("e-broken", "sms", send.contact_id, send.campaign_id, send.step_id, enrolment.id, "+12015550100",
+                  failure="template error", error="body: no field 'nme'")], utcnow())
+    told = [json.loads(s.body) for s in Send.select().where(Send.recipient == "destination:crm")]
+    assert sorted(e["data"]["reason"] for e in told) == ["retries exhausted", "template error"]
+    assert all(e["type"] == "send.failed" for e in told)
+    assert "nme" not in json.dumps(told)  # the reason, not the template's error text

@@ -24,7 +24,7 @@ from engine.campaigns import apply_campaign, enrol
 from engine.email_parts import text_from_html
 from engine.layouts import LayoutError, read_layout
 from engine.planner import plan_due_steps
-from engine.templates import RenderJob, render
+from engine.templates import RenderJob, TemplateError, render
 from ground.settings import Secret
 from ops.harness.daemon import free_port
 from ops.harness.simulator_process import SimulatorProcess
@@ -205,6 +205,7 @@ def test_a_layout_that_cannot_frame_a_message_is_refused_at_apply(tmp_path: Path
     ("channel: email\n    subject: s\n    html: '<p>{{ contact.nme | upper }}</p>{% for %}'", "steps[0].html"),
     ("channel: sms\n    body: hi\n    voice: {optout_digit: 9}", "only a call step has voice options"),
     ("channel: call\n    body: hi\n    voice: {optout_digit: 12}", "expected one key"),
+    ("channel: call\n    body: hi\n    voice: {optout_digit: '#'}", "# ends a keypad entry"),
     ("channel: call\n    body: hi\n    voice: {play: 'file:///etc/passwd'}", "http(s) URL of an audio file"),
 ])
 def test_rich_step_keys_are_checked(layouts: Path, step: str, problem: str) -> None:
@@ -224,3 +225,14 @@ def test_the_example_layout_and_campaign_apply_and_render() -> None:
     assert rendered.html is not None and "<style" not in rendered.html and "Hi Ada," in rendered.html
     assert "Start shopping" in rendered.body and f"{PUBLIC}/u/_unsubscribe_" in rendered.body
     assert spec.steps[1].voice == {"optout_digit": "9", "optout_prompt": "To stop calls from Acme, press 9."}
+
+
+def test_html_nested_past_the_bound_is_a_template_error_not_a_crash() -> None:
+    # 15,000 unclosed <div> (75 KB, under the body bound) crashed css-inline's parser with a segfault
+    with pytest.raises(TemplateError, match="nested deeper than"):
+        render(RenderJob(contact={}, subject="s", body=None, channel="email",
+                         html="{% for i in range(150) %}{% for j in range(100) %}<div>x{% endfor %}{% endfor %}"), PUBLIC)
+    # a list per contact item, closed as it should be, is fine however long
+    rendered = render(RenderJob(contact={}, subject="s", body=None, channel="email",
+                                html="<ul>{% for i in range(5000) %}<li>item {{ i }}</li>{% endfor %}</ul>"), PUBLIC)
+    assert "item 4999" in rendered.body

@@ -48,3 +48,13 @@ def test_a_push_whose_every_device_is_gone_fails_and_empties_the_list(stub_pipel
     row = Send.get_by_id(send.id)
     assert row.status == "failed" and row.reason == "every device is gone"
     assert Contact.get_by_id(send.contact_id).attributes == {"fcm_tokens": []}
+
+
+def test_device_tokens_are_read_stripped_deduplicated_and_bounded() -> None:
+    from engine.devices import MAX_DEVICES, from_attributes
+
+    found = from_attributes({"fcm_tokens": ["tokA", " tokA", "tokA\n", "", 7, "tokB"], "apns_tokens": "one",
+                             "ntfy_topic": ["secret-topic"], "other": ["x"]})
+    assert found == {"fcm": ("tokA", "tokB"), "apns": ("one",), "ntfy": ("secret-topic",)}
+    assert len(from_attributes({"fcm_tokens": [f"t{i}" for i in range(100)]})["fcm"]) == MAX_DEVICES
+    assert from_attributes(["not", "a", "mapping"]) == {}

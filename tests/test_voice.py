@@ -81,3 +81,16 @@ def test_twilio_settings_for_callbacks_and_machine_detection_are_checked() -> No
     provider = TwilioProvider.from_options({**base, "status_callback": Secret("https://go.example.com/webhooks/twilio"),
                                             "machine_detection": Secret("DetectMessageEnd")}, "call")
     assert provider.status_callback == "https://go.example.com/webhooks/twilio"
+
+
+def test_a_call_whose_twiml_twilio_would_refuse_is_a_template_error() -> None:
+    with pytest.raises(TemplateError, match="longer than Twilio takes"):
+        twiml("word " * 900, {}, make_settings())
+
+
+def test_the_optout_key_press_is_answered_in_twiml_the_callee_hears() -> None:
+    from daemon.web.webhooks import twilio_answer
+
+    answer = ET.fromstring(twilio_answer("call.optout"))
+    assert [child.tag for child in answer] == ["Say", "Hangup"]
+    assert ET.fromstring(twilio_answer("delivery")).tag == "Response" and not list(ET.fromstring(twilio_answer(None)))

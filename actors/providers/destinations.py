@@ -12,7 +12,7 @@ from standardwebhooks import Webhook
 
 from actors.providers.base import OutboundMessage, Provider, ProviderResult
 from actors.providers.http import close_session, request
-from engine.events_out import destination_of
+from engine.events_out import destination_of, is_event_send
 from ground.errors import ConfigError, PermanentChannelError
 from ground.settings import Destination
 
@@ -31,7 +31,9 @@ class DestinationRouter:
                 raise ConfigError(f"RETENTIOND_DESTINATION_{name.upper()}_SECRET", "expected whsec_<base64>") from exc
 
     async def send(self, message: OutboundMessage) -> ProviderResult:
-        name = destination_of(message.recipient)
+        # only an event send goes to a destination: a contact whose external id reads
+        # "destination:crm" gets a campaign's webhook step at the channel's own endpoint
+        name = destination_of(message.recipient) if is_event_send(message.idempotency_key) else None
         if name is None:
             return await self.inner.send(message)
         target = self.targets.get(name)

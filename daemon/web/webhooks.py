@@ -14,14 +14,15 @@ import logging
 from urllib.parse import parse_qsl
 
 from aiohttp import web
+from twilio.twiml.voice_response import VoiceResponse
 
 from daemon.web.group_commit import IncomingEvent, Overloaded
 from daemon.web.keys import COMMITTER, SETTINGS
 from daemon.web.signatures import verify
-from engine.events import InvalidEvent, WebhookRequest, interpret, stored_raw
+from engine.events import OPTOUT_EVENT, InvalidEvent, WebhookRequest, interpret, stored_raw
 from ground.errors import InvalidSignature
 from ground.metrics import WEBHOOK_EVENTS, WEBHOOK_LATENCY
-from ground.vocabulary import InboundStatus
+from ground.vocabulary import InboundStatus, WebhookScheme
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,15 @@ def _refuse(source: str, outcome: str, status: int, message: str,
             headers: dict[str, str] | None = None) -> web.Response:
     WEBHOOK_EVENTS.labels(source, outcome).inc()
     return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def twilio_answer(kind: str | None) -> str:
+    """The TwiML answering a Twilio webhook: words for an opted-out callee, else nothing to do."""
+    response = VoiceResponse()
+    if kind == OPTOUT_EVENT:
+        response.say("You will not get these calls again. Goodbye.")
+        response.hangup()
+    return str(response)
 
 
 @routes.route("*", "/webhooks/{source}")
@@ -76,6 +86,10 @@ async def receive(request: web.Request) -> web.Response:
             return _refuse(name, "unavailable", 503, "could not store the event; retry later",
                            {"Retry-After": str(committer.retry_after_s)})
     WEBHOOK_EVENTS.labels(name, "accepted" if new else "duplicate").inc()
+    if source.scheme == WebhookScheme.TWILIO:
+        # Twilio reads the answer as TwiML: a call whose opt-out key was pressed hears it taken
+        # (JSON would make it say "an application error has occurred")
+        return web.Response(text=twilio_answer(meaning.type), content_type="text/xml", status=202 if new else 200)
     if new:
         return web.json_response({"status": "accepted", "event_id": meaning.event_id}, status=202)
     return web.json_response({"status": "duplicate", "event_id": meaning.event_id}, status=200)

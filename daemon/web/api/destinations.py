@@ -55,9 +55,9 @@ def list_destinations(settings: Settings) -> DestinationsOut:
         failed = (Send.select(Send.id, Send.subject, Send.error, Send.attempts, Send.finished_at)
                   .where((Send.recipient == recipient) & (Send.status == SendStatus.FAILED))
                   .order_by(Send.id.desc()).limit(DEAD_LETTERS_SHOWN))
-        parts = urlsplit(destination.url)
+        parts = urlsplit(destination.url)  # checked when the settings were read
         out.append(DestinationOut(
-            name=name, endpoint=f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}",
+            name=name, endpoint=f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}",
             events=sorted(destination.events), deliveries=counts.get(recipient, {}),
             dead_letters=[DeadLetterOut(send_id=s.id, type=s.subject, error=s.error, attempts=s.attempts,
                                         failed_at=s.finished_at) for s in failed]))
