@@ -5,7 +5,8 @@ What ``erase_contact`` does, in one transaction:
 - the contact row stays (its id holds the analytics: sends, clicks, conversions stay counted) but
   every personal field goes: external id, email, phone, name, timezone, attributes, consent;
   ``erased_at`` says when;
-- its sends lose their recipient, subject, body and error text (the message was about the person);
+- its sends lose their recipient, subject, body, HTML or TwiML part and error text (the message was
+  about the person);
 - its tracked links and unsubscribe tokens are deleted (a link's URL may carry personal data; a
   click on one answers 404);
 - its open enrolments are exited (``contact erased``);
@@ -108,7 +109,7 @@ def erase_contact(contact_id: int, now: dt.datetime | None = None) -> Erasure | 
         addressed = Send.contact == contact.id
         if addresses := [v for f, v in keys.items() if f in ("email", "phone")]:
             addressed |= Send.recipient.in_(addresses)
-        sends = Send.update(recipient=None, subject=None, body=None, error=None).where(addressed).execute()
+        sends = Send.update(recipient=None, subject=None, body=None, markup=None, error=None).where(addressed).execute()
         links = TrackedLink.delete().where(TrackedLink.contact == contact.id).execute()
         links += UnsubscribeToken.delete().where(UnsubscribeToken.contact == contact.id).execute()
         events = _empty_events(contact.id, keys)

@@ -236,3 +236,16 @@ def test_html_nested_past_the_bound_is_a_template_error_not_a_crash() -> None:
     rendered = render(RenderJob(contact={}, subject="s", body=None, channel="email",
                                 html="<ul>{% for i in range(5000) %}<li>item {{ i }}</li>{% endfor %}</ul>"), PUBLIC)
     assert "item 4999" in rendered.body
+
+
+def test_erasure_empties_the_html_part_too(stub_pipeline, layouts: Path) -> None:  # type: ignore[no-untyped-def]
+    from engine.erasure import erase_contact
+
+    # Given an HTML email planned for Ada (her name is in its HTML part)
+    p = stub_pipeline({}, DAILY_CAP="0", PUBLIC_URL=PUBLIC)
+    contact = _planned_html_email(layouts, p.settings)
+    assert "Lovelace" in (Send.get().markup or "")
+    # When she is erased, then no part of the message keeps her name
+    erase_contact(Contact.get_by_id(contact.id))
+    send = Send.get()
+    assert (send.subject, send.body, send.markup, send.recipient) == (None, None, None, None)
