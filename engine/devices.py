@@ -17,6 +17,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from db.bulk import insert_many
 from db.database import database, is_postgres
 from db.models import Contact, Decision
 from ground.send_states import Decided
@@ -84,7 +85,7 @@ def remove(gone: Sequence[tuple[int, int | None, str, tuple[str, ...]]], now: dt
                     removed, changed = removed + 1, True
             if changed:
                 Contact.update(attributes=attributes, updated_at=now).where(Contact.id == contact.id).execute()
-        Decision.insert_many([{
+        insert_many(Decision, [{
             "send": send_id, "contact": contact_id, "channel": channel, "outcome": Decided.DEVICE_REMOVED,
             "reason": f"{len(addresses)} device address(es) gone (unregistered at the push service): removed",
             "created_at": now} for contact_id, send_id, channel, addresses in gone]).execute()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from db.models import Contact, Decision, Send
 from ops.harness.simulator_process import SimulatorProcess
+from tests.support.push_keys import service_account_file
 from tests.support.sends import enrolled_send
-from tests.test_push_providers import service_account_file
 
 
 def test_a_push_goes_to_each_device_and_an_unregistered_token_leaves_the_contact(  # type: ignore[no-untyped-def]

@@ -5,10 +5,8 @@ devices, and the mapping of failures to retry / wait / give up."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,8 +35,8 @@ from ground.settings import Secret
 from ops.harness.daemon import free_port
 from ops.simulator import SIMULATOR, build_simulator_app
 from ops.simulator_push import expire_provider_tokens, revoke_access_tokens, state
+from tests.support.push_keys import PROJECT, rsa_pem, service_account_file
 
-PROJECT = "retention-test"
 KEY_ID = "ABC123DEFG"
 TEAM_ID = "DEF123GHIJ"
 TOPIC = "com.example.app"
@@ -75,21 +73,6 @@ def recorded(server: TestServer) -> list[dict[str, Any]]:
 # -- keys -----------------------------------------------------------------------------------------
 
 
-@cache
-def rsa_pem() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
-
-
-def service_account_file(tmp_path: Path, token_uri: str, **fields: Any) -> Path:
-    """A Google service-account key file, as the Firebase console downloads it."""
-    document = {"type": "service_account", "project_id": PROJECT, "private_key_id": "0123abcd",
-                "private_key": rsa_pem(), "client_email": f"push@{PROJECT}.iam.gserviceaccount.com",
-                "client_id": "1234567890", "token_uri": token_uri, **fields}
-    path = tmp_path / "service-account.json"
-    path.write_text(json.dumps({k: v for k, v in document.items() if v is not None}))
-    return path
 
 
 @pytest.fixture

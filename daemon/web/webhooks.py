@@ -76,7 +76,8 @@ async def receive(request: web.Request) -> web.Response:
         event = IncomingEvent(name, meaning.event_id, meaning.type, meaning.stored_payload(raw),
                               status=InboundStatus.UNMAPPABLE if meaning.unmappable else InboundStatus.PENDING, error=meaning.unmappable)
         committer = request.app[COMMITTER]
-        # 503 + Retry-After: nothing was accepted (and nothing will be written), the sender retries.
+        # 503 + Retry-After: nothing was accepted as far as we know, the sender retries (a commit whose
+        # answer the database lost with its connection may have gone through: the retry gets 200).
         try:
             new = await committer.submit(event)
         except Overloaded as exc:
