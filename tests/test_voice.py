@@ -94,3 +94,43 @@ def test_the_optout_key_press_is_answered_in_twiml_the_callee_hears() -> None:
     answer = ET.fromstring(twilio_answer("call.optout"))
     assert [child.tag for child in answer] == ["Say", "Hangup"]
     assert ET.fromstring(twilio_answer("delivery")).tag == "Response" and not list(ET.fromstring(twilio_answer(None)))
+
+
+def test_a_call_asks_twilio_for_every_progress_event_and_gets_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from actors.providers.base import OutboundMessage
+    from actors.providers.http import close_session
+    from actors.providers.twilio import TwilioProvider
+    from ops.harness.daemon import free_port
+    from ops.harness.simulator_process import SimulatorProcess
+    from tests.support.waiting import wait_until
+
+    simulator = SimulatorProcess(tmp_path).start()
+    try:
+        # Given a call through Twilio (the simulator) whose progress goes to our status callback
+        callback = f"http://127.0.0.1:{free_port()}/webhooks/twilio"
+        provider = TwilioProvider.from_options({
+            "url": Secret(simulator.url), "account_sid": Secret("AC" + "0" * 32), "auth_token": Secret("t" * 20),
+            "from": Secret("+15005550006"), "status_callback": Secret(callback),
+            "machine_detection": Secret("DetectMessageEnd")}, "call")
+        document = twiml("Your order shipped.", {}, make_settings())
+
+        async def call() -> None:
+            try:
+                await provider.send(OutboundMessage(send_id=1, channel="call", idempotency_key="k-call",
+                                                    recipient="+15005550100", subject=None, body="x",
+                                                    markup=document))
+            finally:
+                await close_session()
+
+        asyncio.run(call())
+        # Then Twilio got the step's TwiML, and reports each progress event, not only the end
+        (sent,) = simulator.messages(channel="call")
+        assert sent["twiml"] == document and sent["machine_detection"] == "DetectMessageEnd"
+        wait_until(lambda: len(simulator.callbacks()) >= 4, 10, "the call's status callbacks")
+        statuses = [c["fields"]["CallStatus"] for c in simulator.callbacks() if c["kind"] == "twilio.call_status"]
+        assert statuses == ["initiated", "ringing", "in-progress", "completed"]
+        assert all(c["url"] == callback for c in simulator.callbacks())
+    finally:
+        simulator.stop()

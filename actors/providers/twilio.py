@@ -26,6 +26,8 @@ from ground.vocabulary import ProviderName
 # Twilio's answering-machine detection modes: Enable (decide at once) or DetectMessageEnd (wait
 # for the greeting's end, so a voicemail gets the whole message)
 MACHINE_DETECTION = ("Enable", "DetectMessageEnd")
+# The call progress events Twilio reports to the status callback (its default is "completed" only)
+CALL_EVENTS = ("initiated", "ringing", "answered", "completed")
 
 
 class TwilioProvider:
@@ -62,18 +64,20 @@ class TwilioProvider:
     async def send(self, message: OutboundMessage) -> ProviderResult:
         if not message.recipient:
             raise PermanentChannelError("twilio: no recipient number")
-        form = {"To": message.recipient, "From": self.sender}
+        # a list of pairs: a list parameter (StatusCallbackEvent) is repeated, as Twilio's own
+        # library sends it
+        form: list[tuple[str, str]] = [("To", message.recipient), ("From", self.sender)]
         if self.status_callback:
-            form["StatusCallback"] = self.status_callback
+            form.append(("StatusCallback", self.status_callback))
         if self.spoken:
             # the step's TwiML (engine/voice.py); a send planned before it had none says its text
-            form["Twiml"] = message.markup or f"<Response><Say>{escape(message.body or '')}</Say></Response>"
+            form.append(("Twiml", message.markup or f"<Response><Say>{escape(message.body or '')}</Say></Response>"))
             if self.machine_detection:
-                form["MachineDetection"] = self.machine_detection
+                form.append(("MachineDetection", self.machine_detection))
             if self.status_callback:
-                form["StatusCallbackEvent"] = "initiated ringing answered completed"
+                form += [("StatusCallbackEvent", event) for event in CALL_EVENTS]
         else:
-            form["Body"] = message.body or ""
+            form.append(("Body", message.body or ""))
         answer = await request(self.name, "POST", self.endpoint, data=form,
                                headers={"Authorization": self.authorization,
                                         "I-Twilio-Idempotency-Token": message.idempotency_key,
