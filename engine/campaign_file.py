@@ -282,7 +282,7 @@ class _Validator:
                 self.error(f"{where}.delay", str(exc))
         body = self.template(raw["body"], f"{where}.body") if raw.get("body") is not None else None
         html, layout, layout_html = self.html_part(raw, where, markup)
-        if raw.get("body") is None and html is None:
+        if raw.get("body") is None and raw.get("html") is None:  # an invalid html has its own error
             self.error(f"{where}.body", "required" + (" (or html)" if markup == "html" else ""))
         voice = self.voice(raw["voice"], f"{where}.voice", markup) if raw.get("voice") is not None else {}
         subject = None
@@ -305,7 +305,8 @@ class _Validator:
         """(html, layout name, layout source) of an email step."""
         if raw.get("html") is None:
             if raw.get("layout") is not None:
-                self.error(f"{where}.layout", "a layout frames the step's html: give html too")
+                self.error(f"{where}.layout", "a layout frames the step's html: give html too" if markup == "html"
+                           else f"only an email step has a layout (this is {_show(raw.get('channel'))})")
             return None, None, None
         if markup != "html":
             self.error(f"{where}.html", f"only an email step has an HTML part (this is {_show(raw.get('channel'))})")
@@ -349,7 +350,7 @@ class _Validator:
             text = self.text(prompt, f"{where}.optout_prompt")
             if text is not None:
                 options["optout_prompt"] = text
-        if "optout_prompt" in options and "optout_digit" not in options:
+        if "optout_prompt" in options and raw.get("optout_digit") is None:  # an invalid digit has its own error
             self.error(f"{where}.optout_prompt", "give optout_digit too")
         return options
 

@@ -444,6 +444,8 @@ def _read_toml(path: str) -> dict[str, str]:
     def put(name: str, value: Any) -> None:
         if isinstance(value, dict):
             raise ConfigError(f"{path}: {name.lower()}", "unexpected table")
+        if isinstance(value, list):  # a TOML list (a destination's events): the comma-separated form
+            value = ",".join(str(v) for v in value)
         flat[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
 
     for key, value in document.items():
@@ -497,11 +499,14 @@ def _build(raw: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
             source_parts.setdefault(source.lower(), {})[part.lower()] = text
         elif name.startswith("DESTINATION_") and name.endswith(("_URL", "_SECRET", "_EVENTS")):
             destination, _, part = name[12:].rpartition("_")
-            if not re.fullmatch(r"[A-Z0-9][A-Z0-9-]{0,31}", destination):
-                raise ConfigError(setting, "a destination name is 1-32 letters, digits and '-'")
+            if not re.fullmatch(r"[A-Z0-9][A-Z0-9_-]{0,31}", destination):
+                raise ConfigError(setting, "a destination name is 1-32 letters, digits, '_' and '-'")
             destination_parts.setdefault(destination.lower(), {})[part.lower()] = text
         else:
             known = list(_SCALARS) + [f + "<NAME>" for f in _FAMILIES]
+            if name.startswith("DESTINATION_"):  # DESTINATION_CRM_EVENT -> did you mean ..._EVENTS?
+                stem = name[12:].rpartition("_")[0] or "<NAME>"
+                known += [f"DESTINATION_{stem}_{part}" for part in ("URL", "SECRET", "EVENTS")]
             hint = difflib.get_close_matches(name, known, n=1)
             raise ConfigError(setting, "unknown setting" + (f"; did you mean {PREFIX}{hint[0]}?" if hint else ""))
 
@@ -600,9 +605,13 @@ def _destinations(parts: Mapping[str, Mapping[str, str]]) -> dict[str, Destinati
         if split is None or split.scheme not in ("http", "https") or not split.hostname:
             raise ConfigError(prefix + "URL", "expected the http(s) URL events are posted to")
         secret = given.get("secret", "").strip()
-        if not re.fullmatch(r"whsec_[A-Za-z0-9+/=]{24,}", secret):
-            raise ConfigError(prefix + "SECRET", "expected a Standard Webhooks secret: whsec_<base64 of 24+ bytes>")
+        problem = _secret_problem(secret, "standard") if secret.startswith(_WHSEC_PREFIX) else \
+            f"expected a Standard Webhooks secret: {_WHSEC_PREFIX}<base64>"
+        if problem:
+            raise ConfigError(prefix + "SECRET", problem)
         wanted = {e.strip() for e in given.get("events", "*").split(",") if e.strip()}
+        if "*" in wanted and len(wanted) > 1:
+            raise ConfigError(prefix + "EVENTS", "'*' (every type) cannot be combined with named types")
         if wanted == {"*"}:
             wanted = set(OUT_EVENT_TYPES)
         unknown = sorted(wanted - set(OUT_EVENT_TYPES))

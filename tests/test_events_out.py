@@ -78,7 +78,7 @@ def test_a_sent_message_reaches_the_crm_once_after_a_500(stub_pipeline, receiver
     # Given a CRM wanting send.sent and contact.unsubscribed, whose endpoint first answers 500
     env = _destination_env(receiver.url, "send.sent,contact.unsubscribed")
     configured(**env)
-    p = stub_pipeline({"sms": ScriptedProvider()}, DAILY_CAP="0", **env)
+    p = stub_pipeline({"sms": ScriptedProvider()}, DAILY_CAP="0", QUIET_HOURS="off", **env)
     send, _ = enrolled_send("sms", external_id="crm-42")
     # When the message goes out, and then its event
     p.relay_and_wait()
@@ -114,7 +114,7 @@ def test_a_sent_message_reaches_the_crm_once_after_a_500(stub_pipeline, receiver
 def test_an_event_nobody_wants_is_not_written(stub_pipeline, receiver: Receiver, configured) -> None:  # type: ignore[no-untyped-def]
     env = _destination_env(receiver.url, "conversion")
     configured(**env)
-    p = stub_pipeline({"sms": ScriptedProvider()}, DAILY_CAP="0", **env)
+    p = stub_pipeline({"sms": ScriptedProvider()}, DAILY_CAP="0", QUIET_HOURS="off", **env)
     enrolled_send("sms")
     p.relay_and_wait()
     assert not Send.select().where(Send.recipient == "destination:crm").exists()
@@ -127,7 +127,7 @@ def test_an_erased_contacts_pending_event_carries_nothing_of_them(stub_pipeline,
 
     env = _destination_env(receiver.url, "send.sent")
     configured(**env)
-    p = stub_pipeline({"sms": ScriptedProvider()}, DAILY_CAP="0", **env)
+    p = stub_pipeline({"sms": ScriptedProvider()}, DAILY_CAP="0", QUIET_HOURS="off", **env)
     send, _ = enrolled_send("sms", external_id="crm-7")
     p.relay_and_wait()
     erase_contact(Contact.get_by_id(send.contact_id))
@@ -144,7 +144,7 @@ def test_a_destination_that_keeps_failing_is_a_dead_letter_an_operator_sees(stub
     try:
         env = _destination_env(failing.url, "*")
         settings = configured(**env)
-        p = stub_pipeline({"sms": ScriptedProvider()}, DAILY_CAP="0", MAX_RETRIES="1", **env)
+        p = stub_pipeline({"sms": ScriptedProvider()}, DAILY_CAP="0", QUIET_HOURS="off", MAX_RETRIES="1", **env)
         enrolled_send("sms")
         p.relay_and_wait()
         p.relay_and_wait()
@@ -179,7 +179,7 @@ def test_a_failed_send_is_told_with_its_reason_not_the_providers_text(stub_pipel
     from ground.errors import PermanentChannelError
 
     p = stub_pipeline({"sms": ScriptedProvider(script={"+12015550100": [PermanentChannelError("21211 invalid")]})},
-                      DAILY_CAP="0", **env)
+                      DAILY_CAP="0", QUIET_HOURS="off", **env)
     enrolled_send("sms")
     p.relay_and_wait()
     receiver.statuses.clear()
@@ -196,7 +196,7 @@ def test_a_contact_whose_external_id_names_a_destination_gets_no_signed_event(st
     env = _destination_env(receiver.url, "conversion")
     configured(**env)
     team_endpoint = ScriptedProvider(name="team")
-    p = stub_pipeline({"webhook": team_endpoint}, DAILY_CAP="0", **env)
+    p = stub_pipeline({"webhook": team_endpoint}, DAILY_CAP="0", QUIET_HOURS="off", **env)
     send, _ = enrolled_send("webhook", external_id="destination:crm")
     # When the step goes out
     p.relay_and_wait()
@@ -212,7 +212,7 @@ def test_a_click_tells_its_url_at_send_time_and_stores_none(stub_pipeline, recei
 
     env = _destination_env(receiver.url, "link.clicked")
     settings = configured(**env)
-    p = stub_pipeline({}, DAILY_CAP="0", **env)
+    p = stub_pipeline({}, DAILY_CAP="0", QUIET_HOURS="off", **env)
     contact = Contact.create(email="ada@example.com")
     url = "https://shop.example/offer?email=ada@example.com"
     TrackedLink.create(token="tok-1", url=url, contact=contact.id)
@@ -242,3 +242,21 @@ def test_retries_exhausted_and_template_errors_are_told_as_send_failed(migrated_
     assert sorted(e["data"]["reason"] for e in told) == ["retries exhausted", "template error"]
     assert all(e["type"] == "send.failed" for e in told)
     assert "nme" not in json.dumps(told)  # the reason, not the template's error text
+
+
+def test_destination_settings_as_a_user_writes_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ground.settings import load_settings
+
+    # a TOML list of event types, and a name with '_'
+    config = tmp_path / "retentiond.toml"
+    config.write_text(f'[destinations.my_crm]\nurl = "https://crm.example/hooks"\nsecret = "{SECRET}"\n'
+                      'events = ["send.sent", "link.clicked"]\n')
+    settings = load_settings(environ={}, config_file=str(config))
+    assert settings.destinations["my_crm"].events == {"send.sent", "link.clicked"}
+    # a misspelt part gets the right hint; '*' with names and an undecodable secret are refused
+    with pytest.raises(ConfigError, match="did you mean RETENTIOND_DESTINATION_CRM_EVENTS"):
+        make_settings(DESTINATION_CRM_EVENT="send.sent")
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        make_settings(**_destination_env("https://crm.example", "*,send.sent"))
+    with pytest.raises(ConfigError, match="DESTINATION_CRM_SECRET"):
+        make_settings(DESTINATION_CRM_URL="https://crm.example", DESTINATION_CRM_SECRET="whsec_" + "=" * 24)

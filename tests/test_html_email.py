@@ -204,6 +204,7 @@ def test_a_layout_that_cannot_frame_a_message_is_refused_at_apply(tmp_path: Path
     ("channel: email\n    subject: s", "steps[0].body: required (or html)"),
     ("channel: email\n    subject: s\n    html: '<p>{{ contact.nme | upper }}</p>{% for %}'", "steps[0].html"),
     ("channel: sms\n    body: hi\n    voice: {optout_digit: 9}", "only a call step has voice options"),
+    ("channel: sms\n    body: hi\n    layout: brand", "only an email step has a layout"),
     ("channel: call\n    body: hi\n    voice: {optout_digit: 12}", "expected one key"),
     ("channel: call\n    body: hi\n    voice: {optout_digit: '#'}", "# ends a keypad entry"),
     ("channel: call\n    body: hi\n    voice: {play: 'file:///etc/passwd'}", "http(s) URL of an audio file"),
@@ -249,3 +250,14 @@ def test_erasure_empties_the_html_part_too(stub_pipeline, layouts: Path) -> None
     erase_contact(Contact.get_by_id(contact.id))
     send = Send.get()
     assert (send.subject, send.body, send.markup, send.recipient) == (None, None, None, None)
+
+
+@pytest.mark.parametrize(("step", "blamed"), [
+    ("channel: call\n    body: hi\n    voice: {optout_digit: '#', optout_prompt: 'Press it'}", "optout_prompt"),
+    ("channel: email\n    subject: s\n    html: '{{ contatc.name }}'", "steps[0].body"),
+])
+def test_an_invalid_field_does_not_make_another_look_missing(layouts: Path, step: str, blamed: str) -> None:
+    text = "slug: c\nname: C\ntrigger: manual\nsteps:\n  - delay: 0s\n    " + step + "\n"
+    with pytest.raises(CampaignFileError) as refused:
+        parse_campaign_text(text, "c.yaml", str(layouts))
+    assert len(refused.value.errors) == 1 and blamed not in refused.value.errors[0], refused.value.errors
