@@ -198,6 +198,14 @@ def test_a_layout_that_cannot_frame_a_message_is_refused_at_apply(tmp_path: Path
     assert any("steps[0].layout" in e and problem in e for e in refused.value.errors), refused.value.errors
 
 
+def _refused_step(layouts: Path, step: str) -> list[str]:
+    """The problems of a one-step manual campaign whose step (after ``delay: 0s``) is ``step``."""
+    text = "slug: c\nname: C\ntrigger: manual\nsteps:\n  - delay: 0s\n    " + step + "\n"
+    with pytest.raises(CampaignFileError) as refused:
+        parse_campaign_text(text, "c.yaml", str(layouts))
+    return refused.value.errors
+
+
 @pytest.mark.parametrize(("step", "problem"), [
     ("channel: sms\n    body: hi\n    html: <p>x</p>", "only an email step has an HTML part"),
     ("channel: email\n    subject: s\n    body: hi\n    layout: brand", "give html too"),
@@ -210,10 +218,8 @@ def test_a_layout_that_cannot_frame_a_message_is_refused_at_apply(tmp_path: Path
     ("channel: call\n    body: hi\n    voice: {play: 'file:///etc/passwd'}", "http(s) URL of an audio file"),
 ])
 def test_rich_step_keys_are_checked(layouts: Path, step: str, problem: str) -> None:
-    text = "slug: c\nname: C\ntrigger: manual\nsteps:\n  - delay: 0s\n    " + step + "\n"
-    with pytest.raises(CampaignFileError) as refused:
-        parse_campaign_text(text, "c.yaml", str(layouts))
-    assert any(problem in e for e in refused.value.errors), refused.value.errors
+    errors = _refused_step(layouts, step)
+    assert any(problem in e for e in errors), errors
 
 
 def test_the_example_layout_and_campaign_apply_and_render() -> None:
@@ -257,7 +263,5 @@ def test_erasure_empties_the_html_part_too(stub_pipeline, layouts: Path) -> None
     ("channel: email\n    subject: s\n    html: '{{ contatc.name }}'", "steps[0].body"),
 ])
 def test_an_invalid_field_does_not_make_another_look_missing(layouts: Path, step: str, blamed: str) -> None:
-    text = "slug: c\nname: C\ntrigger: manual\nsteps:\n  - delay: 0s\n    " + step + "\n"
-    with pytest.raises(CampaignFileError) as refused:
-        parse_campaign_text(text, "c.yaml", str(layouts))
-    assert len(refused.value.errors) == 1 and blamed not in refused.value.errors[0], refused.value.errors
+    errors = _refused_step(layouts, step)
+    assert len(errors) == 1 and blamed not in errors[0], errors
