@@ -12,7 +12,7 @@ the outcomes and the callbacks (cancelling those still on their way).
 
 ``GET /messages`` (``?channel=``, ``?to=``) lists what each accepted call carried, with ``provider``
 and the ``provider_message_id`` answered: sms ``to, from, body, status_callback``; call ``to, from,
-twiml, status_callback, machine_detection``; email ``to, from, subject, text, html, headers`` (a
+twiml, status_callback, machine_detection, status_callback_events``; email ``to, from, subject, text, html, headers`` (a
 dict), ``message_stream, metadata, tag``; webhook ``headers`` (webhook-id/-timestamp/-signature),
 ``body``; push ``to`` (the topic), ``title, message``. Never an auth token.
 
@@ -188,7 +188,10 @@ class Simulator:
         message: dict[str, Any] = {"provider": "twilio", "provider_message_id": sid, "account_sid": account,
                                    "to": to, "from": sender, "status_callback": callback}
         if calls:
-            message |= {"twiml": form_text(form, "Twiml"), "machine_detection": form_text(form, "MachineDetection")}
+            message |= {"twiml": form_text(form, "Twiml"), "machine_detection": form_text(form, "MachineDetection"),
+                        # the parameter's values as they came (Twilio takes a list as repeated parameters)
+                        "status_callback_events": [v for v in form.getall("StatusCallbackEvent", [])
+                                                   if isinstance(v, str)]}
         else:
             message["body"] = form_text(form, "Body")
         self.deliveries.record("call" if calls else "sms", key, message)

@@ -128,6 +128,8 @@ def test_a_call_asks_twilio_for_every_progress_event_and_gets_them(tmp_path) -> 
         # Then Twilio got the step's TwiML, and reports each progress event, not only the end
         (sent,) = simulator.messages(channel="call")
         assert sent["twiml"] == document and sent["machine_detection"] == "DetectMessageEnd"
+        # the events asked for as Twilio's list encoding: one parameter per event
+        assert sent["status_callback_events"] == ["initiated", "ringing", "answered", "completed"]
         wait_until(lambda: len(simulator.callbacks()) >= 4, 10, "the call's status callbacks")
         statuses = [c["fields"]["CallStatus"] for c in simulator.callbacks() if c["kind"] == "twilio.call_status"]
         assert statuses == ["initiated", "ringing", "in-progress", "completed"]
