@@ -238,6 +238,7 @@ def _apply_clicks(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
         TrackedLink.id, TrackedLink.token, TrackedLink.contact, TrackedLink.send, TrackedLink.campaign, TrackedLink.step)
         .where(TrackedLink.token.in_(sorted({data["token"] for _, data in run})))}
     attributions: list[dict[str, Any]] = []
+    clicked: list[tuple[str, dict[str, Any]]] = []  # for events out
     updates: list[EventUpdate] = []
     for event, data in run:
         link = links.get(data["token"])
@@ -246,14 +247,13 @@ def _apply_clicks(batch: _Batch, run: Run, now: Any) -> list[EventUpdate]:
             continue
         attributions.append({"event": event.id, "kind": EventType.CLICK, "contact": link.contact_id, "send": link.send_id,
                              "campaign": link.campaign_id, "step": link.step_id, "created_at": now})
+        clicked.append((f"e{event.id}", {"contact_id": link.contact_id, "send_id": link.send_id,
+                                         "campaign_id": link.campaign_id, "step_id": link.step_id, "link_id": link.id}))
         updates.append((event.id, InboundStatus.PROCESSED, now, link.contact_id, None))
     if attributions:
         insert_many(Attribution, attributions).execute()
         batch.attributed.update(a["event"] for a in attributions)
-        events_out.emit(OutEventType.LINK_CLICKED, [(f"e{a['event']}", {
-            "contact_id": a["contact"], "send_id": a["send"], "campaign_id": a["campaign"], "step_id": a["step"],
-            "link_id": links[data["token"]].id}) for a, (_, data) in zip(
-                attributions, [(e, d) for e, d in run if d["token"] in links], strict=True)], now)
+        events_out.emit(OutEventType.LINK_CLICKED, clicked, now)
     return _follow(batch, EventType.CLICK, updates, now=now)
 
 
