@@ -491,7 +491,8 @@ async def test_messages_keep_what_each_call_carried_and_never_a_secret(
                            "status_callback": callback}
     assert messages[1] == {"channel": "call", "idempotency_key": None, "provider": "twilio",
                            "provider_message_id": call, "account_sid": ACCOUNT, "to": PHONE, "from": SENDER,
-                           "twiml": TWIML, "status_callback": callback, "machine_detection": "Enable"}
+                           "twiml": TWIML, "status_callback": callback, "machine_detection": "Enable",
+                           "status_callback_events": []}
     assert messages[2] == {"channel": "email", "idempotency_key": "k-ada@example.com", "provider": "postmark",
                            "provider_message_id": single["MessageID"], "to": "ada@example.com",
                            "from": "team@example.com", "subject": "Welcome", "text": "Hi", "html": "<p>Hi</p>",
